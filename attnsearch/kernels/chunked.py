@@ -1,12 +1,195 @@
-"""INTERIM: torch backend for the linear family (being replaced by the chunkwise path)."""
-from .reference import delta_rule_ref, linear_attention_ref
+"""Chunkwise-parallel PyTorch backend for the linear family and the delta rule (the CPU path).
+
+The sequence is cut into chunks of C steps. Everything inside a chunk is computed for all
+chunks at once with batched matmuls; only the [K, V] state is carried across chunks in a
+short Python loop (T / C steps of a few small matmuls).
+
+Gates are log-decays (g <= 0). Within a chunk they are summed cumulatively (G_i), and only
+differences that are <= 0 are ever exponentiated: exp(G_i - G_j) for j <= i, exp(G_i) and
+exp(G_last - G_j). So a decay of -20 per step underflows cleanly to 0 instead of producing
+inf * 0 = NaN, in the forward and in the backward. Causal masks are applied to the exponent
+(-inf) before exp, never to exp's result, so the backward of the masked entries is 0, not NaN.
+
+Inputs arrive already normalised by ops.py: g is None, [B, T, H] or [B, T, H, K].
+bf16 / fp16 inputs are computed in float32; float64 stays float64. The output has the input
+dtype; the final state is returned in the compute dtype (float32 for half inputs), because a
+decode cache kept in half precision drifts.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
 
 CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 
+# Per-channel (GLA) gates need exp(G_i - G_j) per channel; within sub-chunks of this many steps
+# it is formed explicitly ([c, c, K] per sub-chunk), between sub-chunks it factorises safely.
+SUB_CHUNK = 16
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, ...] -> [B, H, N, C, ...], zero-padding T up to a multiple of C.
+
+    Zero padding is harmless for every op here: a padded step has k = 0, v = 0, beta = 0 (it
+    writes nothing into the state) and g = 0 (it does not decay the state).
+    """
+    B, T, H = x.shape[:3]
+    N = -(-T // C)
+    if N * C != T:
+        pad = [0, 0] * (x.dim() - 2) + [0, N * C - T]
+        x = F.pad(x, pad)
+    x = x.reshape(B, N, C, H, *x.shape[3:])
+    return x.transpose(1, 3).transpose(2, 3)  # [B, H, N, C, ...]
+
+
+def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, H, N, C, V] -> [B, T, H, V]."""
+    B, H, N, C, V = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+
+
+def _causal(C: int, device, strict: bool = False) -> torch.Tensor:
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
+
+
+def _pairwise_decay(G: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """exp(G_i - G_j) for j <= i (j < i when strict), 0 elsewhere. G: [..., C] -> [..., C, C]."""
+    C = G.shape[-1]
+    diff = G.unsqueeze(-1) - G.unsqueeze(-2)
+    diff = diff.masked_fill(~_causal(C, G.device, strict), float("-inf"))
+    return diff.exp()
+
+
+def _intra_scores_channel_gate(q, k, G):
+    """A[i, j] = sum_c q_ic k_jc exp(G_ic - G_jc) for j <= i, per chunk. q, k, G: [B, H, N, C, K].
+
+    Between sub-chunks a > b, the product exp(G_i - G_j) is split at r = last step of sub-chunk b:
+    exp(G_i - G_r) * exp(G_r - G_j), both factors <= 1, so nothing overflows and a term that
+    matters (product not tiny) has both factors not tiny. Inside a sub-chunk the [c, c, K]
+    tensor of differences is formed explicitly.
+    """
+    B, H, N, C, K = q.shape
+    c = min(SUB_CHUNK, C)
+    m = C // c
+    qs, ks, Gs = (x.reshape(B, H, N, m, c, K) for x in (q, k, G))
+
+    # Diagonal sub-chunks: explicit per-channel decays.
+    diff = Gs.unsqueeze(-2) - Gs.unsqueeze(-3)                          # [..., m, c(i), c(j), K]
+    diff = diff.masked_fill(~_causal(c, q.device).unsqueeze(-1), float("-inf"))
+    diag = torch.einsum("...ik,...jk,...ijk->...ij", qs, ks, diff.exp())  # [B, H, N, m, c, c]
+    if m == 1:
+        return diag.reshape(B, H, N, C, C)
+
+    # Off-diagonal sub-chunks (query sub-chunk a > key sub-chunk b).
+    G_ref = Gs[..., -1, :]                                               # [B, H, N, m, K] end of each b
+    k_dec = ks * (G_ref.unsqueeze(-2) - Gs).exp()                        # k_j exp(G_r(b) - G_j)
+    later = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)  # a > b
+    # exp(G_i - G_r(b)) for every (a, b); pairs with a <= b get -inf (those blocks are discarded).
+    q_exp = Gs.unsqueeze(4) - G_ref.unsqueeze(3).unsqueeze(-2)           # [B, H, N, m(a), m(b), c, K]
+    q_exp = q_exp.masked_fill(~later.view(m, m, 1, 1), float("-inf"))
+    q_dec = qs.unsqueeze(4) * q_exp.exp()
+    full = torch.einsum("bhnaxik,bhnxjk->bhnaixj", q_dec, k_dec)         # [B, H, N, a, c, b, c]
+    full.diagonal(dim1=3, dim2=5).copy_(diag.permute(0, 1, 2, 4, 5, 3))  # a == b blocks (were 0)
+    return full.reshape(B, H, N, C, C)
+
 
 def linear_attention_chunked(q, k, v, g, *, scale, chunk_size, initial_state, output_final_state, config):
-    return linear_attention_ref(q, k, v, g, scale, initial_state, output_final_state)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    dtype = compute_dtype(q.dtype)
+    scale = K ** -0.5 if scale is None else scale
+    chunk = lambda x: _to_chunks(x, C)  # noqa: E731
+    qc = chunk(q.to(dtype)) * scale
+    kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
+    N = qc.shape[2]
+    G = None if g is None else chunk(g.to(dtype)).cumsum(dim=3)          # [B,H,N,C] or [B,H,N,C,K]
+
+    # Intra-chunk scores, and the decayed queries / keys for the inter-chunk terms.
+    if G is None:
+        scores = (qc @ kc.transpose(-1, -2)).masked_fill(~_causal(C, q.device), 0.0)
+        q_in, k_out, chunk_decay = qc, kc, None
+    elif G.dim() == 4:  # scalar gate per step and head
+        scores = (qc @ kc.transpose(-1, -2)) * _pairwise_decay(G)
+        G_last = G[..., -1:]
+        q_in = qc * G.exp().unsqueeze(-1)
+        k_out = kc * (G_last - G).exp().unsqueeze(-1)
+        chunk_decay = G_last.exp().unsqueeze(-1)                         # [B, H, N, 1, 1]
+    else:  # per-channel gate
+        scores = _intra_scores_channel_gate(qc, kc, G)
+        G_last = G[..., -1:, :]
+        q_in = qc * G.exp()
+        k_out = kc * (G_last - G).exp()
+        chunk_decay = G_last.exp().transpose(-1, -2)                     # [B, H, N, K, 1]
+    o = scores @ vc                                                      # [B, H, N, C, V]
+
+    # What each chunk adds to the state, then the short recurrence over chunks.
+    added = k_out.transpose(-1, -2) @ vc                                 # [B, H, N, K, V]
+    S = (torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if initial_state is None
+         else initial_state.to(dtype))
+    states_before = []
+    for n in range(N):
+        states_before.append(S)
+        S = (S if chunk_decay is None else chunk_decay[:, :, n] * S) + added[:, :, n]
+    o = o + q_in @ torch.stack(states_before, dim=2)
+    out = _from_chunks(o, T).to(q.dtype)
+    return out, (S if output_final_state else None)
 
 
 def delta_rule_chunked(q, k, v, beta, g, *, scale, chunk_size, initial_state, output_final_state, config):
-    return delta_rule_ref(q, k, v, beta, g, scale, initial_state, output_final_state)
+    """Delta rule in the WY / UT form.
+
+    Within a chunk starting from state S0 (G: cumulative log-gate, Γ = exp(G)), the state is
+    S_t = Γ_t S0 + sum_{j<=t} exp(G_t - G_j) k_j w_jᵀ with pseudo-values
+    w_t = β_t (v_t - Γ_t S0ᵀ k_t - sum_{j<t} exp(G_t - G_j) (k_t·k_j) w_j), i.e.
+    (I + L) W = diag(β) V - diag(β Γ) K S0 with L strictly lower triangular. Solving the
+    triangular system once per chunk (batched over all chunks) gives W = U - Wk S0, so the loop
+    over chunks only does W_n = U_n - Wk_n S and S <- Γ_C S + (decayed K_n)ᵀ W_n.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    dtype = compute_dtype(q.dtype)
+    scale = K ** -0.5 if scale is None else scale
+    chunk = lambda x: _to_chunks(x, C)  # noqa: E731
+    qc = chunk(q.to(dtype)) * scale
+    kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
+    bc = chunk(beta.to(dtype)).unsqueeze(-1)                             # [B, H, N, C, 1]
+    N = qc.shape[2]
+
+    kk = kc @ kc.transpose(-1, -2)                                       # [B, H, N, C, C]
+    qk = qc @ kc.transpose(-1, -2)
+    if g is None:
+        L = (bc * kk).masked_fill(~_causal(C, q.device, strict=True), 0.0)
+        scores = qk.masked_fill(~_causal(C, q.device), 0.0)
+        rhs_k, q_in, k_out, chunk_decay = bc * kc, qc, kc, None
+    else:
+        G = chunk(g.to(dtype)).cumsum(dim=3)                             # [B, H, N, C]
+        gamma = G.exp().unsqueeze(-1)
+        G_last = G[..., -1:]
+        L = bc * kk * _pairwise_decay(G, strict=True)
+        scores = qk * _pairwise_decay(G)
+        rhs_k, q_in = bc * gamma * kc, qc * gamma
+        k_out = kc * (G_last - G).exp().unsqueeze(-1)
+        chunk_decay = G_last.exp().unsqueeze(-1)                         # [B, H, N, 1, 1]
+
+    eye = torch.eye(C, dtype=dtype, device=q.device)
+    solved = torch.linalg.solve_triangular(eye + L, torch.cat([bc * vc, rhs_k], dim=-1),
+                                           upper=False, unitriangular=True)
+    U, Wk = solved[..., :V], solved[..., V:]                             # [B, H, N, C, V|K]
+
+    S = (torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if initial_state is None
+         else initial_state.to(dtype))
+    states_before, pseudo_values = [], []
+    for n in range(N):
+        states_before.append(S)
+        W = U[:, :, n] - Wk[:, :, n] @ S
+        pseudo_values.append(W)
+        S = (S if chunk_decay is None else chunk_decay[:, :, n] * S) + k_out[:, :, n].transpose(-1, -2) @ W
+    o = q_in @ torch.stack(states_before, dim=2) + scores @ torch.stack(pseudo_values, dim=2)
+    out = _from_chunks(o, T).to(q.dtype)
+    return out, (S if output_final_state else None)
