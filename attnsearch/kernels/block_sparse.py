@@ -1,8 +1,121 @@
-"""INTERIM: torch backend for softmax_attention (being replaced by the block-sparse path)."""
-from .reference import softmax_attention_ref
+"""Block-sparse PyTorch backend for softmax_attention: only visible key blocks are computed.
 
-CONFIG_SPACE = {"softmax_attention": {}}
+Queries are cut into tiles of `block_m` rows. For each tile a small block-level bitmap says
+which key blocks it can see (causality, window, listed blocks, own block); the visible blocks
+are packed to the front (argsort of the bitmap), gathered, and attention is computed over
+them with an exact per-token mask. The work is T * (visible blocks per tile) * key block size,
+not T^2. Full causal attention (no window, no block list, or a window covering the whole
+sequence) goes to torch's scaled_dot_product_attention(is_causal=True).
+
+Key blocks are `block_size` long when block_indices is given (the op's block grid), else
+`block_m` long (a window needs no fixed grid). bf16 / fp16 are computed in float32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CONFIG_SPACE = {"softmax_attention": {"block_m": (16, 32, 64, 128, 256)}}
+DEFAULT_BLOCK_M = 64
+
+
+def default_config(op: str, device=None) -> dict:
+    return {"block_m": DEFAULT_BLOCK_M}
+
+
+def validate_config(op: str, config: dict, **ctx) -> None:
+    block_m = config.get("block_m")
+    if not isinstance(block_m, int) or block_m < 16 or block_m & (block_m - 1):
+        raise ValueError(f"softmax_attention torch config block_m must be a power of two >= 16, got {block_m!r}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _full_causal(q, k, v, scale):
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))                # [B, H, T, D]
+    o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    return o.transpose(1, 2)
+
+
+def listed_blocks(block_indices: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Bool [B, H, num_blocks, num_blocks]: key block kb listed for query block qb, own block included.
+
+    Rows past block_indices' own query blocks (padding) see only themselves. Slots that are -1
+    or out of range are ignored, as in the reference.
+    """
+    B, H, NB, _ = block_indices.shape
+    idx = block_indices.long()
+    idx = torch.where((idx < 0) | (idx >= NB), num_blocks, idx)
+    if num_blocks > NB:
+        idx = F.pad(idx, (0, 0, 0, num_blocks - NB), value=num_blocks)
+    listed = torch.zeros(B, H, num_blocks, num_blocks + 1, dtype=torch.bool, device=idx.device)
+    listed.scatter_(3, idx, True)
+    listed = listed[..., :num_blocks]
+    return listed | torch.eye(num_blocks, dtype=torch.bool, device=idx.device)
 
 
 def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale, config):
-    return softmax_attention_ref(q, k, v, window, block_indices, block_size, scale)
+    B, T, H, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    dtype = _compute_dtype(q.dtype)
+    if block_indices is None and (window is None or window >= T):
+        return _full_causal(q.to(dtype), k.to(dtype), v.to(dtype), scale).to(q.dtype)
+
+    M = config["block_m"]
+    kb_len = block_size if block_indices is not None else M
+    Tp = -(-T // max(M, kb_len)) * max(M, kb_len)
+    num_tiles, num_kblocks = Tp // M, Tp // kb_len
+    dev = q.device
+
+    def heads_first(x):  # [B, T, H, D] -> [B, H, Tp, D] in the compute dtype, zero padded
+        return F.pad(x.to(dtype), (0, 0, 0, 0, 0, Tp - T)).transpose(1, 2)
+    qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
+
+    # Block level: which key blocks each query tile can see.
+    tile_start = torch.arange(num_tiles, device=dev) * M
+    kb_start = torch.arange(num_kblocks, device=dev) * kb_len
+    block_vis = (kb_start[None, :] <= tile_start[:, None] + M - 1)[None, None]   # causal
+    reach = None
+    if window is not None:
+        reach = block_vis & (kb_start[None, :] + kb_len - 1 >= tile_start[:, None] - window + 1)
+    if block_indices is not None:
+        listed = listed_blocks(block_indices, num_kblocks)             # [B, H, NBk, NBk]
+        rows_per_group = min(M, block_size)
+        groups = M // rows_per_group
+        group_qblock = (tile_start[:, None] + torch.arange(groups, device=dev) * rows_per_group) // block_size
+        listed_groups = listed[:, :, group_qblock]                     # [B, H, nT, groups, NBk]
+        tile_listed = listed_groups.any(dim=3)
+        block_vis = block_vis & (tile_listed if reach is None else tile_listed | reach)
+    else:
+        block_vis = reach
+    block_vis = block_vis.expand(B, H, num_tiles, num_kblocks)
+
+    # Pack visible blocks to the front; S = most visible blocks of any tile.
+    S = int(block_vis.sum(-1).max())
+    order = torch.argsort((~block_vis).to(torch.int8), dim=-1, stable=True)[..., :S]  # [B, H, nT, S]
+    slot_ok = block_vis.gather(-1, order)
+
+    bi = torch.arange(B, device=dev).view(B, 1, 1, 1)
+    hi = torch.arange(H, device=dev).view(1, H, 1, 1)
+    kg = kh.reshape(B, H, num_kblocks, kb_len, D)[bi, hi, order].reshape(B, H, num_tiles, S * kb_len, D)
+    vg = vh.reshape(B, H, num_kblocks, kb_len, -1)[bi, hi, order].reshape(B, H, num_tiles, S * kb_len, -1)
+    qt = qh.reshape(B, H, num_tiles, M, D)
+
+    # Token level: exact visibility inside the gathered blocks.
+    i = (tile_start[:, None] + torch.arange(M, device=dev))[None, None, :, :, None]        # [1,1,nT,M,1]
+    j = (order[..., None] * kb_len + torch.arange(kb_len, device=dev)).reshape(B, H, num_tiles, 1, S * kb_len)
+    ok = (j <= i) & slot_ok.repeat_interleave(kb_len, dim=-1)[..., None, :]
+    in_window = None if window is None else (i - j) < window
+    if block_indices is not None:
+        slot_listed = listed_groups.gather(-1, order[:, :, :, None, :].expand(B, H, num_tiles, groups, S))
+        slot_listed = slot_listed.repeat_interleave(rows_per_group, dim=3).repeat_interleave(kb_len, dim=-1)
+        ok = ok & (slot_listed if in_window is None else slot_listed | in_window)
+    else:
+        ok = ok & in_window
+
+    scores = (qt @ kg.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~ok, float("-inf")), dim=-1)
+    o = (probs @ vg).reshape(B, H, Tp, -1)[:, :, :T]
+    return o.transpose(1, 2).to(q.dtype)
