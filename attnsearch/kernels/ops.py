@@ -10,6 +10,7 @@ Each backend module exposes CONFIG_SPACE / default_config / validate_config for 
 """
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -32,6 +33,17 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend == "triton" and not tensor.is_cuda and not _interpreting():
         raise ValueError("backend='triton' needs CUDA tensors or TRITON_INTERPRET=1")
     return backend
+
+
+def _is_int(x) -> bool:
+    """Python or numpy integer (not bool, not float)."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_qkv(q, k, v):
@@ -76,10 +88,11 @@ def softmax_attention(q, k, v, *, window=None, block_indices=None, block_size=64
     """Causal softmax attention, optionally restricted to a window and/or listed key blocks."""
     _check_qkv(q, k, v)
     B, T, H, _ = q.shape
-    if window is not None and (int(window) != window or window <= 0):
+    if window is not None and (not _is_int(window) or window <= 0):
         raise ValueError(f"window must be a positive integer, got {window!r}")
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    window = None if window is None else int(window)
+    if not _is_int(block_size) or block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
     if block_indices is not None:
         nb = -(-T // block_size)
         if block_indices.dim() != 4 or tuple(block_indices.shape[:3]) != (B, H, nb):
@@ -98,8 +111,8 @@ def softmax_attention(q, k, v, *, window=None, block_indices=None, block_size=64
 
 
 def _check_chunk(chunk_size):
-    if chunk_size < 1 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    if not _is_int(chunk_size) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk_size!r}")
 
 
 def linear_attention(q, k, v, g=None, *, scale=None, chunk_size=64, initial_state=None,
