@@ -1,0 +1,271 @@
+"""Triton backend of kernels.softmax_attention: block-sparse causal flash attention with backward.
+
+Host side: tunables (CONFIG_SPACE / default_config / validate_config), the per-query-block and
+per-key-block lists built on the GPU with torch ops, and the autograd Function that launches the
+kernels of triton_attention_kernels.py. Only O(T) statistics (base-2 log-sum-exp, fp32) are kept
+for the backward; nothing of size T x T is ever allocated.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from .triton_attention_kernels import (attn_bwd_delta_kernel, attn_bwd_dkdv_kernel,
+                                       attn_bwd_dq_kernel, attn_fwd_kernel)
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128, 256)
+_TILES = (16, 32, 64, 128, 256)
+_WARPS = (1, 2, 4, 8, 16)
+_STAGES = (1, 2, 3, 4, 5)
+# largest tile product one program may hold (scores tile in registers); beyond it spills
+_MAX_TILE_AREA = 128 * 256
+# beyond this many [B, H, NB, NB] int32 entries the transposed lists are sized exactly (one sync)
+_MAX_DENSE_TRANSPOSED = 1 << 22
+
+CONFIG_SPACE = {"softmax_attention": {
+    "BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": _WARPS, "num_stages": _STAGES,
+    # backward: dK/dV kernel (key tile BLOCK_N_DKV, walks query tiles of BLOCK_M_DKV) and
+    # dQ kernel (query tile BLOCK_M_DQ, walks key tiles of BLOCK_N_DQ)
+    "BLOCK_M_DKV": _TILES, "BLOCK_N_DKV": _TILES, "BLOCK_M_DQ": _TILES, "BLOCK_N_DQ": _TILES,
+    "num_warps_bwd": _WARPS, "num_stages_bwd": _STAGES,
+}}
+
+_HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
+           "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
+           "num_warps_bwd": 8, "num_stages_bwd": 2}
+_OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
+              "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
+              "num_warps_bwd": 4, "num_stages_bwd": 2}
+# the interpreter runs tiles as numpy arrays: small tiles keep tests quick
+_INTERPRETER = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1,
+                "BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32, "BLOCK_M_DQ": 32, "BLOCK_N_DQ": 16,
+                "num_warps_bwd": 4, "num_stages_bwd": 1}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def default_config(op: str, device=None) -> dict:
+    """Defaults per GPU generation: Hopper (sm90+), other CUDA GPUs, or the CPU interpreter."""
+    if op != "softmax_attention":
+        return {}
+    if _interpreting() or not torch.cuda.is_available():
+        return dict(_INTERPRETER)
+    dev = torch.device(device) if device is not None else torch.device("cuda")
+    major, _ = torch.cuda.get_device_capability(dev)
+    return dict(_HOPPER if major >= 9 else _OTHER_GPU)
+
+
+def validate_config(op: str, config: dict, block_size=None, head_dim=None, **_ctx) -> None:
+    """Cross-key checks of a full config (single keys are checked against CONFIG_SPACE)."""
+    for m, n in (("BLOCK_M", "BLOCK_N"), ("BLOCK_M_DKV", "BLOCK_N_DKV"), ("BLOCK_M_DQ", "BLOCK_N_DQ")):
+        area = config[m] * config[n]
+        if area > _MAX_TILE_AREA:
+            raise ValueError(f"softmax_attention triton config {m} x {n} = {config[m]} x {config[n]} "
+                             f"exceeds {_MAX_TILE_AREA} elements per tile")
+    if block_size is not None:
+        # tiles are capped at block_size; a smaller tile must divide it so tiles never straddle
+        # two sparse blocks (every tile size and block size here is a power of two, so they do)
+        for key in ("BLOCK_M", "BLOCK_N", "BLOCK_M_DKV", "BLOCK_N_DKV", "BLOCK_M_DQ", "BLOCK_N_DQ"):
+            tile = min(config[key], block_size)
+            if block_size % tile:
+                raise ValueError(f"softmax_attention triton config {key}={config[key]} must divide "
+                                 f"block_size={block_size}")
+    if head_dim is not None and head_dim >= 256 and config["BLOCK_M"] * config["BLOCK_N"] > 64 * 64:
+        raise ValueError("softmax_attention triton config: head dim 256 needs BLOCK_M x BLOCK_N "
+                         "<= 64 x 64 (shared memory)")
+
+
+def _full_config(config, block_size, head_dim) -> dict:
+    full = {**default_config("softmax_attention"), **(config or {})}
+    missing = set(CONFIG_SPACE["softmax_attention"]) - set(full)
+    if missing:
+        raise ValueError(f"softmax_attention triton config lacks {sorted(missing)}")
+    validate_config("softmax_attention", full, block_size=block_size, head_dim=head_dim)
+    return full
+
+
+# ------------------------------------------------------------------------------ block lists
+
+def forward_block_lists(block_indices: torch.Tensor):
+    """Clean listed blocks per query block: keep 0 <= kb < qb (own and later blocks are covered
+    or invisible), drop duplicates, pack valid ids first. Returns (lists int32 [B, H, NB, S],
+    counts int32 [B, H, NB]). All on the input's device, no host sync."""
+    B, H, NB, S = block_indices.shape
+    idx = block_indices.long()
+    qb = torch.arange(NB, device=idx.device).view(1, 1, NB, 1)
+    idx = torch.where((idx >= 0) & (idx < qb), idx, torch.full_like(idx, -1))
+    if S == 0:
+        idx = torch.full((B, H, NB, 1), -1, dtype=torch.long, device=idx.device)
+    idx = idx.sort(dim=-1, descending=True).values
+    dup = torch.zeros_like(idx, dtype=torch.bool)
+    dup[..., 1:] = idx[..., 1:] == idx[..., :-1]
+    idx = torch.where(dup, torch.full_like(idx, -1), idx).sort(dim=-1, descending=True).values
+    counts = (idx >= 0).sum(-1).to(torch.int32)
+    return idx.to(torch.int32).contiguous(), counts.contiguous()
+
+
+def transposed_block_lists(lists: torch.Tensor, counts: torch.Tensor):
+    """For every key block, the query blocks whose (clean) list names it: int32 [B, H, NB, ST]
+    (-1 pads) and counts [B, H, NB]. Built with sort/scatter on the device, no loop over blocks."""
+    B, H, NB, S = lists.shape
+    n_groups = B * H * NB
+    device = lists.device
+    valid = lists >= 0
+    bh = torch.arange(B * H, device=device).view(B, H, 1, 1)
+    group = torch.where(valid, bh * NB + lists.long(), torch.full_like(lists, n_groups, dtype=torch.long))
+    query_block = torch.arange(NB, device=device).view(1, 1, NB, 1).expand(B, H, NB, S)
+    group, query_block = group.reshape(-1), query_block.reshape(-1)
+    tcounts = torch.zeros(n_groups + 1, dtype=torch.long, device=device)
+    tcounts.scatter_add_(0, group, torch.ones_like(group))
+    tcounts = tcounts[:n_groups]
+    if n_groups * NB <= _MAX_DENSE_TRANSPOSED:
+        width = max(NB, 1)  # a key block is listed by at most NB query blocks: no sync needed
+    else:
+        width = max(int(tcounts.max().item()), 1)
+    order = torch.sort(group, stable=True).indices
+    group_sorted = group[order]
+    starts = torch.cumsum(tcounts, 0) - tcounts
+    starts = torch.cat([starts, starts.new_zeros(1)])
+    slot = torch.arange(group.numel(), device=device) - starts[group_sorted]
+    slot = torch.where(group_sorted < n_groups, slot, torch.zeros_like(slot))  # unused -> dummy row
+    table = torch.full((n_groups + 1, width), -1, dtype=torch.int32, device=device)
+    table[group_sorted, slot] = query_block[order].to(torch.int32)
+    return (table[:n_groups].reshape(B, H, NB, width).contiguous(),
+            tcounts.to(torch.int32).reshape(B, H, NB).contiguous())
+
+
+# ------------------------------------------------------------------------------ launching
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _precision(dtype) -> str:
+    # fp32 inputs get true fp32 products (the reference semantics); 16-bit ones use tensor cores
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class _Plan:
+    """Everything a launch needs besides the tensors: pattern constants and tiles."""
+
+    def __init__(self, T, window, block_indices, block_size, config):
+        self.T = T
+        self.has_blocks = block_indices is not None
+        if self.has_blocks:
+            self.window = int(window) if window is not None else 0
+            self.block_size = block_size
+        else:
+            # full causal: a window longer than any distance; block_size unused (1 keeps // cheap)
+            self.window = int(window) if window is not None else T + 1
+            self.block_size = 1
+        self.window = min(self.window, T + 1)
+        cap = block_size if self.has_blocks else 1 << 30
+        self.tiles = {key: min(config[key], cap) for key in
+                      ("BLOCK_M", "BLOCK_N", "BLOCK_M_DKV", "BLOCK_N_DKV", "BLOCK_M_DQ", "BLOCK_N_DQ")}
+        self.config = config
+
+
+def _forward(q, k, v, plan, lists, counts, scale):
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    o = torch.empty((B, T, H, DV), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
+    BM, BN = plan.tiles["BLOCK_M"], plan.tiles["BLOCK_N"]
+    S = lists.shape[-1]
+    grid = (triton.cdiv(T, BM), B * H)
+    attn_fwd_kernel[grid](
+        q, k, v, o, lse, lists, counts,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        H, T, lists.shape[2], plan.window, plan.block_size, scale * LOG2E, S,
+        HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)), BLOCK_M=BM,
+        BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype),
+        num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"])
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    cfg = plan.config
+    warps, stages = cfg["num_warps_bwd"], cfg["num_stages_bwd"]
+    delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
+    attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
+        do.stride(2), H, T, BLOCK_M=64, DV=DV, num_warps=4)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    S, ST = lists.shape[-1], tlists.shape[-1]
+    NB = lists.shape[2]
+    common = dict(HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)),
+                  PREC=_precision(q.dtype), num_warps=warps, num_stages=stages)
+    BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
+    attn_bwd_dkdv_kernel[(triton.cdiv(T, BN), B * H)](
+        q, k, v, do, dk, dv, lse, delta, lists, tlists, tcounts,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
+        BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV, **common)
+    BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
+    attn_bwd_dq_kernel[(triton.cdiv(T, BM), B * H)](
+        q, k, v, do, dq, lse, delta, lists, counts,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
+        BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, **common)
+    return dq, dk, dv
+
+
+def _empty_lists(device):
+    lists = torch.full((1, 1, 1, 1), -1, dtype=torch.int32, device=device)
+    return lists, torch.zeros((1, 1, 1), dtype=torch.int32, device=device)
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan, block_indices, scale):
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        if plan.has_blocks:
+            lists, counts = forward_block_lists(block_indices)
+        else:
+            lists, counts = _empty_lists(q.device)
+        o, lse = _forward(q, k, v, plan, lists, counts, scale)
+        ctx.save_for_backward(q, k, v, o, lse, lists, counts)
+        ctx.plan, ctx.scale = plan, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, lists, counts = ctx.saved_tensors
+        plan = ctx.plan
+        if plan.has_blocks:
+            tlists, tcounts = transposed_block_lists(lists, counts)
+        else:
+            tlists, tcounts = lists, counts
+        dq, dk, dv = _backward(q, k, v, o, lse, _last_dim_contiguous(do), plan, lists, counts,
+                               tlists, tcounts, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def softmax_attention_triton(q, k, v, *, window, block_indices, block_size, scale, config):
+    """Causal softmax attention over visible key blocks only (DESIGN.md semantics)."""
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    for name, dim in (("K", DK), ("V", DV)):
+        if dim not in HEAD_DIMS:
+            raise ValueError(f"triton softmax_attention: head dim {name}={dim} not in {HEAD_DIMS}")
+    if q.dtype == torch.float64:
+        raise ValueError("triton softmax_attention: float64 is not supported (use backend='torch')")
+    cfg = _full_config(config, block_size if block_indices is not None else None, max(DK, DV))
+    scale = DK ** -0.5 if scale is None else float(scale)
+    plan = _Plan(T, window, block_indices, block_size, cfg)
+    return _BlockSparseAttention.apply(q, k, v, plan, block_indices, scale)

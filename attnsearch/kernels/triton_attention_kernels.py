@@ -1,0 +1,381 @@
+"""Triton kernels of block-sparse causal flash attention: forward, delta preprocess, dK/dV, dQ.
+
+Visibility (DESIGN.md): key j is visible to query i when j <= i and (i - j < WINDOW, or j is in
+i's own block, or j's block is listed for i's block; the last two only with HAS_BLOCKS). The host
+side (triton_attention.py) passes WINDOW = T + 1 for full causal attention and WINDOW = 0 for
+blocks without a window, so one arithmetic rule covers every pattern.
+
+Each program walks only the tiles it can see:
+  * the contiguous range: keys from the row's lower bound lower(i) = i - WINDOW + 1 (or its own
+    block start, whichever is smaller) up to the diagonal. Edge tiles (window edge, diagonal,
+    T tail) are masked; the tiles between them run a mask-free loop;
+  * the listed blocks (HAS_BLOCKS), clipped where the contiguous range begins so no tile is
+    visited twice; listed tiles lie wholly below the diagonal, so they need no mask either.
+The dK/dV kernel does the same in the transposed direction, from a per-key-block list of the
+query blocks that list it (built on the GPU by the host).
+
+Softmax runs in base 2 with scale * log2(e) folded into one multiply; the saved statistic is
+the base-2 log-sum-exp per row (fp32, O(T)). Pointer arithmetic only (no block pointers).
+Tiles lie inside one sparse block (the host caps BLOCK_M, BLOCK_N at block_size), so a query
+tile has one list of blocks and a key tile one transposed list.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _is_listed(lst, blk):
+    """Whether block id `blk` occurs in the list vector `lst` (-1 pads)."""
+    return tl.sum((lst == blk).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
+    """[len(rows), len(cols)] visibility of a tile that needs masking."""
+    vis = (cols[None, :] <= rows[:, None]) & (cols[None, :] < T)
+    near = (rows[:, None] - cols[None, :]) < WINDOW
+    if HAS_BLOCKS:
+        near = near | ((rows // BS)[:, None] == (cols // BS)[None, :]) | listed
+    return vis & near
+
+
+@triton.jit
+def _visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
+    """[len(cols), len(rows)] (keys x queries) visibility for the dK/dV kernel.
+
+    Rows >= T need no mask there: their q and dO load as zero, so they add nothing."""
+    vis = cols[:, None] <= rows[None, :]
+    near = (rows[None, :] - cols[:, None]) < WINDOW
+    if HAS_BLOCKS:
+        near = near | ((cols // BS)[:, None] == (rows // BS)[None, :]) | listed
+    return vis & near
+
+
+@triton.jit
+def _key_ranges(m0, T, WINDOW, BS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_BLOCKS: tl.constexpr):
+    """Key-tile bounds of query tile [m0, m0 + BLOCK_M): masked [lo, full_lo), clean
+    [full_lo, full_hi), masked [full_hi, hi). All multiples of BLOCK_N."""
+    first_lower = m0 - WINDOW + 1
+    last_lower = m0 + BLOCK_M - WINDOW
+    if HAS_BLOCKS:
+        own = (m0 // BS) * BS
+        first_lower = tl.minimum(first_lower, own)
+        last_lower = tl.minimum(last_lower, own)
+    hi = tl.cdiv(tl.minimum(m0 + BLOCK_M, T), BLOCK_N) * BLOCK_N
+    lo = tl.minimum((tl.maximum(first_lower, 0) // BLOCK_N) * BLOCK_N, hi)
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(tl.maximum(last_lower, 0), BLOCK_N) * BLOCK_N, lo), hi)
+    full_hi = tl.minimum(tl.maximum(((m0 + 1) // BLOCK_N) * BLOCK_N, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _query_ranges(n0, T, WINDOW, BS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HAS_BLOCKS: tl.constexpr):
+    """Query-tile bounds of key tile [n0, n0 + BLOCK_N) (dK/dV): masked [first, a), clean [a, b),
+    masked [b, c). All multiples of BLOCK_M."""
+    first_upper = n0 + WINDOW - 1
+    last_upper = n0 + BLOCK_N - 1 + WINDOW - 1
+    if HAS_BLOCKS:
+        own_end = (n0 // BS) * BS + BS - 1
+        first_upper = tl.maximum(first_upper, own_end)
+        last_upper = tl.maximum(last_upper, own_end)
+    c = tl.cdiv(tl.minimum(last_upper + 1, T), BLOCK_M) * BLOCK_M
+    first = tl.minimum((n0 // BLOCK_M) * BLOCK_M, c)
+    a = tl.minimum(tl.maximum(tl.cdiv(n0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M, first), c)
+    b = tl.minimum(tl.maximum((tl.minimum(first_upper + 1, T) // BLOCK_M) * BLOCK_M, a), c)
+    return first, a, b, c
+
+
+# ----------------------------------------------------------------------------------- forward
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
+              stride_kt, stride_vt, T, WINDOW, BS, lst, qk_scale,
+              MASKED: tl.constexpr, HAS_BLOCKS: tl.constexpr, PREC: tl.constexpr):
+    cols = n0 + offs_n
+    kT_ptrs = k_base + cols[None, :] * stride_kt + offs_dk[:, None]
+    v_ptrs = v_base + cols[:, None] * stride_vt + offs_dv[None, :]
+    if MASKED:
+        kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0)
+        v = tl.load(v_ptrs, mask=cols[:, None] < T, other=0.0)
+    else:
+        kT = tl.load(kT_ptrs)
+        v = tl.load(v_ptrs)
+    s = tl.dot(q, kT, input_precision=PREC)
+    if MASKED:
+        listed = False
+        if HAS_BLOCKS:
+            listed = _is_listed(lst, n0 // BS)
+        s = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS), s * qk_scale,
+                     float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
+                    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
+                    H, T, NQB, WINDOW, BS, qk_scale, S,
+                    HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                    PREC: tl.constexpr):
+    # heaviest (latest) query tiles first: causal work grows with the tile index
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, DK)
+    offs_dv = tl.arange(0, DV)
+    q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_t + offs_dk[None, :],
+                mask=rows[:, None] < T, other=0.0)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+
+    acc = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # finite start: a row with nothing visible yet must not produce inf - inf
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+
+    lo, full_lo, full_hi, hi = _key_ranges(m0, T, WINDOW, BS, BLOCK_M, BLOCK_N, HAS_BLOCKS)
+    lst = 0
+    if HAS_BLOCKS:
+        lst_base = LST + (bh * NQB + m0 // BS) * S
+        offs_s = tl.arange(0, S_PAD)
+        lst = tl.load(lst_base + offs_s, mask=offs_s < S, other=-1)
+        count = tl.load(LCNT + bh * NQB + m0 // BS)
+        for slot in range(0, count):
+            start = tl.load(lst_base + slot) * BS
+            for n0 in range(start, tl.minimum(start + BS, lo), BLOCK_N):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
+                                          offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
+                                          qk_scale, False, HAS_BLOCKS, PREC)
+    for n0 in range(lo, full_lo, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True,
+                                  HAS_BLOCKS, PREC)
+    for n0 in range(full_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
+                                  HAS_BLOCKS, PREC)
+    for n0 in range(full_hi, hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True,
+                                  HAS_BLOCKS, PREC)
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    acc = acc / l_safe[:, None]
+    tl.store(LSE + bh * T + rows, m_i + tl.math.log2(l_safe), mask=rows < T)
+    tl.store(O + b * so_b + h * so_h + rows[:, None] * so_t + offs_dv[None, :],
+             acc.to(O.dtype.element_ty), mask=rows[:, None] < T)
+
+
+# ---------------------------------------------------------------------------------- backward
+
+@triton.jit
+def attn_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, sdo_b, sdo_t, sdo_h, H, T,
+                          BLOCK_M: tl.constexpr, DV: tl.constexpr):
+    """delta_i = sum_d O[i, d] * dO[i, d] in fp32 (the softmax-gradient row correction)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, DV)
+    mask = rows[:, None] < T
+    o = tl.load(O + b * so_b + h * so_h + rows[:, None] * so_t + offs_dv[None, :], mask=mask,
+                other=0.0)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_t + offs_dv[None, :],
+                 mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + bh * T + rows, delta, mask=rows < T)
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols, offs_m, offs_dk,
+               offs_dv, stride_qt, stride_dot, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+               MASKED: tl.constexpr, ROW_TAIL: tl.constexpr, HAS_BLOCKS: tl.constexpr,
+               PREC: tl.constexpr):
+    """One query tile against this program's key tile; lst_rows points at the forward lists of
+    this (batch, head), used only by masked tiles to ask whether the query block lists kb."""
+    rows = m0 + offs_m
+    qT_ptrs = q_base + rows[None, :] * stride_qt + offs_dk[:, None]
+    do_ptrs = do_base + rows[:, None] * stride_dot + offs_dv[None, :]
+    if ROW_TAIL:
+        qT = tl.load(qT_ptrs, mask=rows[None, :] < T, other=0.0)
+        do = tl.load(do_ptrs, mask=rows[:, None] < T, other=0.0)
+        lse = tl.load(lse_base + rows, mask=rows < T, other=0.0)
+        delta = tl.load(delta_base + rows, mask=rows < T, other=0.0)
+    else:
+        qT = tl.load(qT_ptrs)
+        do = tl.load(do_ptrs)
+        lse = tl.load(lse_base + rows)
+        delta = tl.load(delta_base + rows)
+    sT = tl.dot(k, qT, input_precision=PREC)
+    pT = tl.math.exp2(sT * qk_scale - lse[None, :])
+    if MASKED:
+        listed = False
+        if HAS_BLOCKS:
+            lst = tl.load(lst_rows + (m0 // BS) * S + offs_s, mask=offs_s < S, other=-1)
+            listed = _is_listed(lst, kb)
+        pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS), pT, 0.0)
+    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
+    dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+    dsT = pT * (dpT - delta[None, :])
+    dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
+                         sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+                         sdo_b, sdo_t, sdo_h, sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
+                         H, T, NB, WINDOW, BS, qk_scale, sm_scale, S, ST,
+                         HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, DK_: tl.constexpr, DV_: tl.constexpr,
+                         PREC: tl.constexpr):
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n0 = tl.program_id(0) * BLOCK_N
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, DK_)
+    offs_dv = tl.arange(0, DV_)
+    k = tl.load(K + b * sk_b + h * sk_h + cols[:, None] * sk_t + offs_dk[None, :],
+                mask=cols[:, None] < T, other=0.0)
+    v = tl.load(V + b * sv_b + h * sv_h + cols[:, None] * sv_t + offs_dv[None, :],
+                mask=cols[:, None] < T, other=0.0)
+    dk = tl.zeros([BLOCK_N, DK_], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_], dtype=tl.float32)
+    q_base = Q + b * sq_b + h * sq_h
+    do_base = DO + b * sdo_b + h * sdo_h
+    lse_base = LSE + bh * T
+    delta_base = DELTA + bh * T
+
+    first, a, b_clean, c = _query_ranges(n0, T, WINDOW, BS, BLOCK_M, BLOCK_N, HAS_BLOCKS)
+    kb = n0 // BS
+    offs_s = tl.arange(0, S_PAD)
+    lst_rows = LST + bh * NB * S
+    if HAS_BLOCKS:
+        tlst_base = TLST + (bh * NB + kb) * ST
+        count = tl.load(TCNT + bh * NB + kb)
+        m_end = tl.cdiv(T, BLOCK_M) * BLOCK_M
+        for slot in range(0, count):
+            qstart = tl.load(tlst_base + slot) * BS
+            for m0 in range(tl.maximum(qstart, c), tl.minimum(qstart + BS, m_end), BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
+                                    offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
+                                    offs_s, S, kb, qk_scale, False, True, HAS_BLOCKS, PREC)
+    for m0 in range(first, a, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
+                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
+                            offs_s, S, kb, qk_scale, True, True, HAS_BLOCKS, PREC)
+    for m0 in range(a, b_clean, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
+                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
+                            offs_s, S, kb, qk_scale, False, False, HAS_BLOCKS, PREC)
+    for m0 in range(b_clean, c, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
+                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
+                            offs_s, S, kb, qk_scale, True, True, HAS_BLOCKS, PREC)
+
+    dk = dk * sm_scale
+    tl.store(DK + b * sdk_b + h * sdk_h + cols[:, None] * sdk_t + offs_dk[None, :],
+             dk.to(DK.dtype.element_ty), mask=cols[:, None] < T)
+    tl.store(DV + b * sdv_b + h * sdv_h + cols[:, None] * sdv_t + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=cols[:, None] < T)
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
+             stride_kt, stride_vt, T, WINDOW, BS, lst, qk_scale,
+             MASKED: tl.constexpr, HAS_BLOCKS: tl.constexpr, PREC: tl.constexpr):
+    cols = n0 + offs_n
+    kT_ptrs = k_base + cols[None, :] * stride_kt + offs_dk[:, None]
+    vT_ptrs = v_base + cols[None, :] * stride_vt + offs_dv[:, None]
+    if MASKED:
+        kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0)
+        vT = tl.load(vT_ptrs, mask=cols[None, :] < T, other=0.0)
+    else:
+        kT = tl.load(kT_ptrs)
+        vT = tl.load(vT_ptrs)
+    s = tl.dot(q, kT, input_precision=PREC)
+    p = tl.math.exp2(s * qk_scale - lse[:, None])
+    if MASKED:
+        listed = False
+        if HAS_BLOCKS:
+            listed = _is_listed(lst, n0 // BS)
+        p = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS), p, 0.0)
+    dp = tl.dot(do, vT, input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PREC)
+    return dq
+
+
+@triton.jit
+def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
+                       sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+                       sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+                       H, T, NQB, WINDOW, BS, qk_scale, sm_scale, S,
+                       HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                       PREC: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, DK)
+    offs_dv = tl.arange(0, DV)
+    row_ok = rows < T
+    q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_t + offs_dk[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_t + offs_dv[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+    dq = tl.zeros([BLOCK_M, DK], dtype=tl.float32)
+
+    lo, full_lo, full_hi, hi = _key_ranges(m0, T, WINDOW, BS, BLOCK_M, BLOCK_N, HAS_BLOCKS)
+    lst = 0
+    if HAS_BLOCKS:
+        lst_base = LST + (bh * NQB + m0 // BS) * S
+        offs_s = tl.arange(0, S_PAD)
+        lst = tl.load(lst_base + offs_s, mask=offs_s < S, other=-1)
+        count = tl.load(LCNT + bh * NQB + m0 // BS)
+        for slot in range(0, count):
+            start = tl.load(lst_base + slot) * BS
+            for n0 in range(start, tl.minimum(start + BS, lo), BLOCK_N):
+                dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
+                              offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
+                              HAS_BLOCKS, PREC)
+    for n0 in range(lo, full_lo, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True, HAS_BLOCKS, PREC)
+    for n0 in range(full_lo, full_hi, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False, HAS_BLOCKS, PREC)
+    for n0 in range(full_hi, hi, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True, HAS_BLOCKS, PREC)
+
+    dq = dq * sm_scale
+    tl.store(DQ + b * sdq_b + h * sdq_h + rows[:, None] * sdq_t + offs_dk[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
