@@ -56,6 +56,36 @@ def listed_blocks(block_indices: torch.Tensor, num_blocks: int) -> torch.Tensor:
     return listed | torch.eye(num_blocks, dtype=torch.bool, device=idx.device)
 
 
+def visible_key_blocks(B, H, Tp, M, kb_len, window, listed, block_size, device):
+    """Which key blocks each query tile of M rows can see, packed to the front.
+
+    Returns order [B, H, nT, S] (key block ids, S = most visible blocks of any tile), slot_ok
+    (False for padding slots) and, with a block list, listed_groups [B, H, nT, G, NBk]: the
+    listing for each group of rows of a tile that share a query block.
+    """
+    num_tiles, num_kblocks = Tp // M, Tp // kb_len
+    tile_start = torch.arange(num_tiles, device=device) * M
+    kb_start = torch.arange(num_kblocks, device=device) * kb_len
+    block_vis = (kb_start[None, :] <= tile_start[:, None] + M - 1)[None, None]   # causal
+    reach = None
+    if window is not None:
+        reach = block_vis & (kb_start[None, :] + kb_len - 1 >= tile_start[:, None] - window + 1)
+    listed_groups = None
+    if listed is not None:
+        rows_per_group = min(M, block_size)
+        groups = M // rows_per_group
+        group_qblock = (tile_start[:, None] + torch.arange(groups, device=device) * rows_per_group) // block_size
+        listed_groups = listed[:, :, group_qblock]                     # [B, H, nT, groups, NBk]
+        tile_listed = listed_groups.any(dim=3)
+        block_vis = block_vis & (tile_listed if reach is None else tile_listed | reach)
+    else:
+        block_vis = reach
+    block_vis = block_vis.expand(B, H, num_tiles, num_kblocks)
+    S = int(block_vis.sum(-1).max())
+    order = torch.argsort((~block_vis).to(torch.int8), dim=-1, stable=True)[..., :S]
+    return order, block_vis.gather(-1, order), listed_groups
+
+
 def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale, config):
     B, T, H, D = q.shape
     scale = D ** -0.5 if scale is None else scale
@@ -73,29 +103,10 @@ def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale
         return F.pad(x.to(dtype), (0, 0, 0, 0, 0, Tp - T)).transpose(1, 2)
     qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
 
-    # Block level: which key blocks each query tile can see.
+    listed = None if block_indices is None else listed_blocks(block_indices, num_kblocks)  # [B, H, NBk, NBk]
+    order, slot_ok, listed_groups = visible_key_blocks(B, H, Tp, M, kb_len, window, listed, block_size, dev)
+    S = order.shape[-1]
     tile_start = torch.arange(num_tiles, device=dev) * M
-    kb_start = torch.arange(num_kblocks, device=dev) * kb_len
-    block_vis = (kb_start[None, :] <= tile_start[:, None] + M - 1)[None, None]   # causal
-    reach = None
-    if window is not None:
-        reach = block_vis & (kb_start[None, :] + kb_len - 1 >= tile_start[:, None] - window + 1)
-    if block_indices is not None:
-        listed = listed_blocks(block_indices, num_kblocks)             # [B, H, NBk, NBk]
-        rows_per_group = min(M, block_size)
-        groups = M // rows_per_group
-        group_qblock = (tile_start[:, None] + torch.arange(groups, device=dev) * rows_per_group) // block_size
-        listed_groups = listed[:, :, group_qblock]                     # [B, H, nT, groups, NBk]
-        tile_listed = listed_groups.any(dim=3)
-        block_vis = block_vis & (tile_listed if reach is None else tile_listed | reach)
-    else:
-        block_vis = reach
-    block_vis = block_vis.expand(B, H, num_tiles, num_kblocks)
-
-    # Pack visible blocks to the front; S = most visible blocks of any tile.
-    S = int(block_vis.sum(-1).max())
-    order = torch.argsort((~block_vis).to(torch.int8), dim=-1, stable=True)[..., :S]  # [B, H, nT, S]
-    slot_ok = block_vis.gather(-1, order)
 
     bi = torch.arange(B, device=dev).view(B, 1, 1, 1)
     hi = torch.arange(H, device=dev).view(1, H, 1, 1)
@@ -109,6 +120,8 @@ def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale
     ok = (j <= i) & slot_ok.repeat_interleave(kb_len, dim=-1)[..., None, :]
     in_window = None if window is None else (i - j) < window
     if block_indices is not None:
+        groups = listed_groups.shape[3]
+        rows_per_group = M // groups
         slot_listed = listed_groups.gather(-1, order[:, :, :, None, :].expand(B, H, num_tiles, groups, S))
         slot_listed = slot_listed.repeat_interleave(rows_per_group, dim=3).repeat_interleave(kb_len, dim=-1)
         ok = ok & (slot_listed if in_window is None else slot_listed | in_window)

@@ -1,0 +1,106 @@
+"""Block-sparse torch softmax path == dense masked reference (float64), for every pattern."""
+import pytest
+import torch
+
+from attnsearch import kernels
+from attnsearch.kernels import masks, softmax_attention_ref
+from attnsearch.kernels.block_sparse import listed_blocks, visible_key_blocks
+
+F64 = torch.float64
+B, T, H, D, DV = 2, 100, 3, 16, 8  # T = 100 is not a multiple of any block or tile size
+
+
+def qkv(seed, T=T, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=gen, dtype=F64)
+    k = torch.randn(B, T, H, D, generator=gen, dtype=F64)
+    v = torch.randn(B, T, H, DV, generator=gen, dtype=F64)
+    return [x.to(dtype) for x in (q, k, v)]
+
+
+def patterns(q, k):
+    """Every builder (and raw combinations) as kwargs for softmax_attention."""
+    nb16 = masks.num_blocks(T, 16)
+    raw = torch.randint(-1, nb16, (B, H, nb16, 4), generator=torch.Generator().manual_seed(9))
+    return {
+        "full": {},
+        "window": masks.sliding_window_pattern(T, window=21, block_size=16),
+        "window_covers_all": {"window": 1000},
+        "dilated": masks.dilated_pattern(T, 16, dilation=2, num_back=3, batch=B, heads=H),
+        "dilated_all_back_with_window": masks.dilated_pattern(T, 32, dilation=3, window=9, batch=B, heads=H),
+        "random": masks.random_pattern(T, 16, num_random=2, seed=5, batch=B, heads=H),
+        "longformer": masks.longformer_pattern(T, 16, window=17, n_global=3, batch=B, heads=H),
+        "bigbird": masks.bigbird_pattern(T, 16, window=24, num_random=2, n_global=20, seed=1, batch=B, heads=H),
+        "topk": {"block_indices": masks.topk_block_indices(q, k, 16, topk=2), "block_size": 16},
+        "topk_with_window": {"block_indices": masks.topk_block_indices(q, k, 32, topk=1), "block_size": 32,
+                             "window": 5},
+        "raw_with_duplicates_and_unused": {"block_indices": raw, "block_size": 16},
+        "raw_int32_with_window": {"block_indices": raw.int(), "block_size": 16, "window": 3},
+    }
+
+
+PATTERN_NAMES = list(patterns(*qkv(0)[:2]).keys())
+
+
+@pytest.mark.parametrize("name", PATTERN_NAMES)
+@pytest.mark.parametrize("block_m", [16, 64, 128])
+def test_matches_dense_reference(name, block_m):
+    q, k, v = qkv(seed=len(name) + block_m)
+    pattern = patterns(q, k)[name]
+    o = kernels.softmax_attention(q, k, v, backend="torch", config={"block_m": block_m}, **pattern)
+    o_ref = softmax_attention_ref(q, k, v, pattern.get("window"), pattern.get("block_indices"),
+                                  pattern.get("block_size", 64))
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["full", "window", "bigbird", "topk_with_window", "raw_with_duplicates_and_unused"])
+def test_gradients_match_dense_reference(name):
+    q, k, v = qkv(seed=3)
+    pattern = patterns(q, k)[name]
+    w = torch.randn(B, T, H, DV, dtype=F64, generator=torch.Generator().manual_seed(4))
+
+    def grads(fn):
+        leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+        return torch.autograd.grad((fn(*leaves) * w).sum(), leaves)
+
+    got = grads(lambda q, k, v: kernels.softmax_attention(q, k, v, backend="torch",
+                                                          config={"block_m": 32}, **pattern))
+    want = grads(lambda q, k, v: softmax_attention_ref(q, k, v, pattern.get("window"),
+                                                       pattern.get("block_indices"),
+                                                       pattern.get("block_size", 64)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_work_grows_with_visible_blocks_not_length():
+    """A 64-token window at T = 4096 gathers at most 2 key blocks of 64 per query tile of 64."""
+    Tp, M = 4096, 64
+    order, slot_ok, _ = visible_key_blocks(1, 1, Tp, M, M, 64, None, 64, "cpu")
+    assert order.shape[-1] == 2
+    # A block list of 3 per query block (+ own) visits at most 4 key blocks, whatever T is.
+    nb = Tp // 64
+    idx = masks.random_block_indices(Tp, 64, 3, seed=0)
+    order, slot_ok, _ = visible_key_blocks(1, 1, Tp, M, 64, None, listed_blocks(idx, nb), 64, "cpu")
+    assert order.shape[-1] <= 4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_low_precision_inputs_keep_their_dtype(dtype):
+    q, k, v = qkv(seed=8, dtype=dtype)
+    pattern = masks.longformer_pattern(T, 16, window=17, n_global=3, batch=B, heads=H)
+    o = kernels.softmax_attention(q, k, v, backend="torch", **pattern)
+    assert o.dtype == dtype
+    o_ref = softmax_attention_ref(q.double(), k.double(), v.double(), pattern["window"],
+                                  pattern["block_indices"], 16)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(o.double(), o_ref, rtol=tol, atol=tol)
+
+
+def test_single_token_and_tiny_sequences():
+    for T_small in (1, 2, 17):
+        q, k, v = qkv(seed=T_small, T=T_small)
+        for pattern in ({}, {"window": 1}, masks.random_pattern(T_small, 16, 1, seed=0, batch=B, heads=H)):
+            o = kernels.softmax_attention(q, k, v, backend="torch", **pattern)
+            o_ref = softmax_attention_ref(q, k, v, pattern.get("window"), pattern.get("block_indices"),
+                                          pattern.get("block_size", 64))
+            torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
