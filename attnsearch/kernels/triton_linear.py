@@ -1,0 +1,933 @@
+"""Triton backend for chunkwise linear attention (every gate kind) and the (gated) delta rule.
+
+Layout follows DESIGN.md: q, k [B, T, H, K], v [B, T, H, V], states [B, H, K, V]. The sequence is
+cut into chunks of BT steps; chunk n's entering state is h_n.
+
+Forward (linear attention)
+  1. `_chunk_cumsum_kernel`: b = within-chunk cumulative log gate (fp32; [B,T,H] or [B,T,H,K]).
+  2. `_state_fwd_kernel` (sequential over chunks, parallel over K/V tiles and B*H): stores h_n
+     [B, H, NT, K, V] and the final state.
+  3. `_out_fwd_kernel` (parallel over chunks): o = scale * ((q * exp(b)) h_n + A v) where A is the
+     causal intra-chunk attention with decay exp(b_i - b_j). For per-channel gates A is built by
+     `_gla_intra_kernel` from sub-blocks of 16 rows (below).
+Delta rule: `_wy_fwd_kernel` first solves (I + tril(beta K K^T * decay)) for w and u per chunk
+(UT transform); the state scan then uses v_new = u - w h_n and the output kernel runs on v_new.
+
+Backward mirrors this: `_state_bwd_kernel` scans dh backwards and stores, per chunk, the
+gradient G_n of the state *leaving* chunk n; then one parallel kernel per chunk produces
+dq/dk/dv (and dbeta, dg). Only the inputs and the per-chunk states h are saved for the backward;
+cumulative gates, A, w, u and v_new are recomputed.
+
+Numerics: gates are log-decays (<= 0). Only non-positive differences are exponentiated:
+exp(b_i), exp(b_last - b_j), exp(b_i - b_j) for j <= i (masked to -inf otherwise). For
+per-channel gates, exp(b_i - b_j) does not factorise safely over a whole chunk, so rows are
+taken in sub-blocks of 16: between sub-blocks the product is split at the sub-block boundary r
+(exp(b_i - b_r) * exp(b_r - b_j), both factors <= 1), inside the 16 x 16 diagonal block it is
+formed elementwise. A gate of -20 per step therefore underflows to 0 instead of overflowing.
+
+Gate gradients. Linear attention: with the global cumulative gate B_t, o is ungated linear
+attention on q_t e^{B_t}, k_t e^{-B_t}, so dL/dB_t = q_t dq_t - k_t dk_t (+ S_T dS_T summed over V at
+the last step), and dg is its reverse cumulative sum over time. Delta rule: the gate enters
+through chunk-local b only, so db is accumulated explicitly per chunk and dg is the reverse
+cumulative sum of db within each chunk.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+OPS = ("linear_attention", "delta_rule")
+CHUNK_SIZES = (16, 32, 64, 128)
+_TILES = (16, 32, 64, 128, 256)
+CONFIG_SPACE = {
+    "linear_attention": {
+        "BLOCK_K": _TILES,          # K tile of the state kernels (forward and dh scans)
+        "BLOCK_V": _TILES,          # V tile of all kernels
+        "num_warps": (1, 2, 4, 8, 16),
+        "num_stages": (1, 2, 3, 4),
+        "bwd_num_warps": (2, 4, 8, 16),   # the per-chunk gradient kernels
+    },
+    "delta_rule": {
+        "BLOCK_V": _TILES,
+        "num_warps": (1, 2, 4, 8, 16),
+        "num_stages": (1, 2, 3, 4),
+        "bwd_num_warps": (2, 4, 8, 16),
+    },
+}
+SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
+
+
+def default_config(op: str, device=None) -> dict:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    if op == "linear_attention":
+        return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
+    return {"BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
+
+
+def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"chunk_size must be one of {CHUNK_SIZES} for the triton backend, got {chunk_size}")
+    space = CONFIG_SPACE[op]
+    for key, value in config.items():
+        if key not in space:
+            raise ValueError(f"unknown triton config key {key!r} for {op} (allowed: {', '.join(sorted(space))})")
+        if value not in space[key]:
+            raise ValueError(f"{op} triton config {key}={value!r} not in {list(space[key])}")
+    tile = config.get("BLOCK_K", 64) * config.get("BLOCK_V", 64)
+    if op == "linear_attention" and tile > 128 * 128:
+        raise ValueError(f"BLOCK_K * BLOCK_V must be <= {128 * 128} (register budget), got "
+                         f"{config['BLOCK_K']} * {config['BLOCK_V']}")
+    if chunk_size == 128 and config.get("BLOCK_V", 64) > 128:
+        raise ValueError("BLOCK_V must be <= 128 with chunk_size=128 (register budget)")
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
+                         BD: tl.constexpr, VEC: tl.constexpr):
+    """b = cumulative sum of g within each chunk, in fp32."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    if VEC:
+        cols = tl.arange(0, BD)
+        offs = tok[:, None] * D + cols[None, :]
+        mask = (rows < T)[:, None] & (cols < D)[None, :]
+        g = tl.load(g_ptr + offs, mask=mask, other=0).to(tl.float32)
+        tl.store(b_ptr + offs, tl.cumsum(g, axis=0), mask=mask)
+    else:
+        mask = rows < T
+        g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
+        tl.store(b_ptr + tok, tl.cumsum(g, axis=0), mask=mask)
+
+
+@triton.jit
+def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_ptr,
+                      T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
+                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """Sequential scan over chunks: stores h_n (state entering chunk n) and the final state.
+
+    DELTA: v_ptr holds u and w_ptr holds w of the UT transform; the values written into the state
+    are v_new = u - w h_n (stored to vnew_ptr for the output kernel). BK must then cover K.
+    """
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    bh = tl.program_id(2)
+    bb = bh // H
+    hh = bh % H
+    kk = ik * BK + tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    kmask = kk < K
+    vmask = vv < V
+    kvmask = kmask[:, None] & vmask[None, :]
+    kv_offs = kk[:, None] * V + vv[None, :]
+    state = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    for n in range(NT):
+        tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
+                 state.to(h_ptr.dtype.element_ty), mask=kvmask)
+        rows = n * BT + tl.arange(0, BT)
+        rmask = rows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
+        k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
+        if DELTA:
+            w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+            v_new = v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)
+            v_t = v_new.to(v_t.dtype)
+            tl.store(vnew_ptr + tok[:, None] * V + vv[None, :], v_t, mask=rmask[:, None] & vmask[None, :])
+        if GATE == 1:
+            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            b_last = tl.load(b_ptr + last)
+            k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+            state = state * tl.exp(b_last)
+        elif GATE == 2:
+            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+            b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+            k_t = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(v_t.dtype)
+            state = state * tl.exp(b_last)[:, None]
+        state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
+
+
+@triton.jit
+def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
+                    T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """o = scale * ((q * exp(b)) h_n + A v); A is read from a_ptr for per-channel gates."""
+    iv = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    vv = iv * BV + tl.arange(0, BV)
+    vmask = vv < V
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    att = tl.zeros([BT, BT], dtype=tl.float32)
+    h_base = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
+    for ik in range(tl.cdiv(K, BK)):
+        kk = ik * BK + tl.arange(0, BK)
+        kmask = kk < K
+        m2 = rmask[:, None] & kmask[None, :]
+        q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+        h_t = tl.load(h_base + kk[:, None] * V + vv[None, :], mask=kmask[:, None] & vmask[None, :], other=0)
+        if GATE == 2:
+            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+            acc += tl.dot((q_t * tl.exp(b)).to(h_t.dtype), h_t, input_precision=PREC)
+        else:
+            k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+            acc += tl.dot(q_t.to(h_t.dtype), h_t, input_precision=PREC)
+            att += tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    if GATE == 1:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        acc = acc * tl.exp(b)[:, None]
+        att = att * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+    elif GATE == 2:
+        att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                      mask=rmask[:, None], other=0)
+    else:
+        att = tl.where(causal, att, 0)
+    v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
+    acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
+    tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty),
+             mask=rmask[:, None] & vmask[None, :])
+
+
+@triton.jit
+def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H: tl.constexpr, K: tl.constexpr,
+                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Per-channel gate: A[i, j] = sum_c q_ic k_jc exp(b_ic - b_jc) for j <= i, for one sub-block of
+    BC rows; stored as rows of [B*H, T, BT] (fp32)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC: tl.constexpr = BT // BC
+    n = pid // NC
+    ic = pid % NC
+    bb = bh // H
+    hh = bh % H
+    r0 = n * BT + ic * BC
+    if r0 < T:
+        rows = r0 + tl.arange(0, BC)
+        rmask = rows < T
+        allrows = n * BT + tl.arange(0, BT)
+        amask = allrows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        atok = (bb * T + allrows).to(tl.int64) * H + hh
+        kk = tl.arange(0, BK)
+        kmask = kk < K
+        q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0).to(tl.float32)
+        b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+        b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+        k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
+        b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
+        # earlier sub-blocks (j < r0): split exp(b_i - b_j) at r0, both factors <= 1
+        before = (allrows < r0)[:, None]
+        k_s = tl.where(before, k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
+        q_s = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
+        att = tl.dot(q_s.to(k_a.dtype), tl.trans(k_s.to(k_a.dtype)), input_precision=PREC)
+        # diagonal block, elementwise
+        li = tl.arange(0, BC)
+        lcol = tl.arange(0, BT)
+        for j in range(BC):
+            jt = (bb * T + r0 + j).to(tl.int64) * H + hh
+            jmask = kmask & (kk * 0 + r0 + j < T)
+            k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+            b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
+            col = tl.sum(q_i * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), axis=1)
+            col = tl.where(li >= j, col, 0)
+            att = tl.where(lcol[None, :] == ic * BC + j, col[:, None], att)
+        tl.store(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + lcol[None, :], att, mask=rmask[:, None])
+
+
+@triton.jit
+def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_ptr, gs_ptr, dvn_ptr,
+                      scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
+                      HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+    """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
+
+    dh_n = exp(b_last) G_n + scale (q exp(b))^T do  [- w^T dv_new for the delta rule, where
+    dv_new = dv_local + (k exp(b_last - b)) G_n is stored to dvn_ptr].
+    """
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    bh = tl.program_id(2)
+    bb = bh // H
+    hh = bh % H
+    kk = ik * BK + tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    kmask = kk < K
+    vmask = vv < V
+    kvmask = kmask[:, None] & vmask[None, :]
+    kv_offs = kk[:, None] * V + vv[None, :]
+    dstate = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        dstate += tl.load(dht_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        tl.store(gs_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
+                 dstate.to(gs_ptr.dtype.element_ty), mask=kvmask)
+        rows = n * BT + tl.arange(0, BT)
+        rmask = rows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
+        m_k = rmask[:, None] & kmask[None, :]
+        m_v = rmask[:, None] & vmask[None, :]
+        q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        if DELTA:
+            k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            dv = tl.load(dvl_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0).to(tl.float32)
+        if GATE == 1:
+            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            b_last = tl.load(b_ptr + last)
+            q_t = (q_t * tl.exp(b)[:, None]).to(do_t.dtype)
+            if DELTA:
+                k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(do_t.dtype)
+            decay = tl.exp(b_last)
+            dnext = dstate * decay
+        elif GATE == 2:
+            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+            q_t = (q_t * tl.exp(b)).to(do_t.dtype)
+            dnext = dstate * tl.exp(b_last)[:, None]
+        else:
+            dnext = dstate
+        if DELTA:
+            dv += tl.dot(k_t, dstate.to(k_t.dtype), input_precision=PREC)
+            tl.store(dvn_ptr + tok[:, None] * V + vv[None, :], dv.to(dvn_ptr.dtype.element_ty), mask=m_v)
+            dnext -= tl.dot(tl.trans(w_t), dv.to(w_t.dtype), input_precision=PREC)
+        dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0_ptr + bh.to(tl.int64) * K * V + kv_offs, dstate, mask=kvmask)
+
+
+@triton.jit
+def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
+                       dq_ptr, dk_ptr, dv_ptr, db_ptr, da_ptr, scale,
+                       T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk gradients of linear attention. GATE 2 writes the inter-chunk parts of dq/dk (fp32)
+    and the intra-chunk dA; `_gla_intra_bwd_kernel` adds the intra-chunk parts."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    # intra-chunk attention matrix (with decay) and the decayed keys entering the next state
+    if GATE == 2:
+        b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+        k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
+        att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                      mask=rmask[:, None], other=0)
+    else:
+        att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
+        if GATE == 1:
+            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            b_last = tl.load(b_ptr + last)
+            decay = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            att = att * decay
+            k_dec = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(k_t.dtype)
+        else:
+            att = tl.where(causal, att, 0)
+            k_dec = k_t
+    att_t = tl.trans(att * scale).to(k_t.dtype)
+    dq = tl.zeros([BT, BK], dtype=tl.float32)
+    dk = tl.zeros([BT, BK], dtype=tl.float32)
+    da = tl.zeros([BT, BT], dtype=tl.float32)
+    hbase = (bh.to(tl.int64) * NT + n) * K * V
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        vmask = vv < V
+        m_v = rmask[:, None] & vmask[None, :]
+        do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        h_t = tl.load(h_ptr + hbase + kk[:, None] * V + vv[None, :], mask=kmask[:, None] & vmask[None, :], other=0)
+        g_t = tl.load(gs_ptr + hbase + kk[:, None] * V + vv[None, :], mask=kmask[:, None] & vmask[None, :], other=0)
+        dq += tl.dot(do_t, tl.trans(h_t).to(do_t.dtype), input_precision=PREC)
+        dk += tl.dot(v_t, tl.trans(g_t).to(v_t.dtype), input_precision=PREC)
+        da += tl.dot(do_t, tl.trans(v_t), input_precision=PREC)
+        dv = tl.dot(att_t, do_t, input_precision=PREC) + tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
+        tl.store(dv_ptr + tok[:, None] * V + vv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=m_v)
+    da = tl.where(causal, da * scale, 0)
+    if GATE == 2:
+        dq = dq * scale * tl.exp(b)
+        dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
+        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da, mask=rmask[:, None])
+    else:
+        if GATE == 1:
+            dq = dq * (scale * tl.exp(b))[:, None]
+            dk = dk * tl.exp(tl.minimum(b_last - b, 0))[:, None]
+            da = da * decay
+        else:
+            dq = dq * scale
+        dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
+        dk += tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+        if GATE == 1:
+            db = tl.sum(q_t.to(tl.float32) * dq - k_t.to(tl.float32) * dk, axis=1)
+            tl.store(db_ptr + tok, db, mask=rmask)
+
+
+@triton.jit
+def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr, db_ptr,
+                          T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                          BK: tl.constexpr, PREC: tl.constexpr):
+    """Per-channel gate, one sub-block of BC rows: adds the intra-chunk parts
+    dq_i += sum_{j<=i} dA_ij exp(b_i - b_j) k_j and dk_j += sum_{i>=j} dA_ij exp(b_i - b_j) q_i to
+    the inter-chunk parts, and writes dB = q dq - k dk."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC: tl.constexpr = BT // BC
+    n = pid // NC
+    ic = pid % NC
+    bb = bh // H
+    hh = bh % H
+    r0 = n * BT + ic * BC
+    if r0 < T:
+        rows = r0 + tl.arange(0, BC)
+        rmask = rows < T
+        allrows = n * BT + tl.arange(0, BT)
+        amask = allrows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        atok = (bb * T + allrows).to(tl.int64) * H + hh
+        kk = tl.arange(0, BK)
+        kmask = kk < K
+        m_k = rmask[:, None] & kmask[None, :]
+        m_a = amask[:, None] & kmask[None, :]
+        li = tl.arange(0, BC)
+        lcol = ic * BC + li  # local column index of this sub-block's rows
+        q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
+        k_i = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
+        b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+        e_row = tl.minimum(r0 + BC, T) - 1  # last valid row of the sub-block
+        b_e = tl.load(b_ptr + ((bb * T + e_row).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+        k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+        q_a = tl.load(q_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+        b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+        da_base = da_ptr + bh.to(tl.int64) * T * BT
+        # this sub-block's rows of dA ([BC, BT]) and its columns ([BT, BC])
+        da_rows = tl.load(da_base + rows[:, None] * BT + tl.arange(0, BT)[None, :], mask=rmask[:, None], other=0)
+        da_cols = tl.load(da_base + allrows[:, None] * BT + lcol[None, :], mask=amask[:, None], other=0)
+        # off-diagonal parts, split at the sub-block boundary so both factors are <= 1
+        k_s = tl.where((allrows < r0)[:, None], k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
+        dq = tl.dot(da_rows.to(k_a.dtype), k_s.to(k_a.dtype), input_precision=PREC)
+        dq = dq * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
+        q_s = tl.where((allrows > e_row)[:, None], q_a.to(tl.float32) * tl.exp(tl.minimum(b_a - b_e[None, :], 0)), 0)
+        dk = tl.dot(tl.trans(da_cols).to(q_a.dtype), q_s.to(q_a.dtype), input_precision=PREC)
+        dk = dk * tl.exp(tl.minimum(b_e[None, :] - b_i, 0))
+        # diagonal block, elementwise
+        for j in range(BC):
+            jt = (bb * T + r0 + j).to(tl.int64) * H + hh
+            jmask = kmask & (kk * 0 + r0 + j < T)
+            k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+            q_j = tl.load(q_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+            b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
+            # column j of dA restricted to this block's rows, and row j restricted to its columns
+            da_col_j = tl.sum(tl.where(tl.arange(0, BT)[None, :] == ic * BC + j, da_rows, 0), axis=1)
+            da_row_j = tl.sum(tl.where(tl.arange(0, BT)[:, None] == ic * BC + j, da_cols, 0), axis=0)
+            lower = li >= j  # rows i >= j
+            upper = li <= j  # columns i <= j
+            dq += tl.where(lower[:, None], da_col_j[:, None] * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), 0)
+            dk += tl.where(upper[:, None], da_row_j[:, None] * q_j[None, :] * tl.exp(tl.minimum(b_j[None, :] - b_i, 0)), 0)
+        dq += tl.load(dqi_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dk += tl.load(dki_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+        tl.store(db_ptr + tok[:, None] * K + kk[None, :], q_i * dq - k_i * dk, mask=m_k)
+
+
+@triton.jit
+def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
+                   T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, STORE_TM: tl.constexpr,
+                   PREC: tl.constexpr):
+    """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
+    w = Tm (beta exp(b) k), u = Tm (beta v)."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
+    ii = tl.arange(0, BT)
+    strict = ii[:, None] > ii[None, :]
+    kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
+    if GATE == 1:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        lmat = kkt * beta[:, None] * tl.exp(tl.where(strict, b[:, None] - b[None, :], float("-inf")))
+    else:
+        lmat = tl.where(strict, kkt * beta[:, None], 0)
+    # forward substitution, one row at a time: x_i = -l_i - sum_{j<i} l_ij x_j, Tm = I + X
+    x = -lmat
+    for i in range(1, BT):
+        a = tl.sum(tl.where(ii[:, None] == i, x, 0), axis=0)
+        new = a + tl.sum(a[:, None] * x, axis=0)
+        x = tl.where(ii[:, None] == i, new[None, :], x)
+    tm = x + tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
+    if STORE_TM:
+        tl.store(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], tm, mask=rmask[:, None])
+    if GATE == 1:
+        kb = k_t * (beta * tl.exp(b))[:, None]
+    else:
+        kb = k_t * beta[:, None]
+    w = tl.dot(tm.to(k_t.dtype), kb.to(k_t.dtype), input_precision=PREC)
+    tl.store(w_ptr + tok[:, None] * K + kk[None, :], w.to(w_ptr.dtype.element_ty), mask=m_k)
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        m_v = rmask[:, None] & (vv < V)[None, :]
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        u = tl.dot(tm.to(v_t.dtype), (v_t * beta[:, None]).to(v_t.dtype), input_precision=PREC)
+        tl.store(u_ptr + tok[:, None] * V + vv[None, :], u.to(u_ptr.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
+                     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """dv_local = scale * P^T do with P the decayed causal intra-chunk q k^T (delta-rule backward)."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    m_k = rmask[:, None] & (kk < K)[None, :]
+    q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    # P^T directly: pt[j, i] = k_j . q_i * exp(b_i - b_j) for i >= j
+    pt = tl.dot(k_t, tl.trans(q_t), input_precision=PREC)
+    if GATE == 1:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        pt = pt * tl.exp(tl.where(tl.trans(causal), b[None, :] - b[:, None], float("-inf")))
+    else:
+        pt = tl.where(tl.trans(causal), pt, 0)
+    pt = (pt * scale).to(q_t.dtype)
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        m_v = rmask[:, None] & (vv < V)[None, :]
+        do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        dvl = tl.dot(pt, do_t, input_precision=PREC)
+        tl.store(dvl_ptr + tok[:, None] * V + vv[None, :], dvl.to(dvl_ptr.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr, h_ptr, gs_ptr,
+                      do_ptr, dvn_ptr, dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dg_ptr, scale,
+                      T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk gradients of the (gated) delta rule; derivation in the module docstring's terms:
+    v_new = u - w h,  o = scale (q exp(b) h + P v_new),  h' = exp(b_last) h + (k exp(b_last-b))^T v_new,
+    w = Tm (beta exp(b) k),  u = Tm (beta v),  Tm = (I + L)^-1."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    last_row = tl.minimum(n * BT + BT, T) - 1
+    last = (bb * T + last_row).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    strict = ii[:, None] > ii[None, :]
+    tm = tl.load(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None], other=0)
+    tm_t = tl.trans(tm).to(k_t.dtype)
+    if GATE == 1:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b_last = tl.load(b_ptr + last)
+        decay = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+        gam = tl.exp(b)
+        kdec_f = tl.exp(tl.minimum(b_last - b, 0))
+    dq = tl.zeros([BT, BK], dtype=tl.float32)
+    dkh = tl.zeros([BT, BK], dtype=tl.float32)   # (v_new G^T) before the decay factor
+    dw = tl.zeros([BT, BK], dtype=tl.float32)
+    dp = tl.zeros([BT, BT], dtype=tl.float32)
+    dtm = tl.zeros([BT, BT], dtype=tl.float32)
+    dbeta = tl.zeros([BT], dtype=tl.float32)
+    hg = tl.zeros([BK], dtype=tl.float32)        # sum_v h * G per key channel
+    hbase = (bh.to(tl.int64) * NT + n) * K * V
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        vmask = vv < V
+        m_v = rmask[:, None] & vmask[None, :]
+        m_kv = kmask[:, None] & vmask[None, :]
+        h_t = tl.load(h_ptr + hbase + kk[:, None] * V + vv[None, :], mask=m_kv, other=0)
+        g_t = tl.load(gs_ptr + hbase + kk[:, None] * V + vv[None, :], mask=m_kv, other=0)
+        u_t = tl.load(u_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        dvn = tl.load(dvn_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        vnew = (u_t.to(tl.float32) - tl.dot(w_t, h_t.to(w_t.dtype), input_precision=PREC)).to(v_t.dtype)
+        h_tt = tl.trans(h_t).to(do_t.dtype)
+        dq += tl.dot(do_t, h_tt, input_precision=PREC)
+        dp += tl.dot(do_t, tl.trans(vnew), input_precision=PREC)
+        dkh += tl.dot(vnew, tl.trans(g_t).to(vnew.dtype), input_precision=PREC)
+        dw -= tl.dot(dvn.to(do_t.dtype), h_tt, input_precision=PREC)
+        dru = tl.dot(tm_t, dvn.to(tm_t.dtype), input_precision=PREC)
+        tl.store(dv_ptr + tok[:, None] * V + vv[None, :], (dru * beta[:, None]).to(dv_ptr.dtype.element_ty), mask=m_v)
+        dbeta += tl.sum(dru * v_t.to(tl.float32), axis=1)
+        dtm += tl.dot(dvn.to(v_t.dtype), tl.trans((v_t * beta[:, None]).to(v_t.dtype)), input_precision=PREC)
+        if GATE == 1:
+            hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
+    qf = q_t.to(tl.float32)
+    kf = k_t.to(tl.float32)
+    dp = tl.where(causal, dp * scale, 0)
+    kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
+    if GATE == 1:
+        dq = dq * (scale * gam)[:, None]
+        db = tl.sum(qf * dq, axis=1)
+        dk = dkh * kdec_f[:, None]
+        c_term = tl.sum(kf * dk, axis=1)
+        db -= c_term
+        db_last = tl.sum(c_term, axis=0) + tl.exp(b_last) * tl.sum(hg, axis=0)
+        p = tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay
+        dpp = dp * p
+        db += tl.sum(dpp, axis=1) - tl.sum(dpp, axis=0)
+        dp = dp * decay
+        kb = kf * (beta * gam)[:, None]
+    else:
+        dq = dq * scale
+        dk = dkh
+        kb = kf * beta[:, None]
+    dq += tl.dot(dp.to(k_t.dtype), k_t, input_precision=PREC)
+    dk += tl.dot(tl.trans(dp).to(q_t.dtype), q_t, input_precision=PREC)
+    # w = Tm (beta exp(b) k)
+    drw = tl.dot(tm_t, dw.to(tm_t.dtype), input_precision=PREC)
+    rk = tl.sum(drw * kf, axis=1)
+    if GATE == 1:
+        dk += drw * (beta * gam)[:, None]
+        dbeta += rk * gam
+        db += rk * gam * beta
+    else:
+        dk += drw * beta[:, None]
+        dbeta += rk
+    dtm += tl.dot(dw.to(k_t.dtype), tl.trans(kb.to(k_t.dtype)), input_precision=PREC)
+    # Tm = (I + L)^-1  ->  dL = -Tm^T dTm Tm^T on the strict lower triangle
+    dl = -tl.dot(tl.trans(tm), tl.dot(dtm, tl.trans(tm), input_precision="ieee"), input_precision="ieee")
+    dl = tl.where(strict, dl, 0)
+    if GATE == 1:
+        lmat = kkt * beta[:, None] * tl.where(strict, decay, 0)
+        dll = dl * lmat
+        db += tl.sum(dll, axis=1) - tl.sum(dll, axis=0)
+        dl = dl * decay
+    dbeta += tl.sum(dl * kkt, axis=1)
+    dlb = dl * beta[:, None]
+    dk += tl.dot(dlb.to(k_t.dtype), k_t, input_precision=PREC)
+    dk += tl.dot(tl.trans(dlb).to(k_t.dtype), k_t, input_precision=PREC)
+    tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+    tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+    tl.store(dbeta_ptr + tok, dbeta, mask=rmask)
+    if GATE == 1:
+        db += tl.where(rows == last_row, db_last, 0)
+        # dg_t = sum of db over the chunk's steps >= t
+        dg = tl.sum(db, axis=0) - tl.cumsum(db, axis=0) + db
+        tl.store(dg_ptr + tok, dg, mask=rmask)
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _prec(x: torch.Tensor) -> str:
+    # fp32 inputs get exact fp32 products (the contract's fp32 tolerance); half inputs use bf16/fp16 MMA
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _gate_kind(g) -> int:
+    return 0 if g is None else (1 if g.dim() == 3 else 2)
+
+
+def _chunk_cumsum(g, BT):
+    if g is None:
+        return None
+    B, T, H = g.shape[:3]
+    vec = g.dim() == 4
+    D = g.shape[3] if vec else 1
+    b = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    _chunk_cumsum_kernel[(triton.cdiv(T, BT), B * H)](g, b, T, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec)
+    return b
+
+
+def _launch_opts(cfg, bwd=False):
+    return {"num_warps": cfg["bwd_num_warps"] if bwd else cfg["num_warps"], "num_stages": cfg["num_stages"]}
+
+
+def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
+    BK = _pow2(K) if delta else min(cfg.get("BLOCK_K", 64), _pow2(K))
+    BV = min(cfg["BLOCK_V"], _pow2(V))
+    h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device)
+    ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
+    vnew = torch.empty_like(v) if delta else None
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
+    _state_fwd_kernel[grid](k, v, b, w, h0, h, ht, vnew, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+                            GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=want_ht,
+                            PREC=_prec(k), **_launch_opts(cfg))
+    return h, ht, vnew
+
+
+def _gla_intra(q, k, b, BT):
+    B, T, H, K = q.shape
+    att = torch.empty(B * H, T, BT, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)
+    _gla_intra_kernel[grid](q, k, b, att, T, H=H, K=K, BT=BT, BC=SUB_BLOCK, BK=_pow2(K), PREC=_prec(q))
+    return att
+
+
+def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
+    BK = min(cfg.get("BLOCK_K", 64), _pow2(K))
+    BV = min(cfg["BLOCK_V"], _pow2(V))
+    o = torch.empty_like(v)
+    _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, o, scale, T, NT, H=H, K=K, V=V,
+                                                     BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+                                                     **_launch_opts(cfg))
+    return o
+
+
+def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    NT = triton.cdiv(T, BT)
+    BK = _pow2(K) if delta else min(cfg.get("BLOCK_K", 64), _pow2(K))
+    BV = min(cfg["BLOCK_V"], _pow2(V))
+    gs = torch.empty(B, H, NT, K, V, dtype=q.dtype, device=q.device)
+    dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
+    dvn = torch.empty_like(do) if delta else None
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
+    _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
+                            BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,
+                            STORE_DH0=want_dh0, PREC=_prec(q), **_launch_opts(cfg))
+    return gs, dh0, dvn
+
+
+def _reverse_cumsum(x):
+    return x.flip(1).cumsum(1).flip(1)
+
+
+# --------------------------------------------------------------------------------------------
+# linear attention
+# --------------------------------------------------------------------------------------------
+
+def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
+    gate = _gate_kind(g)
+    b = _chunk_cumsum(g, BT)
+    h, ht, _ = _state_fwd(k, v, b, None, h0, BT, cfg, gate, False, want_ht)
+    att = _gla_intra(q, k, b, BT) if gate == 2 else None
+    o = _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate)
+    return o, h, ht
+
+
+def _linear_backward(q, k, v, g, h, ht, do, dht, scale, BT, cfg, want_dh0):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
+    gate = _gate_kind(g)
+    b = _chunk_cumsum(g, BT)
+    att = _gla_intra(q, k, b, BT) if gate == 2 else None
+    gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
+    BK = _pow2(K)
+    BV = min(cfg["BLOCK_V"], _pow2(V))
+    dv = torch.empty_like(v)
+    db = None
+    if gate == 2:
+        dq_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        dk_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        da = torch.empty(B * H, T, BT, dtype=torch.float32, device=q.device)
+    else:
+        dq_i, dk_i, da = torch.empty_like(q), torch.empty_like(k), None
+        db = torch.empty(B, T, H, dtype=torch.float32, device=q.device) if gate == 1 else None
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, dq_i, dk_i, dv, db, da, scale, T, NT,
+                                    H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+                                    **_launch_opts(cfg, bwd=True))
+    if gate == 2:
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        db = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        grid = (NT * (BT // SUB_BLOCK), B * H)
+        _gla_intra_bwd_kernel[grid](q, k, b, da, dq_i, dk_i, dq, dk, db, T, H=H, K=K, BT=BT, BC=SUB_BLOCK,
+                                    BK=BK, PREC=_prec(q))
+    else:
+        dq, dk = dq_i, dk_i
+    dg = None
+    if gate:
+        if dht is not None:
+            # the final state S_T = exp(B_T) (...) also depends on the gate at the last step
+            final = (ht * dht).sum(-1)                     # [B, H, K]
+            if gate == 1:
+                final = final.sum(-1)                      # [B, H]
+            db[:, -1] += final
+        dg = _reverse_cumsum(db).to(g.dtype)
+    return dq, dk, dv, dg, dh0
+
+
+class _LinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, BT, cfg, want_ht):
+        o, h, ht = _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht)
+        ctx.save_for_backward(q, k, v, g, h, ht)
+        ctx.meta = (scale, BT, cfg, h0 is not None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h, ht = ctx.saved_tensors
+        scale, BT, cfg, has_h0 = ctx.meta
+        dht = None if dht is None or ht is None else dht.contiguous().float()
+        dq, dk, dv, dg, dh0 = _linear_backward(q, k, v, g, h, ht, do.contiguous(), dht, scale, BT, cfg, has_h0)
+        return dq, dk, dv, dg, dh0, None, None, None, None
+
+
+def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    cfg = dict(config)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = None if g is None else g.contiguous()
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    return q, k, v, g, h0, scale, cfg
+
+
+def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, output_final_state, config):
+    """Chunkwise linear attention; g None, [B, T, H] or [B, T, H, K] (ops.py normalises [H])."""
+    if q.dtype == torch.float64:
+        raise ValueError("the triton backend takes float32, bfloat16 or float16, not float64")
+    q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
+    o, ht = _LinearAttention.apply(q, k, v, g, h0, scale, chunk_size, cfg, output_final_state)
+    return o, (ht if output_final_state else None)
+
+
+# --------------------------------------------------------------------------------------------
+# delta rule
+# --------------------------------------------------------------------------------------------
+
+def _wy(k, v, beta, b, BT, store_tm):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    w = torch.empty_like(k)
+    u = torch.empty_like(v)
+    tm = torch.empty(B * H, T, BT, dtype=torch.float32, device=k.device) if store_tm else None
+    _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, w, u, tm, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K),
+                                                BV=min(64, _pow2(V)), GATE=0 if b is None else 1,
+                                                STORE_TM=store_tm, PREC=_prec(k), num_warps=4)
+    return w, u, tm
+
+
+def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht):
+    gate = _gate_kind(g)
+    b = _chunk_cumsum(g, BT)
+    w, u, _ = _wy(k, v, beta, b, BT, False)
+    h, ht, vnew = _state_fwd(k, u, b, w, h0, BT, cfg, gate, True, want_ht)
+    o = _out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate)
+    return o, h, ht
+
+
+def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
+    gate = _gate_kind(g)
+    b = _chunk_cumsum(g, BT)
+    w, u, tm = _wy(k, v, beta, b, BT, True)
+    BK = _pow2(K)
+    BV = min(cfg["BLOCK_V"], _pow2(V))
+    dvl = torch.empty_like(do)
+    _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+                                  PREC=_prec(q), **_launch_opts(cfg))
+    gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dbeta = torch.empty(B, T, H, dtype=torch.float32, device=q.device)
+    dg = torch.empty(B, T, H, dtype=torch.float32, device=q.device) if gate else None
+    _delta_bwd_kernel[(NT, B * H)](q, k, v, beta, b, w, u, tm, h, gs, do, dvn, dq, dk, dv, dbeta, dg, scale,
+                                   T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+                                   **_launch_opts(cfg, bwd=True))
+    return dq, dk, dv, dbeta.to(beta.dtype), (None if dg is None else dg.to(g.dtype)), dh0
+
+
+class _DeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, h0, scale, BT, cfg, want_ht):
+        o, h, ht = _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht)
+        ctx.save_for_backward(q, k, v, beta, g, h)
+        ctx.meta = (scale, BT, cfg, h0 is not None, want_ht)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, g, h = ctx.saved_tensors
+        scale, BT, cfg, has_h0, want_ht = ctx.meta
+        dht = None if dht is None or not want_ht else dht.contiguous().float()
+        dq, dk, dv, dbeta, dg, dh0 = _delta_backward(q, k, v, beta, g, h, do.contiguous(), dht, scale, BT, cfg,
+                                                     has_h0)
+        return dq, dk, dv, dbeta, dg, dh0, None, None, None, None
+
+
+def delta_rule_triton(q, k, v, beta, g, *, scale, chunk_size, initial_state, output_final_state, config):
+    """Chunkwise (gated) delta rule; g None or [B, T, H] (ops.py normalises [H])."""
+    if q.dtype == torch.float64:
+        raise ValueError("the triton backend takes float32, bfloat16 or float16, not float64")
+    if g is not None and g.dim() != 3:
+        raise ValueError(f"delta_rule g must be [B, T, H], got {tuple(g.shape)}")
+    q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
+    beta = beta.contiguous()
+    o, ht = _DeltaRule.apply(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state)
+    return o, (ht if output_final_state else None)
