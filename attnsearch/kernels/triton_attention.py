@@ -7,7 +7,6 @@ for the backward; nothing of size T x T is ever allocated.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
