@@ -1,0 +1,630 @@
+"""The ask/tell driver: keeps ``workers`` trials in flight as Ray tasks, alone writes the database.
+
+One trial's life::
+
+    ask -> suggest (ArchConfig; infeasible -> PRUNED with constraint values, nothing trained)
+        -> same architecture already evaluated?  reuse its metrics (or wait for the twin in flight)
+        -> Ray task run_evaluation(evaluate, request)   [max_retries=0, CPUs or a GPU fraction]
+        -> plain dict back -> user attrs -> tell (COMPLETE, or FAIL with the reason)
+
+Trial budget (``n_trials``) is study-wide: the study stops growing when its *counted* trials
+(complete, failed by evaluation, or running) reach it, so a resumed driver continues to the
+same total and two drivers on one study share the budget. Trials failed because their driver
+died or was interrupted (``fail_kind`` ``stale``/``interrupted``) are not counted: their
+parameters are re-enqueued once (``retry_of``) and run again. Infeasible samples (PRUNED) are
+not counted either.
+
+Liveness: each driver has a row in ``attnsearch_driver`` with a heartbeat; every trial carries
+its ``driver_id``. On start (and every ``sweep_every_s``) a driver fails and re-enqueues the
+RUNNING trials of drivers that are dead: same host and process gone, or heartbeat older than
+``stale_after_s``. Optuna's own heartbeat is not used because it only runs inside
+``study.optimize()``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from datetime import timezone
+from dataclasses import dataclass, field
+from typing import Callable
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from attnsearch.evaluators.memory import evaluate_memory
+from attnsearch.evaluators.throughput import estimate_throughput
+from attnsearch.space.search_space import Infeasible, SearchSpace
+from attnsearch.storage import DriverRecord, claim_event, session, utcnow
+
+from . import pareto
+from .study import create_or_load
+from .worker import evaluate_architecture, run_evaluation, software_versions
+
+COUNTED_FAIL_KINDS_EXCLUDED = ("stale", "interrupted")
+MAX_ATTEMPTS = 3
+MAX_INFEASIBLE_IN_A_ROW = 500
+
+
+# ----------------------------------------------------------------------------- progress / result
+
+@dataclass
+class Progress:
+    """What a progress display needs; passed to ``progress_callback`` after every event."""
+    study_name: str
+    n_trials: int | None              # the budget (None: until timeout/stagnation/interrupt)
+    counted: int                      # study-wide trials counted toward the budget
+    complete: int                     # this run
+    failed: int                       # this run
+    pruned: int                       # this run (infeasible samples)
+    reused: int                       # this run (identical architecture, metrics reused)
+    running: int
+    elapsed_s: float
+    eta_s: float | None
+    front_size: int
+    hypervolume: float | None
+    last: dict | None = None          # the trial that just finished: number, state, layout, ...
+
+
+@dataclass
+class RunResult:
+    study_name: str
+    storage_url: str
+    stop_reason: str                  # budget | timeout | stagnation | interrupted | stopped | exhausted
+    trials_run: list[int] = field(default_factory=list)   # trial numbers this driver finished
+    complete: int = 0
+    failed: int = 0
+    pruned: int = 0
+    reused: int = 0
+    wall_s: float = 0.0
+    front_size: int = 0
+    hypervolume: float | None = None
+    driver_id: str = ""
+    overhead_s: list[float] = field(default_factory=list)  # per-trial driver time (ask..dispatch + tell)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def arch_hash(arch_dict: dict) -> str:
+    body = {k: v for k, v in arch_dict.items() if k != "name"}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pid_alive(pid: int, started_at) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        # a reused pid belongs to a process created after our driver registered
+        return proc.create_time() <= started_at.timestamp() + 5 and proc.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def live_driver_ids(url: str, study_name: str, stale_after_s: float) -> set[str]:
+    now = utcnow()
+    host = socket.gethostname()
+    alive = set()
+    with session(url) as s:
+        rows = s.scalars(sa.select(DriverRecord).where(DriverRecord.study_name == study_name,
+                                                       DriverRecord.stopped_at.is_(None))).all()
+        for r in rows:
+            if r.hostname == host:
+                ok = _pid_alive(r.pid, r.started_at.replace(tzinfo=timezone.utc))
+            else:
+                ok = (now - r.heartbeat_at).total_seconds() < stale_after_s
+            if ok:
+                alive.add(r.driver_id)
+    return alive
+
+
+def _set_trial_attrs(study, trial_id: int, attrs: dict) -> None:
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial_id, key, value)
+
+
+def _set_constraints(study, trial_id: int, constraints: dict[str, float]) -> None:
+    """Constraint values in the list form (system attr ``constraints``): Optuna 5's samplers read
+    it and optuna-dashboard 0.21 shows only this form; names go to the ``constraint_names`` attr."""
+    if constraints:
+        study._storage.set_trial_system_attr(trial_id, "constraints", [float(v) for v in constraints.values()])
+
+
+def _counted(t) -> bool:
+    if t.state == TrialState.COMPLETE:
+        return True
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get("fail_kind") not in COUNTED_FAIL_KINDS_EXCLUDED
+    return False
+
+
+def sweep_stale(study, url: str, my_driver_id: str | None, stale_after_s: float = 120.0,
+                fail_kind: str = "stale", only: set[int] | None = None) -> list[int]:
+    """Fail the RUNNING trials of dead drivers (or ``only`` these numbers) and re-enqueue each
+    one's parameters once. Returns the failed trial numbers."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    alive = live_driver_ids(url, study.study_name, stale_after_s)
+    if my_driver_id:
+        alive.add(my_driver_id)
+    failed = []
+    now = utcnow()
+    for t in running:
+        owner = t.user_attrs.get("driver_id")
+        if only is not None:
+            if t.number not in only:
+                continue
+        elif owner in alive:
+            continue
+        elif owner is None and len(alive - {my_driver_id}) > 0:
+            # asked by a live driver a moment ago, attrs not written yet: leave it unless old
+            start = t.datetime_start.replace(tzinfo=None) if t.datetime_start else now
+            if (now - start).total_seconds() < stale_after_s:
+                continue
+        attempt = int(t.user_attrs.get("attempt", 1))
+        if attempt < MAX_ATTEMPTS and claim_event(url, study.study_name, f"retry:{t.number}"):
+            attrs = {"retry_of": t.number, "lineage": t.user_attrs.get("lineage", t.number),
+                     "attempt": attempt + 1}
+            if "baseline" in t.user_attrs:
+                attrs["baseline"] = t.user_attrs["baseline"]
+            study.enqueue_trial(t.params, user_attrs=attrs)
+        reason = ("interrupted (Ctrl-C); parameters re-enqueued" if fail_kind == "interrupted"
+                  else f"stale: driver {owner or 'unknown'} died while the trial was running; parameters re-enqueued")
+        try:
+            _set_trial_attrs(study, t._trial_id, {"fail_kind": fail_kind, "fail_reason": reason})
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):   # another driver finished it meanwhile
+            continue
+        failed.append(t.number)
+    return failed
+
+
+# ----------------------------------------------------------------------------- the driver
+
+@dataclass
+class _InFlight:
+    trial: optuna.trial.Trial
+    arch: dict
+    arch_hash: str
+    layout: str
+    metrics: dict                # analytic metrics computed in the driver
+    started: float
+    ref: object = None           # Ray ObjectRef (None: parked behind a twin)
+    twins: list = field(default_factory=list)   # parked duplicates waiting on this one
+    cancelled: str | None = None
+    overhead: float = 0.0
+
+
+class Driver:
+    def __init__(self, space: SearchSpace, study_name: str, storage_url: str, *, workers: int = 1,
+                 device: str = "cpu", evaluate: Callable[[dict], dict] | None = None,
+                 trial_timeout_s: float | None = None, stale_after_s: float = 120.0,
+                 heartbeat_s: float = 5.0, sweep_every_s: float = 30.0, allow_space_change: bool = False,
+                 enqueue_baselines: bool = True):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device {device!r} not allowed (allowed: cpu, cuda)")
+        self.space = space
+        self.url = storage_url
+        self.workers = workers
+        self.device = device
+        self.evaluate = evaluate or evaluate_architecture
+        self.trial_timeout_s = trial_timeout_s if trial_timeout_s is not None else space.evaluation.trial_timeout_s
+        self.stale_after_s = stale_after_s
+        self.heartbeat_s = heartbeat_s
+        self.sweep_every_s = sweep_every_s
+        self.driver_id = uuid.uuid4().hex
+        self.study = create_or_load(space, study_name, storage_url, workers=workers,
+                                    allow_space_change=allow_space_change)
+        self.study_name = study_name
+        self.enqueue_baselines = enqueue_baselines
+        self.directions = space.directions
+        self.names = space.objective_names
+        self.reference = (self.study.user_attrs.get("hv_reference") or {}).get("point_min")
+        self._known: dict[str, dict] = {}           # arch hash -> {"metrics", "number"} of COMPLETE trials
+        self._front: list[tuple[int, list[float]]] = []   # (number, values) of the Pareto front
+        self._seen_complete: set[int] = set()
+        self._inflight: dict[object, _InFlight] = {}      # ref -> entry
+        self._by_hash: dict[str, _InFlight] = {}
+        self.result = RunResult(study_name, storage_url, "budget", driver_id=self.driver_id)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _register(self):
+        now = utcnow()
+        with session(self.url) as s:
+            s.add(DriverRecord(driver_id=self.driver_id, study_name=self.study_name, hostname=socket.gethostname(),
+                               pid=os.getpid(), started_at=now, heartbeat_at=now))
+            s.commit()
+        self._last_beat = time.monotonic()
+
+    def _heartbeat(self, force=False):
+        if force or time.monotonic() - self._last_beat >= self.heartbeat_s:
+            with session(self.url) as s:
+                s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
+                          .values(heartbeat_at=utcnow()))
+                s.commit()
+            self._last_beat = time.monotonic()
+
+    def _unregister(self, reason: str):
+        with session(self.url) as s:
+            s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
+                      .values(stopped_at=utcnow(), stop_reason=reason[:255]))
+            s.commit()
+
+    def _throughput(self, arch) -> float:
+        t = self.space.target
+        return estimate_throughput(arch, t.context_len, t.batch_tokens, t.gpu, t.dtype).tokens_per_s
+
+    def _analytic_metrics(self, arch) -> dict:
+        t = self.space.target
+        mem = evaluate_memory(arch, t.context_len, t.dtype)
+        metrics = {"state_bytes": mem.state_bytes, "param_count": mem.param_count,
+                   "n_full_layers": sum(1 for l in arch.layers if l.mechanism == "full")}
+        if self.space.evaluation.throughput == "estimated":
+            metrics["throughput"] = self._throughput(arch)
+            metrics["throughput_mode"] = "estimated"
+        else:
+            metrics["throughput_estimated"] = self._throughput(arch)
+        return metrics
+
+    def _load_history(self):
+        """Known results (dedup) and the Pareto front from trials already in the study."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self._absorb_complete(t)
+
+    def _absorb_complete(self, t):
+        if t.number in self._seen_complete:
+            return
+        self._seen_complete.add(t.number)
+        h = t.user_attrs.get("arch_hash")
+        if h and h not in self._known and "metrics" in t.user_attrs:
+            self._known[h] = {"metrics": t.user_attrs["metrics"], "number": t.number}
+        if t.values is not None and pareto.feasible(t):
+            self._add_to_front(t.number, list(t.values))
+
+    def _add_to_front(self, number, values):
+        pts = self._front + [(number, values)]
+        mask = pareto.nondominated_mask(pareto.to_min([v for _, v in pts], self.directions))
+        self._front = [p for p, keep in zip(pts, mask) if keep]
+
+    def hypervolume(self) -> float | None:
+        if not self._front or not self.reference:
+            return None
+        return pareto.hypervolume(pareto.to_min([v for _, v in self._front], self.directions), self.reference)
+
+    def _record_history(self, number: int):
+        """Append (trial, hypervolume) to the study's history (merging others' trials first)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self._absorb_complete(t)
+        hv = self.hypervolume() or 0.0
+        history = list(self.study.user_attrs.get("hv_history", []))
+        history.append([number, hv])
+        self.study.set_user_attr("hv_history", history)
+        self._history = history
+
+    def counted_trials(self) -> int:
+        trials = self.study.get_trials(deepcopy=False)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        return sum(1 for t in trials if _counted(t)) + running
+
+    # ------------------------------------------------------------------ ask / dispatch / tell
+    def _ask_one(self, remote) -> str:
+        """Ask one trial and start it. Returns 'dispatched' | 'parked' | 'done' (reused) | 'pruned'."""
+        t0 = time.perf_counter()
+        trial = self.study.ask()
+        attrs = {"driver_id": self.driver_id}
+        try:
+            arch = self.space.suggest(trial, throughput_fn=self._throughput)
+        except Infeasible as exc:
+            arch_d = exc.arch.to_dict()
+            _set_trial_attrs(self.study, trial._trial_id, {
+                **attrs, "layout": exc.arch.layout_string(), "arch": arch_d, "arch_hash": arch_hash(arch_d),
+                "fail_kind": "infeasible", "fail_reason": str(exc),
+                "constraint_names": list(exc.constraints)})
+            _set_constraints(self.study, trial._trial_id, exc.constraints)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.result.pruned += 1
+            self._after_finish(trial.number, "PRUNED", exc.arch.layout_string(), counted=False)
+            return "pruned"
+        arch_d = arch.to_dict()
+        h = arch_hash(arch_d)
+        metrics = self._analytic_metrics(arch)
+        constraints = self.space.constraint_values(arch, self._throughput)
+        attrs.update({"layout": arch.layout_string(), "arch": arch_d, "arch_hash": h})
+        if constraints:
+            attrs["constraint_names"] = list(constraints)
+            _set_constraints(self.study, trial._trial_id, constraints)
+        _set_trial_attrs(self.study, trial._trial_id, attrs)
+        entry = _InFlight(trial, arch_d, h, arch.layout_string(), metrics, time.monotonic())
+        if h in self._known:                             # evaluated before: reuse, do not retrain
+            known = self._known[h]
+            self._finish(entry, {"status": "ok", "metrics": known["metrics"], "timings": {},
+                                 "worker": {}, "reused_from": known["number"]}, overhead=time.perf_counter() - t0)
+            return "done"
+        if h in self._by_hash:                           # its twin is in flight: wait for it
+            self._by_hash[h].twins.append(entry)
+            entry.overhead = time.perf_counter() - t0
+            return "parked"
+        request = {"trial_number": trial.number, "arch": arch_d, "proxy": self.space.proxy,
+                   "objectives": self.names, "metrics": metrics, "target": self.space.target.to_dict(),
+                   "throughput_mode": self.space.evaluation.throughput, "device": self.device,
+                   "seed": self.space.seed}
+        entry.ref = remote.remote(self.evaluate, request)
+        entry.started = time.monotonic()
+        entry.overhead = time.perf_counter() - t0
+        self._inflight[entry.ref] = entry
+        self._by_hash[h] = entry
+        return "dispatched"
+
+    def _finish(self, entry: _InFlight, result: dict, overhead: float = 0.0):
+        """Write the result of one trial (and of any twins parked behind it)."""
+        t0 = time.perf_counter()
+        trial = entry.trial
+        metrics = {**entry.metrics, **(result.get("metrics") or {})}
+        attrs = {"metrics": metrics, "timings": {**(result.get("timings") or {}),
+                                                 "wall_s": time.monotonic() - entry.started}}
+        if result.get("worker"):
+            attrs["worker"] = result["worker"]
+        if result.get("extra"):
+            attrs["details"] = result["extra"]
+        if "reused_from" in result:
+            attrs["reused_from"] = result["reused_from"]
+        values = None
+        if result.get("status") == "ok":
+            try:
+                values = [float(metrics[n]) for n in self.names]
+            except (KeyError, TypeError, ValueError) as exc:
+                result = {**result, "status": "fail", "fail_kind": "exception",
+                          "reason": f"missing objective metric: {exc}"}
+            else:
+                if not all(math.isfinite(v) for v in values):
+                    result = {**result, "status": "fail", "fail_kind": "diverged",
+                              "reason": f"diverged: non-finite objective values {values}"}
+        if result.get("status") != "ok":
+            attrs["fail_kind"] = result.get("fail_kind", "exception")
+            attrs["fail_reason"] = result.get("reason") or "unknown failure"
+            if result.get("traceback"):
+                attrs["traceback"] = result["traceback"]
+        _set_trial_attrs(self.study, trial._trial_id, attrs)
+        if result.get("status") == "ok":
+            self.study.tell(trial, values)
+            self.result.complete += 1
+            if "reused_from" in result:
+                self.result.reused += 1
+            else:
+                self._known.setdefault(entry.arch_hash, {"metrics": metrics, "number": trial.number})
+            self._seen_complete.add(trial.number)
+            self._add_to_front(trial.number, values)   # suggest() only returns feasible layouts
+            state = "COMPLETE"
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.result.failed += 1
+            state = "FAIL"
+        self.result.trials_run.append(trial.number)
+        self.result.overhead_s.append(overhead + entry.overhead + time.perf_counter() - t0)
+        self._after_finish(trial.number, state, entry.layout, counted=True,
+                           reason=attrs.get("fail_reason"), metrics=metrics)
+        twins, entry.twins = entry.twins, []
+        for twin in twins:
+            if result.get("status") == "ok":
+                self._finish(twin, {"status": "ok", "metrics": result.get("metrics") or {}, "timings": {},
+                                    "worker": {}, "reused_from": trial.number})
+            else:
+                self._pending_twins.append(twin)       # the original failed: evaluate the twin itself
+
+    def _after_finish(self, number, state, layout, counted, reason=None, metrics=None):
+        if counted:
+            self._record_history(number)
+        self._last = {"number": number, "state": state, "layout": layout, "reason": reason,
+                      "metrics": {k: metrics.get(k) for k in self.names} if metrics else None}
+        self._report()
+
+    def _report(self):
+        if self.progress_callback is None:
+            return
+        elapsed = time.monotonic() - self._t_start
+        counted = self._counted_cache()
+        finished_here = self.result.complete + self.result.failed
+        eta = None
+        if self.n_trials is not None and finished_here:
+            eta = elapsed / finished_here * max(0, self.n_trials - counted + len(self._inflight))
+        self.progress_callback(Progress(
+            study_name=self.study_name, n_trials=self.n_trials, counted=counted,
+            complete=self.result.complete, failed=self.result.failed, pruned=self.result.pruned,
+            reused=self.result.reused, running=len(self._inflight) + sum(len(e.twins) for e in self._inflight.values()),
+            elapsed_s=elapsed, eta_s=eta, front_size=len(self._front), hypervolume=self.hypervolume(),
+            last=self._last))
+
+    def _counted_cache(self) -> int:
+        return self.counted_trials()
+
+    # ------------------------------------------------------------------ failures from Ray
+    @staticmethod
+    def _ray_failure(exc: BaseException, entry: _InFlight) -> dict:
+        import ray.exceptions as rex
+
+        if entry.cancelled:
+            kind, reason = "timeout", entry.cancelled
+        elif isinstance(exc, rex.OutOfMemoryError):
+            kind, reason = "oom", f"out of memory: worker killed by Ray's memory monitor ({_first_line(exc)})"
+        elif isinstance(exc, rex.WorkerCrashedError):
+            kind, reason = "worker_crashed", "worker process died (crashed or killed) during the trial"
+        elif isinstance(exc, (rex.NodeDiedError, rex.LocalRayletDiedError)):
+            kind, reason = "node_died", f"Ray node died during the trial ({_first_line(exc)})"
+        elif isinstance(exc, rex.TaskCancelledError):
+            kind, reason = "cancelled", "task cancelled"
+        elif isinstance(exc, rex.RayTaskError):
+            kind, reason = "exception", _first_line(exc.cause if getattr(exc, "cause", None) else exc)
+        else:
+            kind, reason = "ray_error", f"{type(exc).__name__}: {_first_line(exc)}"
+        return {"status": "fail", "fail_kind": kind, "reason": reason, "metrics": {}, "timings": {}}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, n_trials: int | None = None, timeout: float | None = None, stagnation_trials: int | None = None,
+            progress_callback: Callable[[Progress], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, ray_address: str | None = None) -> RunResult:
+        import ray
+
+        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+            raise ValueError(f"n_trials must be an integer >= 1 or None, got {n_trials!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds or None, got {timeout!r}")
+        self.n_trials, self.progress_callback = n_trials, progress_callback
+        self._pending_twins: list[_InFlight] = []
+        self._last = None
+        self._history = list(self.study.user_attrs.get("hv_history", []))
+        self._t_start = time.monotonic()
+        owns_ray = False
+        if not ray.is_initialized():
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            owns_ray = True
+        resources = ({"num_cpus": 0, "num_gpus": self.space.evaluation.gpus_per_trial} if self.device == "cuda"
+                     else {"num_cpus": self.space.evaluation.cpus_per_trial, "num_gpus": 0})
+        remote = ray.remote(run_evaluation).options(max_retries=0, retry_exceptions=False, **resources)
+        self._register()
+        stop_reason = None
+        try:
+            sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s)
+            self._last_sweep = time.monotonic()
+            if self.enqueue_baselines:
+                self._enqueue_baselines()
+            self._load_history()
+            stop_reason = self._loop(remote, timeout, stagnation_trials, should_stop)
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+        finally:
+            if stop_reason is None:
+                stop_reason = "error"
+            self._abandon_inflight(stop_reason)
+            self._unregister(stop_reason)
+            if owns_ray:
+                ray.shutdown()
+        self.result.stop_reason = stop_reason
+        self.result.wall_s = time.monotonic() - self._t_start
+        self.result.front_size = len(self._front)
+        self.result.hypervolume = self.hypervolume()
+        return self.result
+
+    def _abandon_inflight(self, reason: str):
+        """Cancel what is still running and hand its trials back to the study (re-enqueued)."""
+        import ray
+
+        entries = list(self._inflight.values())
+        numbers = set()
+        for e in entries:
+            numbers.add(e.trial.number)
+            numbers.update(t.trial.number for t in e.twins)
+            try:
+                ray.cancel(e.ref, force=True)
+            except Exception:
+                pass
+        numbers.update(t.trial.number for t in self._pending_twins)
+        self._inflight.clear()
+        if numbers:
+            sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s,
+                        fail_kind="interrupted", only=numbers)
+
+    def _enqueue_baselines(self):
+        if not claim_event(self.url, self.study_name, "baselines_enqueued"):
+            return
+        names = []
+        for name, params, _arch in self.space.baselines(self._throughput):
+            self.study.enqueue_trial(params, user_attrs={"baseline": name})
+            names.append(name)
+        self.study.set_user_attr("baselines", names)
+
+    def _loop(self, remote, timeout, stagnation_trials, should_stop) -> str:
+        import ray
+
+        infeasible_in_a_row = 0
+        while True:
+            if should_stop is not None and should_stop():
+                return "stopped"
+            if timeout is not None and time.monotonic() - self._t_start >= timeout:
+                stop = "timeout"
+            elif stagnation_trials and pareto.last_improvement_gap(self._history) >= stagnation_trials \
+                    and len(self._history) > stagnation_trials:
+                stop = "stagnation"
+            else:
+                stop = None
+            # fill free worker slots (twins of failed originals first)
+            while stop is None and self._busy() < self.workers:
+                if self._pending_twins:
+                    self._redispatch(self._pending_twins.pop(0), remote)
+                    continue
+                if self.n_trials is not None and self.counted_trials() >= self.n_trials:
+                    break
+                outcome = self._ask_one(remote)
+                infeasible_in_a_row = infeasible_in_a_row + 1 if outcome == "pruned" else 0
+                if infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
+                    # the sampler keeps proposing layouts that break the constraints
+                    stop = "exhausted"
+            if not self._inflight:
+                if stop:
+                    return stop
+                if self.n_trials is not None and self.counted_trials() >= self.n_trials:
+                    # others' trials may still be running; the budget is met once they end
+                    return "budget"
+                continue
+            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                entry = self._inflight.pop(ref)
+                self._by_hash.pop(entry.arch_hash, None)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - every Ray failure becomes a reason
+                    result = self._ray_failure(exc, entry)
+                self._finish(entry, result)
+            self._check_timeouts()
+            self._heartbeat()
+            if time.monotonic() - self._last_sweep >= self.sweep_every_s:
+                sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s)
+                self._last_sweep = time.monotonic()
+            if stop and not self._inflight:
+                return stop
+
+    def _busy(self) -> int:
+        """Worker slots in use: tasks in flight and twins parked behind them (bounded, so a
+        sampler that keeps proposing one layout cannot pile up RUNNING trials)."""
+        return len(self._inflight) + sum(len(e.twins) for e in self._inflight.values())
+
+    def _redispatch(self, entry: _InFlight, remote):
+        request = {"trial_number": entry.trial.number, "arch": entry.arch, "proxy": self.space.proxy,
+                   "objectives": self.names, "metrics": entry.metrics, "target": self.space.target.to_dict(),
+                   "throughput_mode": self.space.evaluation.throughput, "device": self.device,
+                   "seed": self.space.seed}
+        entry.ref = remote.remote(self.evaluate, request)
+        entry.started = time.monotonic()
+        self._inflight[entry.ref] = entry
+        self._by_hash.setdefault(entry.arch_hash, entry)
+
+    def _check_timeouts(self):
+        import ray
+
+        if not self.trial_timeout_s:
+            return
+        now = time.monotonic()
+        for entry in list(self._inflight.values()):
+            if entry.cancelled is None and now - entry.started > self.trial_timeout_s:
+                entry.cancelled = f"timed out: exceeded the trial time limit of {self.trial_timeout_s:g} s"
+                ray.cancel(entry.ref, force=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
