@@ -63,7 +63,7 @@ def default_config(op: str, device=None) -> dict:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
-    return {"BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
+    return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -200,7 +200,7 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
         acc = acc * tl.exp(b)[:, None]
-        att = att * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+        att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     elif GATE == 2:
         att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
                       mask=rmask[:, None], other=0)
@@ -356,7 +356,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         if GATE == 1:
             b = tl.load(b_ptr + tok, mask=rmask, other=0)
             b_last = tl.load(b_ptr + last)
-            decay = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             att = att * decay
             k_dec = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(k_t.dtype)
         else:
@@ -475,8 +475,8 @@ def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr,
 @triton.jit
 def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
                    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, STORE_TM: tl.constexpr,
-                   PREC: tl.constexpr):
+                   BK: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, LOG2NB: tl.constexpr,
+                   GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr):
     """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
     w = Tm (beta exp(b) k), u = Tm (beta v)."""
     n = tl.program_id(0)
@@ -496,16 +496,30 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
     kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        lmat = kkt * beta[:, None] * tl.exp(tl.where(strict, b[:, None] - b[None, :], float("-inf")))
+        lmat = kkt * beta[:, None] * tl.exp(tl.where(strict, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     else:
         lmat = tl.where(strict, kkt * beta[:, None], 0)
-    # forward substitution, one row at a time: x_i = -l_i - sum_{j<i} l_ij x_j, Tm = I + X
-    x = -lmat
-    for i in range(1, BT):
-        a = tl.sum(tl.where(ii[:, None] == i, x, 0), axis=0)
+    # (I + L)^-1 in two steps. (1) The 16 x 16 diagonal blocks D = I + L_blockdiag are inverted by
+    # forward substitution, all blocks at once (their rows i live in disjoint columns):
+    # x_i = -l_i - sum_{j<i} l_ij x_j, D^-1 = I + X. (2) With M = D^-1 L_offdiag (strictly block-lower,
+    # M^NB = 0): (I + L)^-1 = (I + M)^-1 D^-1 = (I - M)(I + M^2)(I + M^4)... D^-1, a few matmuls.
+    same_blk = (ii[:, None] // BC) == (ii[None, :] // BC)
+    loc = ii % BC
+    x = tl.where(same_blk, -lmat, 0)
+    for i in range(1, BC):
+        sel = loc[:, None] == i
+        a = tl.sum(tl.where(sel, x, 0), axis=0)
         new = a + tl.sum(a[:, None] * x, axis=0)
-        x = tl.where(ii[:, None] == i, new[None, :], x)
-    tm = x + tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
+        x = tl.where(sel & same_blk, new[None, :], x)
+    eye = tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
+    tm = x + eye
+    if LOG2NB > 0:
+        m = tl.dot(tm, tl.where(same_blk, 0, lmat), input_precision=PREC)
+        p = eye - m
+        for _s in tl.static_range(1, LOG2NB):
+            m = tl.dot(m, m, input_precision=PREC)
+            p = p + tl.dot(p, m, input_precision=PREC)
+        tm = tl.dot(p, tm, input_precision=PREC)
     if STORE_TM:
         tl.store(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], tm, mask=rmask[:, None])
     if GATE == 1:
@@ -544,7 +558,7 @@ def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
     pt = tl.dot(k_t, tl.trans(q_t), input_precision=PREC)
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        pt = pt * tl.exp(tl.where(tl.trans(causal), b[None, :] - b[:, None], float("-inf")))
+        pt = pt * tl.exp(tl.where(tl.trans(causal), tl.minimum(b[None, :] - b[:, None], 0), float("-inf")))
     else:
         pt = tl.where(tl.trans(causal), pt, 0)
     pt = (pt * scale).to(q_t.dtype)
@@ -588,7 +602,7 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
         b_last = tl.load(b_ptr + last)
-        decay = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+        decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
         gam = tl.exp(b)
         kdec_f = tl.exp(tl.minimum(b_last - b, 0))
     dq = tl.zeros([BT, BK], dtype=tl.float32)
@@ -867,7 +881,8 @@ def _wy(k, v, beta, b, BT, store_tm):
     u = torch.empty_like(v)
     tm = torch.empty(B * H, T, BT, dtype=torch.float32, device=k.device) if store_tm else None
     _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, w, u, tm, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K),
-                                                BV=min(64, _pow2(V)), GATE=0 if b is None else 1,
+                                                BV=min(64, _pow2(V)), BC=SUB_BLOCK,
+                                                LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=0 if b is None else 1,
                                                 STORE_TM=store_tm, PREC=_prec(k), num_warps=4)
     return w, u, tm
 
