@@ -1,0 +1,430 @@
+"""Kernel auto-tuner: the fastest correct kernel config per layer op at the target shape.
+
+For each distinct (op, mechanism, params) among an architecture's layers:
+
+1. capture the op's real inputs by running the layer's mixer once at the target shape
+   (queries, keys, values, gates, block lists exactly as the model would pass them);
+2. search the Triton backend's config space (``kernels.tunables.config_space``; linear ops also
+   search ``chunk_size``): every config when the space has at most ``exhaustive_limit`` points,
+   otherwise Optuna TPE (single objective) for ``n_trials`` configs, the default always first;
+3. skip invalid configs with their reason: ``ValueError`` from validation, and compile errors or
+   out-of-resources on the first launch;
+4. time forward + backward (training) of each valid config through the benchmark cache (a key
+   already there is never timed again);
+5. check the winner's output once against the torch backend; a winner that disagrees is
+   dropped and the next fastest is checked.
+
+Kernel configs do not change what a layer computes (up to rounding), so they are tuned by
+timing, never by proxy training. ``tune_configs`` is the search alone, with an injectable
+``run_factory`` and ``timer`` so tests drive it with fake kernels and a fake clock.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from attnsearch.storage.bench_cache import BenchKey, BenchStats, MemoryBenchCache, stats_from_samples
+
+EXHAUSTIVE_LIMIT = 64
+N_TRIALS = 24
+MAX_ATTEMPTS_FACTOR = 4          # TPE: stop after this many asks per wanted valid config
+LINEAR_CHUNKS = (16, 32, 64, 128)
+CHECK_TOLERANCE = {"fp32": 2e-3, "bf16": 3e-2, "fp16": 1e-2}   # relative L2 error vs torch
+MAX_CHECKS = 3
+
+
+# ----------------------------------------------------------------------------- the search
+
+@dataclass
+class Trial:
+    config: dict
+    stats: BenchStats | None = None
+    cached: bool = False
+    skipped: str | None = None          # why the config could not run
+
+
+@dataclass
+class TuneResult:
+    op: str
+    method: str                         # "exhaustive" | "tpe"
+    space_size: int
+    default_config: dict
+    default_stats: BenchStats | None
+    best_config: dict
+    best_stats: BenchStats | None
+    trials: list[Trial] = field(default_factory=list)
+    check: dict | None = None           # {"config", "rel_err", "tolerance", "ok"} of the winner
+
+    @property
+    def skipped(self) -> list[Trial]:
+        return [t for t in self.trials if t.skipped]
+
+    @property
+    def speedup(self) -> float | None:
+        if not self.default_stats or not self.best_stats or self.best_stats.median_ms <= 0:
+            return None
+        return self.default_stats.median_ms / self.best_stats.median_ms
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["speedup"] = self.speedup
+        out["n_timed"] = sum(1 for t in self.trials if t.stats is not None)
+        out["n_skipped"] = len(self.skipped)
+        return out
+
+
+def space_size(space: dict) -> int:
+    return math.prod(len(v) for v in space.values()) if space else 1
+
+
+def enumerate_configs(space: dict) -> list[dict]:
+    keys = sorted(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Callable[[], None]],
+                 timer: Callable[[Callable[[], None]], BenchStats],
+                 validate: Callable[[dict], None] = lambda config: None,
+                 cache=None, key_for: Callable[[dict], BenchKey] | None = None, op: str = "op",
+                 exhaustive_limit: int = EXHAUSTIVE_LIMIT, n_trials: int = N_TRIALS, seed: int = 0) -> TuneResult:
+    """Search ``space`` ({key: allowed values}) for the config with the lowest median time.
+
+    ``run_factory(config)`` returns a callable that runs the op once with that config (it may
+    raise: the config is skipped with the reason); ``timer(fn)`` times it. With ``cache`` and
+    ``key_for(config) -> BenchKey`` a cached config is not timed again (its first launch is
+    skipped too: it ran when it was timed).
+    """
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    cache = cache if cache is not None else MemoryBenchCache()
+    size = space_size(space)
+    default = {k: v for k, v in default.items() if k in space}
+    trials: dict[str, Trial] = {}
+
+    def evaluate(config: dict) -> Trial:
+        name = repr(sorted(config.items()))
+        if name in trials:
+            return trials[name]
+        trial = Trial(dict(config))
+        trials[name] = trial
+        try:
+            validate(config)
+        except ValueError as exc:
+            trial.skipped = str(exc)
+            return trial
+        key = key_for(config) if key_for else None
+        if key is not None:
+            found = cache.lookup(key)
+            if found is not None:
+                trial.stats, trial.cached = found, True
+                return trial
+        try:
+            fn = run_factory(config)
+            fn()                                  # first launch: compiles, may run out of resources
+            trial.stats = timer(fn)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:                  # noqa: BLE001 - any launch failure skips the config
+            trial.skipped = _one_line(exc)
+            return trial
+        if key is not None:
+            cache.put(key, trial.stats)
+        return trial
+
+    if size <= exhaustive_limit:
+        method = "exhaustive"
+        configs = enumerate_configs(space)
+        if default in configs:                    # time the default first: the baseline
+            configs.remove(default)
+            configs.insert(0, default)
+        for config in configs:
+            evaluate(config)
+    else:
+        method = "tpe"
+        _tpe(space, default, evaluate, n_trials, seed)
+    default_trial = trials.get(repr(sorted(default.items())))
+    timed = sorted((t for t in trials.values() if t.stats is not None), key=lambda t: t.stats.median_ms)
+    best = timed[0] if timed else None
+    return TuneResult(op=op, method=method, space_size=size, default_config=default,
+                      default_stats=default_trial.stats if default_trial else None,
+                      best_config=dict(best.config) if best else dict(default),
+                      best_stats=best.stats if best else None, trials=list(trials.values()))
+
+
+def _tpe(space: dict, default: dict, evaluate: Callable[[dict], Trial], n_trials: int, seed: int) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, n_trials)))
+    if set(default) == set(space):
+        study.enqueue_trial(default)
+    valid = 0
+    for _ in range(n_trials * MAX_ATTEMPTS_FACTOR):
+        if valid >= n_trials:
+            break
+        ot = study.ask()
+        config = {k: ot.suggest_categorical(k, list(space[k])) for k in sorted(space)}
+        trial = evaluate(config)
+        if trial.stats is None:
+            study.tell(ot, state=TrialState.FAIL)
+        else:
+            valid += 1
+            study.tell(ot, trial.stats.median_ms)
+
+
+# ----------------------------------------------------------------------------- real ops
+
+OP_NAMES = ("softmax_attention", "linear_attention", "delta_rule")
+
+
+@dataclass
+class CapturedOp:
+    """One call of a kernel op as the mixer made it: positional args and keyword args."""
+    op: str
+    args: tuple
+    kwargs: dict
+
+
+@contextlib.contextmanager
+def capture_ops():
+    """Record every kernel op call made through ``attnsearch.kernels`` (calls still run)."""
+    from attnsearch import kernels
+
+    calls: list[CapturedOp] = []
+    originals = {name: getattr(kernels, name) for name in OP_NAMES}
+
+    def wrap(name, fn):
+        def recorder(*args, **kwargs):
+            calls.append(CapturedOp(name, args, dict(kwargs)))
+            return fn(*args, **kwargs)
+        return recorder
+
+    for name, fn in originals.items():
+        setattr(kernels, name, wrap(name, fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(kernels, name, fn)
+
+
+def op_space(op: str, backend: str = "triton") -> dict:
+    """The config space searched for an op: the backend's tunables (+ chunk_size for linear ops)."""
+    from attnsearch.kernels import tunables
+
+    space = tunables.config_space(op, backend)
+    if op != "softmax_attention":
+        space["chunk_size"] = LINEAR_CHUNKS
+    return space
+
+
+def op_default(op: str, backend: str = "triton") -> dict:
+    from attnsearch.kernels import tunables
+
+    out = tunables.default_config(op, backend)
+    if op != "softmax_attention":
+        out["chunk_size"] = 64
+    return out
+
+
+def split_config(op: str, config: dict) -> tuple[dict, dict]:
+    """(op keyword arguments, backend config) of a tuned config: chunk_size is an op argument."""
+    config = dict(config)
+    extra = {"chunk_size": config.pop("chunk_size")} if "chunk_size" in config else {}
+    return extra, config
+
+
+def validator(call: CapturedOp, backend: str = "triton") -> Callable[[dict], None]:
+    from attnsearch.kernels import tunables
+
+    q = call.args[0]
+    ctx = {"head_dim": int(q.shape[-1])}
+    if call.op == "softmax_attention":
+        ctx["block_size"] = call.kwargs.get("block_size", 64) if (
+            call.kwargs.get("block_indices") is not None) else None
+
+    def check(config):
+        extra, cfg = split_config(call.op, config)
+        tunables.validate(call.op, backend, cfg, **ctx, **extra)
+    return check
+
+
+def _fresh_leaves(call: CapturedOp):
+    """Copies of the call's tensors; float tensors that needed grad become leaves needing grad."""
+    import torch
+
+    def leaf(x):
+        if torch.is_tensor(x) and x.is_floating_point():
+            return x.detach().clone().requires_grad_(x.requires_grad)
+        return x.detach().clone() if torch.is_tensor(x) else x
+
+    args = tuple(leaf(a) for a in call.args)
+    kwargs = {k: leaf(v) for k, v in call.kwargs.items()}
+    return args, kwargs
+
+
+def _output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_factory(call: CapturedOp, backward: bool = True, backend: str = "triton"):
+    """config -> callable running the op once (forward, and backward when training)."""
+    import torch
+
+    from attnsearch import kernels
+
+    fn = getattr(kernels, call.op)
+    args, kwargs = _fresh_leaves(call)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("backend", "config")}
+    leaves = [t for t in list(args) + list(kwargs.values()) if torch.is_tensor(t) and t.requires_grad]
+
+    def make(config):
+        extra, cfg = split_config(call.op, config)
+        kw = {**kwargs, **extra}
+        if not backward or not leaves:
+            def forward():
+                with torch.no_grad():
+                    fn(*args, backend=backend, config=cfg, **kw)
+            return forward
+        out = _output(fn(*args, backend=backend, config=cfg, **kw))
+        grad = torch.randn_like(out)
+
+        def train():
+            for t in leaves:
+                t.grad = None
+            _output(fn(*args, backend=backend, config=cfg, **kw)).backward(grad)
+        return train
+    return make
+
+
+def check_against_torch(call: CapturedOp, config: dict, dtype: str) -> dict:
+    """Relative L2 error of the triton output with ``config`` against the torch backend."""
+    import torch
+
+    from attnsearch import kernels
+
+    fn = getattr(kernels, call.op)
+    args, kwargs = _fresh_leaves(call)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("backend", "config")}
+    extra, cfg = split_config(call.op, config)
+    with torch.no_grad():
+        ours = _output(fn(*args, backend="triton", config=cfg, **{**kwargs, **extra})).float()
+        ref = _output(fn(*args, backend="torch", **{**kwargs, **extra})).float()
+    rel = float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
+    tol = CHECK_TOLERANCE.get(dtype, 3e-2)
+    return {"config": dict(config), "rel_err": rel, "tolerance": tol, "ok": bool(math.isfinite(rel) and rel <= tol)}
+
+
+def checked_winner(result: TuneResult, check: Callable[[dict], dict]) -> TuneResult:
+    """Check the fastest configs in order until one agrees with the torch backend (at most
+    MAX_CHECKS); none agreeing keeps the default config."""
+    timed = sorted((t for t in result.trials if t.stats is not None), key=lambda t: t.stats.median_ms)
+    for trial in timed[:MAX_CHECKS]:
+        outcome = check(trial.config)
+        result.check = outcome
+        if outcome["ok"]:
+            result.best_config, result.best_stats = dict(trial.config), trial.stats
+            return result
+        trial.skipped = f"wrong output: relative error {outcome['rel_err']:.3g} > {outcome['tolerance']:.3g}"
+    result.best_config, result.best_stats = dict(result.default_config), result.default_stats
+    return result
+
+
+# ----------------------------------------------------------------------------- per layer
+
+def do_bench_timer(warmup_ms: int = 25, rep_ms: int = 100) -> Callable[[Callable[[], None]], BenchStats]:
+    """Median and spread of ``triton.testing.do_bench`` (it flushes L2 between runs)."""
+    def timer(fn):
+        import triton.testing
+
+        samples = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+        return stats_from_samples(samples if isinstance(samples, (list, tuple)) else [samples])
+    return timer
+
+
+def layer_signature(layer) -> str:
+    """Layers with the same mechanism and params share one tuning."""
+    from attnsearch.storage.bench_cache import canonical_json
+
+    return canonical_json({"mechanism": layer.mechanism, "params": layer.params})
+
+
+def capture_layer_op(arch, layer, batch: int, seq_len: int, dtype, device) -> CapturedOp:
+    """Run the layer's mixer once at the target shape and return its kernel op call."""
+    import torch
+
+    from attnsearch.models import build_mixer
+
+    torch.manual_seed(0)
+    mixer = build_mixer(arch, layer, backend="auto").to(device=device, dtype=dtype)
+    x = torch.randn(batch, seq_len, arch.d_model, device=device, dtype=dtype, requires_grad=True)
+    with capture_ops() as calls:
+        mixer(x)
+    if len(calls) != 1:
+        raise RuntimeError(f"{layer.mechanism}: expected one kernel op call per forward, saw {len(calls)}")
+    return calls[0]
+
+
+def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = "bf16", *,
+              cache=None, timer=None, device="cuda", exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+              n_trials: int = N_TRIALS, seed: int = 0, environment: dict | None = None,
+              check: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+    """Tune every distinct layer op of ``arch`` on the GPU at (batch, seq_len).
+
+    Returns {"arch": ArchConfig with tuned kernel_config per layer, "kernel_configs": [...],
+    "ops": {signature: TuneResult dict}, "batch": B, "seq_len": T}.
+    """
+    import torch
+
+    from attnsearch.space.catalogue import mechanism
+
+    from .microbench import TORCH_DTYPES, environment_info
+
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    tdtype = TORCH_DTYPES.get(dtype)
+    if tdtype is None:
+        raise ValueError(f"dtype {dtype!r} not allowed (allowed: {', '.join(TORCH_DTYPES)})")
+    batch = max(1, (batch_tokens or seq_len) // seq_len)
+    env = environment or environment_info()
+    cache = cache if cache is not None else MemoryBenchCache()
+    timer = timer or do_bench_timer()
+    by_signature: dict[str, dict] = {}
+    configs = []
+    for layer in arch.layers:
+        sig = layer_signature(layer)
+        if sig not in by_signature:
+            op = mechanism(layer.mechanism).op
+            call = capture_layer_op(arch, layer, batch, seq_len, tdtype, device)
+            shape = {"batch": batch, "seq_len": seq_len, "n_heads": arch.n_heads, "head_dim": arch.head_dim,
+                     "v_head_dim": arch.v_head_dim}
+            mech = {"mechanism": layer.mechanism, "params": layer.params}
+
+            def key_for(config, op=op, mech=mech, shape=shape):
+                return BenchKey(gpu=env["gpu"], versions=env["versions"], op=f"{op}.train",
+                                mechanism=mech, shape=shape, dtype=dtype, config=config)
+
+            result = tune_configs(op_space(op), op_default(op), run_factory=run_factory(call), timer=timer,
+                                  validate=validator(call), cache=cache, key_for=key_for, op=op,
+                                  exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed)
+            if check:
+                result = checked_winner(result, lambda c, call=call: check_against_torch(call, c, dtype))
+            by_signature[sig] = result.to_dict()
+            del call
+            torch.cuda.empty_cache()
+            if progress:
+                progress(f"{layer.mechanism}: {result.method} over {result.space_size} configs, "
+                         f"speedup x{(result.speedup or float('nan')):.2f}")
+        configs.append(dict(by_signature[sig]["best_config"]))
+    tuned = arch.with_layers([{**layer.model_dump(), "kernel_config": cfg} for layer, cfg in zip(arch.layers, configs)])
+    return {"arch": tuned, "kernel_configs": configs, "ops": by_signature, "batch": batch, "seq_len": seq_len}

@@ -1,0 +1,164 @@
+"""Auto-tuner search and skip logic with fake kernels and a fake timer (no GPU, no timing)."""
+import pytest
+import torch
+
+from attnsearch.evaluators import tuner
+from attnsearch.models import build_mixer
+from attnsearch.space import ArchConfig, LayerSpec
+from attnsearch.storage.bench_cache import BenchKey, BenchStats, MemoryBenchCache
+
+ENV = {"gpu": "FakeGPU", "versions": {"torch": "t", "triton": "x", "attnsearch": "a"}}
+
+
+def fake_cost(config) -> float:
+    """A made-up time landscape with one best point (a=2, b=2, c=4)."""
+    return 1.0 + abs(config["a"] - 2) + 0.5 * abs(config.get("b", 2) - 2) + 0.1 * abs(config.get("c", 4) - 4)
+
+
+class FakeKernel:
+    """run_factory + timer pair: records which configs were launched and timed."""
+
+    def __init__(self, fail_launch=lambda c: None):
+        self.launched, self.timed = [], []
+        self.fail_launch = fail_launch
+
+    def factory(self, config):
+        def fn():
+            reason = self.fail_launch(config)
+            if reason:
+                raise RuntimeError(reason)
+            self.launched.append(dict(config))
+        fn.config = dict(config)
+        return fn
+
+    def timer(self, fn):
+        self.timed.append(fn.config)
+        t = fake_cost(fn.config)
+        return BenchStats(t, t * 0.99, t * 1.01, 10)
+
+
+def key_for(config):
+    return BenchKey(gpu=ENV["gpu"], versions=ENV["versions"], op="fake.train", mechanism={"mechanism": "x"},
+                    shape={"T": 1}, dtype="bf16", config=config)
+
+
+def test_enumerate_and_size():
+    space = {"b": (1, 2), "a": (1, 2, 3)}
+    configs = tuner.enumerate_configs(space)
+    assert tuner.space_size(space) == 6 == len(configs)
+    assert configs[0] == {"a": 1, "b": 1} and {"a": 3, "b": 2} in configs
+    assert tuner.space_size({}) == 1 and tuner.enumerate_configs({}) == [{}]
+
+
+def test_exhaustive_skips_invalid_and_failed_launches_with_reasons():
+    space = {"a": (1, 2, 3), "b": (1, 2, 4)}
+
+    def validate(c):
+        if c["a"] * c["b"] > 8:
+            raise ValueError(f"a * b = {c['a'] * c['b']} exceeds 8")
+
+    k = FakeKernel(fail_launch=lambda c: "out of resources: shared memory" if c == {"a": 2, "b": 4} else None)
+    result = tuner.tune_configs(space, {"a": 1, "b": 1}, run_factory=k.factory, timer=k.timer,
+                                validate=validate, op="fake")
+    assert result.method == "exhaustive" and result.space_size == 9
+    assert k.timed[0] == {"a": 1, "b": 1}                      # the default is the baseline, timed first
+    skipped = {tuple(sorted(t.config.items())): t.skipped for t in result.skipped}
+    assert skipped[(("a", 3), ("b", 4))] == "a * b = 12 exceeds 8"
+    assert skipped[(("a", 2), ("b", 4))] == "RuntimeError: out of resources: shared memory"
+    assert len(k.timed) == 9 - 2
+    assert {"a": 3, "b": 4} not in k.launched                   # invalid configs never launch
+    assert result.best_config == {"a": 2, "b": 2}
+    assert result.best_stats.median_ms == pytest.approx(1.0)
+    assert result.default_stats.median_ms == pytest.approx(2.5)
+    assert result.speedup == pytest.approx(2.5)
+    d = result.to_dict()
+    assert d["n_skipped"] == 2 and d["n_timed"] == 7
+
+
+def test_cache_hits_are_not_timed_again():
+    cache = MemoryBenchCache()
+    space = {"a": (1, 2, 3), "b": (1, 2)}
+    first = FakeKernel()
+    tuner.tune_configs(space, {"a": 1, "b": 1}, run_factory=first.factory, timer=first.timer,
+                       cache=cache, key_for=key_for)
+    assert len(first.timed) == 6 and cache.misses == 6 and len(cache.new_records()) == 6
+    second = FakeKernel()
+    result = tuner.tune_configs(space, {"a": 1, "b": 1}, run_factory=second.factory, timer=second.timer,
+                                cache=cache, key_for=key_for)
+    assert second.timed == [] and second.launched == [] and cache.hits == 6
+    assert all(t.cached for t in result.trials) and result.best_config == {"a": 2, "b": 2}
+
+
+def test_tpe_for_large_spaces_respects_the_budget_and_skips_invalid():
+    space = {"a": (1, 2, 3, 4, 5), "b": (1, 2, 3, 4, 5), "c": (1, 2, 4, 8, 16)}   # 125 points
+
+    def validate(c):
+        if c["c"] == 16:
+            raise ValueError("c=16 is not allowed here")
+
+    k = FakeKernel()
+    result = tuner.tune_configs(space, {"a": 5, "b": 5, "c": 1}, run_factory=k.factory, timer=k.timer,
+                                validate=validate, exhaustive_limit=32, n_trials=20, seed=1)
+    assert result.method == "tpe" and result.space_size == 125
+    assert k.timed[0] == {"a": 5, "b": 5, "c": 1}               # default enqueued first
+    assert 0 < len(k.timed) <= 20
+    assert all(c["c"] != 16 for c in k.timed)
+    assert all(t.skipped == "c=16 is not allowed here" for t in result.skipped)
+    assert result.best_stats.median_ms == min(fake_cost(c) for c in k.timed)
+    assert result.best_stats.median_ms < result.default_stats.median_ms
+    with pytest.raises(ValueError, match="n_trials"):
+        tuner.tune_configs(space, {}, run_factory=k.factory, timer=k.timer, n_trials=0)
+
+
+def test_checked_winner_falls_back_to_next_fastest_then_default():
+    space = {"a": (1, 2, 3)}
+    k = FakeKernel()
+    result = tuner.tune_configs(space, {"a": 1}, run_factory=k.factory, timer=k.timer)
+    assert result.best_config == {"a": 2}
+    bad = {2}
+
+    def check(config):
+        ok = config["a"] not in bad
+        return {"config": config, "rel_err": 0.0 if ok else 1.0, "tolerance": 0.03, "ok": ok}
+
+    checked = tuner.checked_winner(result, check)
+    assert checked.best_config in ({"a": 1}, {"a": 3}) and checked.check["ok"]
+    assert any(t.skipped and t.skipped.startswith("wrong output") for t in checked.trials)
+    result = tuner.tune_configs(space, {"a": 1}, run_factory=k.factory, timer=k.timer)
+    bad = {1, 2, 3}
+    checked = tuner.checked_winner(result, check)
+    assert checked.best_config == {"a": 1} and not checked.check["ok"]
+
+
+def _tiny_arch(mechanism, params=None, kernel_config=None):
+    layer = LayerSpec(mechanism=mechanism, params=params or {}, kernel_config=kernel_config)
+    return ArchConfig(d_model=32, n_heads=2, head_dim=16, n_layers=1, layers=[layer], max_seq_len=128)
+
+
+def test_capture_and_run_a_real_op_on_cpu_with_the_torch_backend():
+    arch = _tiny_arch("gated_deltanet", kernel_config={"chunk_size": 16})
+    call = tuner.capture_layer_op(arch, arch.layers[0], batch=2, seq_len=40, dtype=torch.float32, device="cpu")
+    assert call.op == "delta_rule" and call.args[0].shape == (2, 40, 2, 16)
+    assert call.kwargs["chunk_size"] == 16
+    # the op space of a linear op carries chunk_size; split_config makes it an op argument
+    assert "chunk_size" in tuner.op_space("delta_rule")
+    assert tuner.split_config("delta_rule", {"chunk_size": 32, "BLOCK_V": 64}) == ({"chunk_size": 32}, {"BLOCK_V": 64})
+    make = tuner.run_factory(call, backend="torch")
+    timed = []
+    result = tuner.tune_configs({"chunk_size": (16, 32)}, {"chunk_size": 16}, run_factory=make,
+                                timer=lambda fn: timed.append(fn) or BenchStats(1.0, 1.0, 1.0, 1))
+    assert len(timed) == 2 and not result.skipped
+    # each timed callable really ran forward + backward into fresh leaves
+    leaves = [a for a in tuner._fresh_leaves(call)[0] if torch.is_tensor(a)]
+    assert all(t.dtype == torch.float32 for t in leaves)
+
+
+def test_validator_reports_the_backend_reason():
+    arch = _tiny_arch("longformer", {"block_size": 16, "window": 7, "num_global_blocks": 1})
+    call = tuner.capture_layer_op(arch, arch.layers[0], batch=1, seq_len=48, dtype=torch.float32, device="cpu")
+    assert call.op == "softmax_attention" and call.kwargs["block_indices"] is not None
+    check = tuner.validator(call)
+    default = tuner.op_default("softmax_attention")
+    check(default)                                         # the default is valid
+    with pytest.raises(ValueError, match="BLOCK_M x BLOCK_N"):
+        check({**default, "BLOCK_M": 256, "BLOCK_N": 256})
