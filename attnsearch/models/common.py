@@ -49,9 +49,13 @@ class ShortConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
 
     def forward(self, x):
-        y = F.conv1d(F.pad(x.transpose(1, 2), (self.size - 1, 0)), self.weight.unsqueeze(1),
-                     self.bias, groups=self.weight.shape[0])
-        return F.silu(y).transpose(1, 2)
+        # a sum of shifted copies: exact, and far faster than conv1d in float64 on CPU
+        T = x.shape[1]
+        padded = F.pad(x, (0, 0, self.size - 1, 0))
+        y = sum(padded[:, i:i + T] * self.weight[:, i] for i in range(self.size))
+        if self.bias is not None:
+            y = y + self.bias
+        return F.silu(y)
 
     def tail_of(self, x):
         """The last size-1 inputs of x [B, T, C] as a decode tail [B, C, size-1]."""
