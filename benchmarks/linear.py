@@ -1,0 +1,253 @@
+"""Benchmark: our Triton linear attention / delta rule beside flash-linear-attention and cuDNN SDPA.
+
+One H200, bf16, B=2, H=16, K=V=128, T in {8192, 32768} (override with --T 8192,32768 --B 2 ...).
+For each op: forward and forward+backward medians of triton.testing.do_bench (ms), tokens/s,
+the ratio to fla's nearest op (ours / fla; <= 1 means we are at least as fast), and the
+forward's ratio to the memory floor (bytes of q, k, v read + o written at 4.26 TB/s). Peak GPU
+memory of forward+backward (above the inputs) at the largest T, ours beside fla. fla's refusals
+(its gated kernels raise on Hopper with Triton < 3.7.1) are caught and recorded.
+
+  python benchmarks/linear.py out.json [--T 8192,32768] [--ops linear,retention,...]
+
+Needs CUDA and, for the comparison, fla-core 0.6 (wheels via ../shared/device/wheels.sh).
+The JSON is rewritten after every measurement, so a run cut short still leaves its numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from attnsearch import kernels
+
+HBM_BYTES_PER_S = 4.26e12  # device-to-device copy rate measured on the H200 (KINDS.md)
+
+# our op name -> (fla import path, fla function, short description)
+OPS = {
+    "linear": ("fla.ops.linear_attn", "chunk_linear_attn", "no gate (Linear Transformer)"),
+    "retention": ("fla.ops.retention", "chunk_retention", "fixed [H] decay (RetNet)"),
+    "mamba2": ("fla.ops.simple_gla", "chunk_simple_gla", "scalar [B,T,H] gate (Mamba-2 / SSD)"),
+    "gla": ("fla.ops.gla", "chunk_gla", "per-channel [B,T,H,K] gate (GLA)"),
+    "delta": ("fla.ops.delta_rule", "chunk_delta_rule", "delta rule (DeltaNet)"),
+    "gated_delta": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "gated delta rule"),
+}
+
+
+def make_inputs(op, B, T, H, K, V, device, dtype=torch.bfloat16, seed=0):
+    torch.manual_seed(seed)
+    q = torch.randn(B, T, H, K, device=device, dtype=dtype)
+    k = torch.randn(B, T, H, K, device=device, dtype=dtype)
+    v = torch.randn(B, T, H, V, device=device, dtype=dtype)
+    x = {"q": q, "k": k, "v": v}
+    if op in ("delta", "gated_delta"):
+        x["k"] = F.normalize(k.float(), dim=-1).to(dtype)
+        x["beta"] = torch.rand(B, T, H, device=device, dtype=dtype)
+    if op == "retention":
+        x["g_head"] = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, device=device, dtype=torch.float32)))
+    if op in ("mamba2", "gated_delta"):
+        x["g"] = F.logsigmoid(torch.randn(B, T, H, device=device)).to(dtype)
+    if op == "gla":
+        x["g"] = (F.logsigmoid(torch.randn(B, T, H, K, device=device)) / 16).to(dtype)
+    return x
+
+
+def ours_fn(op, x):
+    if op in ("delta", "gated_delta"):
+        return lambda: kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), backend="triton")[0]
+    g = x.get("g_head", x.get("g"))
+    return lambda: kernels.linear_attention(x["q"], x["k"], x["v"], g, backend="triton")[0]
+
+
+def fla_fn(op, x):
+    mod, name, _ = OPS[op]
+    fn = getattr(__import__(mod, fromlist=[name]), name)
+    q, k, v = x["q"], x["k"], x["v"]
+    if op == "linear":
+        return lambda: fn(q, k, v, normalize=False)[0]
+    if op == "retention":
+        return lambda: fn(q, k, v)[0]
+    if op in ("mamba2", "gla"):
+        return lambda: fn(q, k, v, x["g"])[0]
+    if op == "delta":
+        return lambda: fn(q, k, v, x["beta"])[0]
+    return lambda: fn(q, k, v, x["g"], x["beta"])[0]
+
+
+def sdpa_fn(x):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q, k, v = (t.transpose(1, 2) for t in (x["q"], x["k"], x["v"]))
+
+    def run():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return run
+
+
+def timed(fn, x, backward):
+    """Median ms of fwd (no grad) or fwd+bwd (grads of every float input)."""
+    from triton.testing import do_bench
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    if not backward:
+        def run():
+            with torch.no_grad():
+                fn()
+        return do_bench(run, warmup=25, rep=100, return_mode="median")
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+
+        def run():
+            o = fn()
+            torch.autograd.grad(o, leaves, do)
+        return do_bench(run, warmup=25, rep=100, return_mode="median")
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+
+
+def peak_mem_mb(fn, x):
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+        del out
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        o = fn()
+        torch.autograd.grad(o, leaves, do)
+        del o
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+
+
+def attempt(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as e:  # fla refuses its gated kernels on Hopper with Triton < 3.7.1
+        torch.cuda.synchronize()
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--T", default="8192,32768")
+    ap.add_argument("--B", type=int, default=2)
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--ops", default=",".join(OPS))
+    ap.add_argument("--no-fla", action="store_true")
+    args = ap.parse_args()
+    B, H, K = args.B, args.H, args.D
+    V = K
+    Ts = [int(t) for t in args.T.split(",")]
+    ops = args.ops.split(",")
+    import triton
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "shape": {"B": B, "H": H, "K": K, "V": V, "dtype": "bfloat16"}, "rows": [], "memory": []}
+    try:
+        import fla
+        report["fla"] = getattr(fla, "__version__", "?")
+    except ImportError:
+        report["fla"] = None
+        args.no_fla = True
+
+    def save():
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+    for T in Ts:
+        floor_ms = (3 * B * T * H * K + B * T * H * V) * 2 / HBM_BYTES_PER_S * 1e3
+        for op in ops:
+            x = make_inputs(op, B, T, H, K, V, "cuda")
+            row = {"op": op, "what": OPS[op][2], "T": T, "floor_fwd_ms": floor_ms}
+            t0 = time.time()
+            for who, make in (("ours", ours_fn), ("fla", None if args.no_fla else fla_fn)):
+                if make is None:
+                    continue
+                fn, err = attempt(make, op, x)
+                for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+                    ms, e = (None, err) if err else attempt(timed, fn, x, bwd)
+                    row[f"{who}_{mode}_ms"] = ms
+                    if e:
+                        row[f"{who}_{mode}_error"] = e
+            for mode in ("fwd", "fwdbwd"):
+                o, f = row.get(f"ours_{mode}_ms"), row.get(f"fla_{mode}_ms")
+                row[f"ratio_{mode}_vs_fla"] = o / f if o and f else None
+                row[f"ours_{mode}_tok_per_s"] = B * T / (o * 1e-3) if o else None
+            if row.get("ours_fwd_ms"):
+                row["ours_fwd_vs_floor"] = row["ours_fwd_ms"] / floor_ms
+            row["seconds"] = round(time.time() - t0, 1)
+            report["rows"].append(row)
+            save()
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            del x
+        x = make_inputs("linear", B, T, H, K, V, "cuda")
+        row = {"op": "sdpa_cudnn_causal", "what": "cuDNN SDPA, full causal softmax", "T": T, "floor_fwd_ms": floor_ms}
+        fn = sdpa_fn(x)
+        for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+            ms, e = attempt(timed, fn, x, bwd)
+            row[f"ours_{mode}_ms"] = ms
+            if e:
+                row[f"ours_{mode}_error"] = e
+        report["rows"].append(row)
+        save()
+        del x
+    # peak memory of fwd+bwd at the largest T
+    T = max(Ts)
+    for op in ops:
+        x = make_inputs(op, B, T, H, K, V, "cuda")
+        mem = {"op": op, "T": T}
+        for who, make in (("ours", ours_fn), ("fla", None if args.no_fla else fla_fn)):
+            if make is None:
+                continue
+            fn, err = attempt(make, op, x)
+            mb, e = (None, err) if err else attempt(peak_mem_mb, fn, x)
+            mem[f"{who}_peak_mb"] = mb
+            if e:
+                mem[f"{who}_error"] = e
+        mem["inputs_mb"] = sum(t.numel() * t.element_size() for t in x.values()) / 2**20
+        report["memory"].append(mem)
+        save()
+        del x
+    print_table(report)
+
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(report):
+    s = report["shape"]
+    print(f"\n{report['device']}  torch {report['torch']}  triton {report['triton']}  fla {report['fla']}  "
+          f"bf16 B={s['B']} H={s['H']} K=V={s['K']}")
+    print(f"{'op':18s} {'T':>6s} {'ours fwd':>9s} {'fla fwd':>9s} {'ratio':>6s} {'ours f+b':>9s} {'fla f+b':>9s} "
+          f"{'ratio':>6s} {'fwd/floor':>9s} {'Mtok/s f+b':>10s}")
+    for r in report["rows"]:
+        tps = r.get("ours_fwdbwd_tok_per_s")
+        print(f"{r['op']:18s} {r['T']:6d} {_fmt(r.get('ours_fwd_ms')):>9s} {_fmt(r.get('fla_fwd_ms')):>9s} "
+              f"{_fmt(r.get('ratio_fwd_vs_fla'), '.2f'):>6s} {_fmt(r.get('ours_fwdbwd_ms')):>9s} "
+              f"{_fmt(r.get('fla_fwdbwd_ms')):>9s} {_fmt(r.get('ratio_fwdbwd_vs_fla'), '.2f'):>6s} "
+              f"{_fmt(r.get('ours_fwd_vs_floor'), '.2f'):>9s} {_fmt(tps and tps / 1e6, '.1f'):>10s}")
+        for key in ("fla_fwd_error", "fla_fwdbwd_error", "ours_fwd_error", "ours_fwdbwd_error"):
+            if r.get(key):
+                print(f"{'':18s} {key}: {r[key][:110]}")
+    for m in report["memory"]:
+        print(f"peak fwd+bwd {m['op']:12s} T={m['T']}: ours {_fmt(m.get('ours_peak_mb'), '.0f')} MB, "
+              f"fla {_fmt(m.get('fla_peak_mb'), '.0f')} MB (inputs {m['inputs_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

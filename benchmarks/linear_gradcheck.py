@@ -1,0 +1,123 @@
+"""Gradient check of the Triton linear-attention and delta-rule kernels against the float64 recurrence.
+
+Meant for the GPU (the compiler there is the one that must be right; fla 0.6 refuses its gated
+kernels on Hopper with Triton < 3.7.1 because they come out wrong), also runs on CPU under
+TRITON_INTERPRET=1 with --small.
+
+For every gate kind of linear attention (None, [H], [B, T, H], [B, T, H, K]) and the delta rule
+(ungated, [H], [B, T, H]), at mild and at strong decay (g down to -20), with an initial state,
+T not a multiple of the chunk, it compares o, the final state and the gradients of every input
+(q, k, v, g, beta, initial_state) with the token-by-token float64 reference, as
+||ours - ref|| / ||ref||. float32 inputs must agree to 1e-4 (exact fp32 products on the GPU),
+bfloat16 inputs to 3e-2.
+
+  python benchmarks/linear_gradcheck.py [out.json] [--small]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from attnsearch import kernels
+from attnsearch.kernels import delta_rule_ref, linear_attention_ref
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(op, gate, B, T, H, K, V, dtype, device, gmin, seed):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    q, k, v = rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, V)
+    if op == "delta":
+        k = torch.nn.functional.normalize(k, dim=-1)  # the delta rule's usual key normalisation
+    beta = torch.rand(B, T, H, generator=gen)
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    g = {"none": None, "H": u(H) * gmin, "BTH": u(B, T, H) * gmin, "BTHK": u(B, T, H, K) * gmin}[gate]
+    h0 = rnd(B, H, K, V) * 0.5
+    named = {"q": q, "k": k, "v": v, "beta": beta if op == "delta" else None, "g": g, "h0": h0}
+    return {n: (x.to(device=device, dtype=dtype) if n != "h0" else x.to(device)) for n, x in named.items()
+            if x is not None}
+
+
+def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0):
+    x = make_inputs(op, gate, B, T, H, K, V, dtype, device, gmin, seed)
+    ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+    ref = {n: t.detach().double().requires_grad_(True) for n, t in x.items()}
+    t0 = time.time()
+    if op == "delta":
+        o, s = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=chunk,
+                                  initial_state=ours["h0"], output_final_state=True, backend="triton")
+        ro, rs = delta_rule_ref(ref["q"], ref["k"], ref["v"], ref["beta"], ref.get("g"), None, ref["h0"], True)
+    else:
+        o, s = kernels.linear_attention(ours["q"], ours["k"], ours["v"], ours.get("g"), chunk_size=chunk,
+                                        initial_state=ours["h0"], output_final_state=True, backend="triton")
+        ro, rs = linear_attention_ref(ref["q"], ref["k"], ref["v"], ref.get("g"), None, ref["h0"], True)
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    wo = torch.randn(ro.shape, generator=gen).to(device)
+    ws = torch.randn(rs.shape, generator=gen).to(device)
+    ((o.float() * wo).sum() + (s.float() * ws).sum()).backward()
+    ((ro * wo.double()).sum() + (rs * ws.double()).sum()).backward()
+    errs = {"o": _rel(o, ro), "final_state": _rel(s, rs)}
+    for n in ours:
+        errs["d" + n] = _rel(ours[n].grad, ref[n].grad)
+    finite = all(torch.isfinite(t.grad).all().item() for t in ours.values()) and torch.isfinite(o).all().item()
+    worst = max(errs.values())
+    ok = finite and worst <= TOL[dtype]
+    return {"op": op, "gate": gate, "B": B, "T": T, "H": H, "K": K, "V": V, "chunk": chunk,
+            "dtype": str(dtype).replace("torch.", ""), "gmin": gmin, "errors": errs, "worst": worst,
+            "finite": finite, "ok": ok, "seconds": round(time.time() - t0, 2)}
+
+
+def cases(small: bool):
+    gates = {"linear": ("none", "H", "BTH", "BTHK"), "delta": ("none", "H", "BTH")}
+    if small:
+        shapes = {torch.float32: [(1, 45, 2, 16, 32, 16), (1, 70, 1, 32, 16, 32)]}
+        dtypes = (torch.float32,)
+    else:
+        shapes = {torch.float32: [(2, 300, 3, 64, 32, 64), (1, 333, 2, 128, 128, 32)],
+                  torch.bfloat16: [(1, 333, 2, 128, 128, 64)]}
+        dtypes = (torch.float32, torch.bfloat16)
+    for dtype in dtypes:
+        for op, gs in gates.items():
+            for gate in gs:
+                for gmin in ((-1.0, -20.0) if gate != "none" else (0.0,)):
+                    for shape in shapes[dtype]:
+                        yield op, gate, *shape, dtype, gmin
+    if not small:  # one long bf16 sequence per op at the benchmark's head size
+        for op, gate in (("linear", "BTH"), ("linear", "BTHK"), ("delta", "BTH"), ("delta", "none")):
+            yield op, gate, 1, 2048, 2, 128, 128, 64, torch.bfloat16, -0.5
+
+
+def main(argv):
+    small = "--small" in argv
+    paths = [a for a in argv if not a.startswith("--")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = []
+    for op, gate, B, T, H, K, V, chunk, dtype, gmin in cases(small):
+        r = check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin)
+        results.append(r)
+        flag = "ok " if r["ok"] else "BAD"
+        print(f"{flag} {op:6s} g={gate:4s} gmin={gmin:5.1f} {r['dtype']:8s} B{B} T{T} H{H} K{K} V{V} C{chunk} "
+              f"worst={r['worst']:.1e} " + " ".join(f"{k}={v:.0e}" for k, v in r["errors"].items()), flush=True)
+    summary = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)",
+               "torch": torch.__version__, "triton": __import__("triton").__version__,
+               "all_ok": all(r["ok"] for r in results), "n": len(results), "results": results}
+    print(f"gradcheck: {sum(r['ok'] for r in results)}/{len(results)} ok on {summary['device']}")
+    if paths:
+        with open(paths[0], "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0 if summary["all_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,145 @@
+"""Triton linear attention / delta rule (under TRITON_INTERPRET=1, fp32) vs the float64 recurrence.
+
+Every case checks the output, the final state and the gradient of every input (q, k, v, g, beta,
+initial_state) on random inputs with T not a multiple of the chunk.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from attnsearch import kernels
+from attnsearch.kernels import delta_rule_ref, linear_attention_ref
+
+TOL = 2e-5  # fp32 everywhere (the interpreter's products are exact fp32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    """Kernels are bound to the interpreter when decorated: (re)load the module with it switched on."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from attnsearch.kernels import triton_linear
+    if not isinstance(triton_linear._state_fwd_kernel, InterpretedFunction):
+        importlib.reload(triton_linear)
+    yield triton_linear
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _gate(kind, B, T, H, K, gmin, gen):
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    return {None: None, "H": u(H) * gmin, "BTH": u(B, T, H) * gmin, "BTHK": u(B, T, H, K) * gmin}[kind]
+
+
+def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=True, seed=0, config=None):
+    gen = torch.Generator().manual_seed(seed)
+    x = {"q": torch.randn(B, T, H, K, generator=gen), "k": torch.randn(B, T, H, K, generator=gen),
+         "v": torch.randn(B, T, H, V, generator=gen)}
+    if op == "delta":
+        x["k"] = torch.nn.functional.normalize(x["k"], dim=-1)
+        x["beta"] = torch.rand(B, T, H, generator=gen)
+    g = _gate(gate, B, T, H, K, gmin, gen)
+    if g is not None:
+        x["g"] = g
+    if h0:
+        x["h0"] = torch.randn(B, H, K, V, generator=gen)
+    ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+    ref = {n: t.double().requires_grad_(True) for n, t in x.items()}
+    if op == "delta":
+        o, s = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=chunk,
+                                  initial_state=ours.get("h0"), output_final_state=True, backend="triton",
+                                  config=config)
+        ro, rs = delta_rule_ref(ref["q"], ref["k"], ref["v"], ref["beta"], ref.get("g"), None, ref.get("h0"), True)
+    else:
+        o, s = kernels.linear_attention(ours["q"], ours["k"], ours["v"], ours.get("g"), chunk_size=chunk,
+                                        initial_state=ours.get("h0"), output_final_state=True, backend="triton",
+                                        config=config)
+        ro, rs = linear_attention_ref(ref["q"], ref["k"], ref["v"], ref.get("g"), None, ref.get("h0"), True)
+    assert o.dtype == x["q"].dtype and o.shape == ro.shape and s.shape == rs.shape
+    wo = torch.randn(ro.shape, generator=gen)
+    ws = torch.randn(rs.shape, generator=gen)
+    ((o * wo).sum() + (s * ws).sum()).backward()
+    ((ro * wo.double()).sum() + (rs * ws.double()).sum()).backward()
+    errs = {"o": _rel(o, ro), "state": _rel(s, rs)}
+    errs.update({"d" + n: _rel(ours[n].grad, ref[n].grad) for n in ours})
+    bad = {n: e for n, e in errs.items() if not e <= TOL}  # NaN fails too
+    assert not bad, f"{op} gate={gate}: errors above {TOL}: {bad}"
+
+
+@pytest.mark.parametrize("gate", [None, "H", "BTH", "BTHK"])
+def test_linear_attention_matches_recurrence(gate):
+    _compare("linear", gate, T=37, chunk=16)
+
+
+@pytest.mark.parametrize("gate", [None, "BTH"])
+def test_delta_rule_matches_recurrence(gate):
+    _compare("delta", gate, T=37, chunk=16)
+
+
+def test_fixed_head_gate_delta_rule():
+    _compare("delta", "H", T=21, chunk=16, V=16)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "BTH"), ("linear", "BTHK"), ("delta", "BTH")])
+def test_strong_decay_is_exact_and_finite(op, gate):
+    # g down to -20 per step: the cumulative gate reaches -600 inside a chunk; nothing may overflow
+    _compare(op, gate, T=45, chunk=32, K=16, V=16, gmin=-20.0, seed=3)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "BTHK"), ("delta", "BTH"), ("linear", None)])
+def test_larger_chunks_and_tiles(op, gate):
+    # several 16-row sub-blocks per chunk (per-channel gate, UT block inverse) and split K/V tiles
+    config = {"BLOCK_V": 16} if op == "delta" else {"BLOCK_K": 16, "BLOCK_V": 16}
+    _compare(op, gate, T=70, K=32, V=32, chunk=64, config=config, seed=5)
+
+
+def test_without_initial_state():
+    _compare("linear", "BTH", T=20, chunk=16, h0=False, V=16)
+    _compare("delta", None, T=20, chunk=16, h0=False, V=16)
+
+
+def test_output_final_state_false_returns_none():
+    q = torch.randn(1, 18, 1, 16)
+    o, s = kernels.linear_attention(q, q, q, chunk_size=16, backend="triton")
+    assert s is None and o.shape == q.shape
+
+
+@pytest.mark.parametrize("op,config,chunk", [
+    ("linear_attention", {"BLOCK_K": 48}, 64),
+    ("linear_attention", {"num_warps": 3}, 64),
+    ("linear_attention", {"BLOCK_K": 256, "BLOCK_V": 256}, 64),
+    ("linear_attention", {"tile": 64}, 64),
+    ("linear_attention", {}, 256),
+    ("delta_rule", {"BLOCK_K": 64}, 64),
+    ("delta_rule", {"num_stages": 9}, 64),
+    ("delta_rule", {}, 8),
+])
+def test_invalid_configs_raise(op, config, chunk):
+    q = torch.randn(1, 20, 1, 16)
+    with pytest.raises(ValueError):
+        if op == "delta_rule":
+            kernels.delta_rule(q, q, q, torch.rand(1, 20, 1), chunk_size=chunk, backend="triton", config=config)
+        else:
+            kernels.linear_attention(q, q, q, chunk_size=chunk, backend="triton", config=config)
+
+
+def test_config_space_and_defaults_are_consistent(interpreter):
+    for op in ("linear_attention", "delta_rule"):
+        cfg = interpreter.default_config(op)
+        assert set(cfg) <= set(interpreter.CONFIG_SPACE[op])
+        for key, value in cfg.items():
+            assert value in interpreter.CONFIG_SPACE[op][key]
+        for chunk in interpreter.CHUNK_SIZES:
+            interpreter.validate_config(op, cfg, chunk_size=chunk)
