@@ -156,7 +156,7 @@ class _StaticRandomMixer(_BlockMixer):
         B, T, H, _ = q.shape
         nb = -(-T // self.block_size)
         full = self._static(q.device)
-        return {**full, "block_indices": full["block_indices"][:, :, :nb].expand(B, -1, -1, -1)}
+        return {**full, "block_indices": full["block_indices"][:, :, :nb].expand(B, -1, -1, -1).contiguous()}
 
     def listed_row(self, qb, device):
         return self._static(device)["block_indices"][0, :, qb]
