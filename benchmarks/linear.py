@@ -55,11 +55,117 @@ def make_inputs(op, B, T, H, K, V, device, dtype=torch.bfloat16, seed=0):
     return x
 
 
-def ours_fn(op, x):
+def ours_fn(op, x, config=None, chunk_size=64):
     if op in ("delta", "gated_delta"):
-        return lambda: kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), backend="triton")[0]
+        return lambda: kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), backend="triton",
+                                          chunk_size=chunk_size, config=config)[0]
     g = x.get("g_head", x.get("g"))
-    return lambda: kernels.linear_attention(x["q"], x["k"], x["v"], g, backend="triton")[0]
+    return lambda: kernels.linear_attention(x["q"], x["k"], x["v"], g, backend="triton", chunk_size=chunk_size,
+                                            config=config)[0]
+
+
+def sweep_configs(op):
+    """Configs tried by --sweep (a coarse grid; the tuner in evaluators/ does the real search)."""
+    out = []
+    for chunk in (64, 128):
+        for nw in (4, 8):
+            for ns in (1, 2, 3):
+                if op in ("delta", "gated_delta"):
+                    for bv in (32, 64):
+                        out.append((chunk, {"BLOCK_V": bv, "num_warps": nw, "num_stages": ns}))
+                else:
+                    for bk, bv in ((64, 64), (128, 64), (64, 128)):
+                        if chunk == 128 and bv > 64:
+                            continue
+                        out.append((chunk, {"BLOCK_K": bk, "BLOCK_V": bv, "num_warps": nw, "num_stages": ns}))
+    return out
+
+
+def warm(who, ops, sweep, B, H, K, V):
+    """Run each op once (fwd+bwd) at a short T so that Triton's disk cache (and fla's autotuner)
+    hold the compiled kernels before timing; several of these run in parallel processes."""
+    T = 1024
+    for op in ops:
+        x = make_inputs(op, B, T, H, K, V, "cuda")
+        leaves = [t.requires_grad_(True) for n, t in x.items() if n != "g_head"]
+        runs = [(None, 64)] + (sweep_configs(op) if sweep else [])
+        for chunk, cfg in runs:
+            fn = (ours_fn(op, x, cfg, chunk) if cfg else ours_fn(op, x)) if who == "ours" else fla_fn(op, x)
+            try:
+                o = fn()
+                torch.autograd.grad(o, leaves, torch.randn_like(o))
+                with torch.no_grad():
+                    fn()
+            except Exception as e:
+                print(f"warm {who} {op} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
+            if who != "ours":
+                break
+    torch.cuda.synchronize()
+
+
+def run_sweep(report, ops, T, B, H, K, V, save):
+    for op in ops:
+        x = make_inputs(op, B, T, H, K, V, "cuda")
+        for chunk, cfg in sweep_configs(op):
+            fn = ours_fn(op, x, cfg, chunk)
+            row = {"op": op, "T": T, "chunk": chunk, "config": cfg}
+            for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+                ms, e = attempt(timed, fn, x, bwd)
+                row[f"{mode}_ms"] = ms
+                if e:
+                    row[f"{mode}_error"] = e
+            report["sweep"].append(row)
+            print("sweep", json.dumps(row), flush=True)
+        save()
+        del x
+
+
+def run_breakdown(report, ops, T, B, H, K, V, save):
+    """Per-stage times of our kernels (forward and backward pieces), to see where time goes."""
+    from triton.testing import do_bench
+
+    from attnsearch.kernels import triton_linear as tlin
+    cfgs = {op: tlin.default_config("delta_rule" if "delta" in op else "linear_attention") for op in ops}
+    BT = 64
+    for op in ops:
+        x = make_inputs(op, B, T, H, K, V, "cuda")
+        cfg = cfgs[op]
+        scale = K ** -0.5
+        q, k, v = x["q"], x["k"], x["v"]
+        g = x.get("g")
+        if op == "retention":
+            g = x["g_head"].view(1, 1, H).expand(B, T, H).contiguous()
+        gate = tlin._gate_kind(g)
+        b = tlin._chunk_cumsum(g, BT)
+        do = torch.randn_like(v)
+        stages = {}
+        bench = lambda f: do_bench(f, warmup=10, rep=50, return_mode="median")  # noqa: E731
+        if g is not None:
+            stages["cumsum"] = bench(lambda: tlin._chunk_cumsum(g, BT))
+        if "delta" in op:
+            beta = x["beta"]
+            w, u, tm = tlin._wy(k, v, beta, b, BT, True)
+            stages["wy"] = bench(lambda: tlin._wy(k, v, beta, b, BT, False))
+            h, ht, vnew = tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False)
+            stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False))
+            stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate))
+            stages["bwd_total"] = bench(lambda: tlin._delta_backward(q, k, v, beta, g, h, do, None, scale, BT, cfg,
+                                                                     False))
+        else:
+            h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False)
+            stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False))
+            att = tlin._gla_intra(q, k, b, BT) if gate == 2 else None
+            if gate == 2:
+                stages["gla_intra"] = bench(lambda: tlin._gla_intra(q, k, b, BT))
+            stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate))
+            stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg, gate,
+                                                                False, False))
+            stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, None, do, None, scale, BT, cfg,
+                                                                      False))
+        report["breakdown"].append({"op": op, "T": T, "ms": stages})
+        print("breakdown", op, json.dumps({k2: round(v2, 4) for k2, v2 in stages.items()}), flush=True)
+        save()
+        del x
 
 
 def fla_fn(op, x):
@@ -149,14 +255,22 @@ def main():
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--warm", choices=("ours", "fla"), help="only compile (run once at T=1024) and exit")
+    ap.add_argument("--sweep", action="store_true", help="also time a coarse grid of our configs at max T")
+    ap.add_argument("--breakdown", action="store_true", help="also time our kernels stage by stage at max T")
+    ap.add_argument("--skip-main", action="store_true", help="skip the main comparison")
     args = ap.parse_args()
     B, H, K = args.B, args.H, args.D
     V = K
     Ts = [int(t) for t in args.T.split(",")]
     ops = args.ops.split(",")
+    if args.warm:
+        warm(args.warm, ops, args.sweep, B, H, K, V)
+        return
     import triton
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "shape": {"B": B, "H": H, "K": K, "V": V, "dtype": "bfloat16"}, "rows": [], "memory": []}
+              "shape": {"B": B, "H": H, "K": K, "V": V, "dtype": "bfloat16"}, "rows": [], "memory": [],
+              "sweep": [], "breakdown": []}
     try:
         import fla
         report["fla"] = getattr(fla, "__version__", "?")
@@ -168,7 +282,11 @@ def main():
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
 
-    for T in Ts:
+    if args.skip_main:
+        Ts_main = []
+    else:
+        Ts_main = Ts
+    for T in Ts_main:
         floor_ms = (3 * B * T * H * K + B * T * H * V) * 2 / HBM_BYTES_PER_S * 1e3
         for op in ops:
             x = make_inputs(op, B, T, H, K, V, "cuda")
@@ -207,7 +325,7 @@ def main():
         del x
     # peak memory of fwd+bwd at the largest T
     T = max(Ts)
-    for op in ops:
+    for op in (ops if Ts_main else []):
         x = make_inputs(op, B, T, H, K, V, "cuda")
         mem = {"op": op, "T": T}
         for who, make in (("ours", ours_fn), ("fla", None if args.no_fla else fla_fn)):
@@ -223,6 +341,10 @@ def main():
         save()
         del x
     print_table(report)
+    if args.breakdown:
+        run_breakdown(report, ops, T, B, H, K, V, save)
+    if args.sweep:
+        run_sweep(report, ops, T, B, H, K, V, save)
 
 
 def _fmt(v, spec=".3f"):
