@@ -388,13 +388,11 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
 
     from attnsearch.space.catalogue import mechanism
 
-    from .microbench import TORCH_DTYPES, environment_info
+    from .microbench import environment_info, torch_dtype
 
     if seq_len <= 0:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    tdtype = TORCH_DTYPES.get(dtype)
-    if tdtype is None:
-        raise ValueError(f"dtype {dtype!r} not allowed (allowed: {', '.join(TORCH_DTYPES)})")
+    tdtype = torch_dtype(dtype)
     batch = max(1, (batch_tokens or seq_len) // seq_len)
     env = environment or environment_info()
     cache = cache if cache is not None else MemoryBenchCache()
