@@ -27,3 +27,6 @@ def main(version: Annotated[Optional[bool], typer.Option("--version", callback=_
 def version():
     """Print the version."""
     typer.echo(f"attnsearch {__version__}")
+
+
+from .cli_tune import register as _register_tune; _register_tune(app)  # noqa: E402,E702 - cache list|clear, tune (issue 8)
