@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -57,6 +58,7 @@ class TuneResult:
     best_stats: BenchStats | None
     trials: list[Trial] = field(default_factory=list)
     check: dict | None = None           # {"config", "rel_err", "tolerance", "ok"} of the winner
+    budget_exhausted: bool = False      # the time budget stopped the search early
 
     @property
     def skipped(self) -> list[Trial]:
@@ -94,8 +96,12 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
                  timer: Callable[[Callable[[], None]], BenchStats],
                  validate: Callable[[dict], None] = lambda config: None,
                  cache=None, key_for: Callable[[dict], BenchKey] | None = None, op: str = "op",
-                 exhaustive_limit: int = EXHAUSTIVE_LIMIT, n_trials: int = N_TRIALS, seed: int = 0) -> TuneResult:
+                 exhaustive_limit: int = EXHAUSTIVE_LIMIT, n_trials: int = N_TRIALS, seed: int = 0,
+                 time_budget_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> TuneResult:
     """Search ``space`` ({key: allowed values}) for the config with the lowest median time.
+
+    ``time_budget_s`` stops launching new configs once spent (the default is always timed
+    first); the result's ``budget_exhausted`` says so.
 
     ``run_factory(config)`` returns a callable that runs the op once with that config (it may
     raise: the config is skipped with the reason); ``timer(fn)`` times it. With ``cache`` and
@@ -108,11 +114,16 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
     size = space_size(space)
     default = {k: v for k, v in default.items() if k in space}
     trials: dict[str, Trial] = {}
+    deadline = None if time_budget_s is None else clock() + time_budget_s
+    out_of_time = []
 
-    def evaluate(config: dict) -> Trial:
+    def evaluate(config: dict) -> Trial | None:
         name = repr(sorted(config.items()))
         if name in trials:
             return trials[name]
+        if deadline is not None and trials and clock() >= deadline:
+            out_of_time.append(True)
+            return None
         trial = Trial(dict(config))
         trials[name] = trial
         try:
@@ -146,7 +157,8 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
             configs.remove(default)
             configs.insert(0, default)
         for config in configs:
-            evaluate(config)
+            if evaluate(config) is None:
+                break
     else:
         method = "tpe"
         _tpe(space, default, evaluate, n_trials, seed)
@@ -156,10 +168,11 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
     return TuneResult(op=op, method=method, space_size=size, default_config=default,
                       default_stats=default_trial.stats if default_trial else None,
                       best_config=dict(best.config) if best else dict(default),
-                      best_stats=best.stats if best else None, trials=list(trials.values()))
+                      best_stats=best.stats if best else None, trials=list(trials.values()),
+                      budget_exhausted=bool(out_of_time))
 
 
-def _tpe(space: dict, default: dict, evaluate: Callable[[dict], Trial], n_trials: int, seed: int) -> None:
+def _tpe(space: dict, default: dict, evaluate: Callable[[dict], "Trial | None"], n_trials: int, seed: int) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -175,6 +188,9 @@ def _tpe(space: dict, default: dict, evaluate: Callable[[dict], Trial], n_trials
         ot = study.ask()
         config = {k: ot.suggest_categorical(k, list(space[k])) for k in sorted(space)}
         trial = evaluate(config)
+        if trial is None:                         # out of time
+            study.tell(ot, state=TrialState.FAIL)
+            break
         if trial.stats is None:
             study.tell(ot, state=TrialState.FAIL)
         else:
@@ -378,7 +394,8 @@ def capture_layer_op(arch, layer, batch: int, seq_len: int, dtype, device) -> Ca
 def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = "bf16", *,
               cache=None, timer=None, device="cuda", exhaustive_limit: int = EXHAUSTIVE_LIMIT,
               n_trials: int = N_TRIALS, seed: int = 0, environment: dict | None = None,
-              check: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+              check: bool = True, progress: Callable[[str], None] | None = None,
+              time_budget_s: float | None = None) -> dict:
     """Tune every distinct layer op of ``arch`` on the GPU at (batch, seq_len).
 
     Returns {"arch": ArchConfig with tuned kernel_config per layer, "kernel_configs": [...],
@@ -414,7 +431,8 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
 
             result = tune_configs(op_space(op), op_default(op), run_factory=run_factory(call), timer=timer,
                                   validate=validator(call), cache=cache, key_for=key_for, op=op,
-                                  exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed)
+                                  exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed,
+                                  time_budget_s=time_budget_s)
             if check:
                 result = checked_winner(result, lambda c, call=call: check_against_torch(call, c, dtype))
             by_signature[sig] = result.to_dict()

@@ -162,3 +162,25 @@ def test_validator_reports_the_backend_reason():
     check(default)                                         # the default is valid
     with pytest.raises(ValueError, match="BLOCK_M x BLOCK_N"):
         check({**default, "BLOCK_M": 256, "BLOCK_N": 256})
+
+
+def test_time_budget_stops_after_the_default_with_a_fake_clock():
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    k = FakeKernel()
+
+    def timer(fn):
+        now[0] += 10.0                      # every timing costs 10 fake seconds
+        return k.timer(fn)
+
+    result = tuner.tune_configs({"a": (1, 2, 3), "b": (1, 2)}, {"a": 3, "b": 1}, run_factory=k.factory,
+                                timer=timer, time_budget_s=25.0, clock=clock)
+    assert k.timed[0] == {"a": 3, "b": 1} and len(k.timed) == 3 and result.budget_exhausted
+    result = tuner.tune_configs({"a": (1, 2, 3, 4, 5), "b": (1, 2, 3, 4, 5), "c": (1, 2, 4)}, {"a": 1, "b": 1, "c": 1},
+                                run_factory=k.factory, timer=timer, time_budget_s=15.0, clock=clock,
+                                exhaustive_limit=8, n_trials=20)
+    assert result.method == "tpe" and result.budget_exhausted and result.default_stats is not None
+    assert sum(1 for t in result.trials if t.stats) == 2
