@@ -9,9 +9,8 @@ Modes (the result always says which one produced the number):
   labelled ``estimated``: it ranks layouts, it does not promise a wall-clock figure.
 - ``measured-cpu``: builds the model (``attnsearch.models.build_model``) and times
   forward + backward on the CPU (median of a few steps after a warm-up).
-- ``measured``: GPU kernel microbenchmarks at the target shape, cached in the database. Not
-  built yet (a later issue): it is a registered seam, ``register_mode("measured", fn)``, and
-  asking for it before then is a clear ValueError.
+- ``measured``: GPU kernel microbenchmarks at the target shape, cached in the database
+  (``attnsearch.evaluators.microbench``, plugged in through ``register_mode``).
 """
 from __future__ import annotations
 
@@ -166,12 +165,13 @@ def measure_cpu_throughput(arch, seq_len: int, batch: int = 1, steps: int = 3, w
                                     "step_times_s": times})
 
 
-def _measured_gpu_not_ready(arch, seq_len, batch_tokens=None, gpu_name="H100", dtype="bf16", **_):
-    raise ValueError("throughput mode 'measured' (GPU kernel microbenchmarks) is not available yet; "
-                     "use 'estimated' or 'measured-cpu'")
+def _measured_gpu(arch, seq_len, batch_tokens=None, gpu_name="H100", dtype="bf16", **kwargs):
+    from .microbench import measured_throughput   # imported on use: it needs torch and a GPU
+
+    return measured_throughput(arch, seq_len, batch_tokens, gpu_name, dtype, **kwargs)
 
 
-_MODES: dict[str, Callable[..., ThroughputResult]] = {"measured": _measured_gpu_not_ready}
+_MODES: dict[str, Callable[..., ThroughputResult]] = {"measured": _measured_gpu}
 
 
 def register_mode(name: str, fn: Callable[..., ThroughputResult]) -> None:
