@@ -475,7 +475,7 @@ def measure_peak_memory(arch, shape: TargetShape, device="cuda") -> dict:
 
 def measured_throughput(arch, seq_len: int, batch_tokens: int | None = None, gpu_name: str | None = None,
                         dtype: str = "bf16", *, cache=None, timer=None, device="cuda", tune: bool = False,
-                        tune_trials: int = 16, measure_memory: bool = False):
+                        tune_trials: int = 16, tune_budget_s: float | None = None, measure_memory: bool = False):
     """Throughput mode ``measured`` (``evaluators.throughput.evaluate_throughput``): tokens/s
     composed from per-part GPU timings, optionally after tuning each layer's kernel config."""
     import torch
@@ -494,7 +494,7 @@ def measured_throughput(arch, seq_len: int, batch_tokens: int | None = None, gpu
         from .tuner import tune_arch
 
         tuned = tune_arch(arch, seq_len, batch_tokens, dtype, cache=cache, device=device, n_trials=tune_trials,
-                          environment=env)
+                          environment=env, time_budget_s=tune_budget_s)
         arch = tuned["arch"]
         detail["kernel_configs"] = tuned["kernel_configs"]
         detail["tuning"] = {sig: {k: r[k] for k in ("op", "method", "space_size", "speedup", "n_timed",
@@ -547,6 +547,7 @@ def benchmark_task(request: dict) -> dict:
                                  dtype=request.get("dtype", "bf16"), cache=cache,
                                  tune=bool(request.get("tune", False)),
                                  tune_trials=int(request.get("tune_trials", 16)),
+                                 tune_budget_s=request.get("tune_budget_s"),
                                  measure_memory=bool(request.get("measure_memory", False)))
     return {"result": result.to_dict(), "new_records": cache.new_records(), "hits": cache.hits,
             "misses": cache.misses, "started_at": started, "ended_at": time.time()}
@@ -570,15 +571,16 @@ class MeasuredThroughputService:
     """
 
     def __init__(self, url: str | None, seq_len: int, batch_tokens: int | None = None, dtype: str = "bf16",
-                 tune: bool = True, tune_trials: int = 16, measure_memory: bool = False,
-                 task: Callable[[dict], dict] = benchmark_task, gpu: bool = True):
+                 tune: bool = True, tune_trials: int = 16, tune_budget_s: float | None = None,
+                 measure_memory: bool = False, task: Callable[[dict], dict] = benchmark_task, gpu: bool = True):
         from attnsearch.storage.bench_cache import BenchCache
 
         TargetShape.from_target(seq_len, batch_tokens, dtype)           # checks the target now
         self.db = BenchCache(url)
         self.known = self.db.records()
         self.request = {"seq_len": seq_len, "batch_tokens": batch_tokens, "dtype": dtype, "tune": tune,
-                        "tune_trials": tune_trials, "measure_memory": measure_memory}
+                        "tune_trials": tune_trials, "tune_budget_s": tune_budget_s,
+                        "measure_memory": measure_memory}
         self.task, self.gpu = task, gpu
         self.hits = self.misses = 0
         self.intervals: list[tuple[float, float]] = []

@@ -115,38 +115,61 @@ def test_bench_task_options():
     assert mb.node_resources(1) == {"bench_slot": 1} and mb.node_resources(0) == {}
 
 
-def test_ray_isolation_no_benchmark_overlaps_a_proxy_or_another_benchmark():
+def test_ray_isolation_and_the_driver_side_service(tmp_path):
     """One logical GPU and one bench slot: proxies hold GPU fractions and overlap each other;
-    benchmarks take the whole GPU and the slot, so their intervals overlap nothing."""
+    benchmark tasks take the whole GPU and the slot, so their intervals overlap nothing. The
+    service seeds each task with the cached records and stores what the task timed."""
     ray = pytest.importorskip("ray")
-
-    def _interval(request):           # nested: Ray ships it by value (test modules are not importable there)
-        start = time.time()
-        time.sleep(request["sleep"])
-        return {"kind": request["kind"], "start": start, "end": time.time()}
-
     if ray.is_initialized():
         pytest.skip("a Ray cluster is already running in this process")
+
+    def interval(request):            # nested: Ray ships it by value (test modules are not importable there)
+        start = time.time()
+        time.sleep(request["sleep"])
+        return {"kind": "proxy", "start": start, "end": time.time()}
+
+    def fake_benchmark(request):
+        from attnsearch.storage.bench_cache import BenchKey, BenchStats, MemoryBenchCache
+
+        start = time.time()
+        cache = MemoryBenchCache(request["known"])
+        key = BenchKey(gpu="FakeGPU", versions={}, op="mixer.train", mechanism={"m": request["arch"]["name"]},
+                       shape={}, dtype="bf16")
+        cache.get_or_time(key, lambda: time.sleep(0.2) or BenchStats(2.0, 1.9, 2.1, 5))
+        comp = {"tokens_per_s": {"train": 1000.0, "prefill": 3000.0, "decode": 50.0}, "step_ms": {"train": 2.0}}
+        return {"result": {"tokens_per_s": 1000.0, "detail": {"gpu": "FakeGPU", "composition": comp}},
+                "new_records": cache.new_records(), "hits": cache.hits, "misses": cache.misses,
+                "started_at": start, "ended_at": time.time()}
+
     ray.init(num_cpus=2, num_gpus=1, resources=mb.node_resources(1), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     try:
-        bench = ray.remote(_interval).options(**{**mb.bench_task_options(gpu=True), "num_cpus": 0})
-        proxy = ray.remote(_interval).options(num_cpus=0, num_gpus=0.25, max_retries=0)
-        refs = []
-        for i in range(2):
-            refs += [proxy.remote({"kind": "proxy", "sleep": 0.4}), proxy.remote({"kind": "proxy", "sleep": 0.4}),
-                     bench.remote({"kind": "bench", "sleep": 0.2})]
-        out = ray.get(refs, timeout=120)
+        url = f"sqlite:///{tmp_path / 'svc.db'}"
+        service = mb.MeasuredThroughputService(url, seq_len=64, task=fake_benchmark, tune=False)
+        proxy = ray.remote(interval).options(num_cpus=0, num_gpus=0.25, max_retries=0)
+        bench = ray.remote(interval).options(**{**mb.bench_task_options(gpu=True), "num_cpus": 0})
+        assert mb.bench_task_options(gpu=True)["resources"] == {"bench_slot": 1}
+        raw = [bench.remote({"sleep": 0.3}) for _ in range(2)]       # two benchmarks asked at once
+        refs = [proxy.remote({"sleep": 0.5}) for _ in range(3)]
+        first = service(tiny_arch(["full"]).model_copy(update={"name": "a"}))
+        refs += [proxy.remote({"sleep": 0.5}) for _ in range(3)]
+        second = service(tiny_arch(["full"]).model_copy(update={"name": "a"}))
+        proxies = ray.get(refs, timeout=120)
+        raw = ray.get(raw, timeout=120)
     finally:
         ray.shutdown()
-    benches = [r for r in out if r["kind"] == "bench"]
-    assert len(benches) == 2
+    assert first["throughput"] == 1000.0 and first["throughput_mode"] == "measured"
+    assert first["decode_tokens_per_s"] == 50.0
+    assert (first["bench_cache_misses"], second["bench_cache_hits"]) == (1, 1)
+    assert service.hit_rate == 0.5 and len(service.db) == 1        # the driver side stored the record
 
     def overlap(a, b):
-        return a["start"] < b["end"] and b["start"] < a["end"]
+        return a[0] < b[1] and b[0] < a[1]
 
-    for b in benches:
-        others = [r for r in out if r is not b]
-        assert not any(overlap(b, o) for o in others), "a benchmark shared its GPU"
-    proxies = [r for r in out if r["kind"] == "proxy"]
-    assert any(overlap(a, b) for i, a in enumerate(proxies) for b in proxies[i + 1:])   # proxies do share
+    spans = [(p["start"], p["end"]) for p in proxies]
+    benches = service.intervals + [(r["start"], r["end"]) for r in raw]
+    assert len(benches) == 4
+    assert not any(overlap(a, b) for i, a in enumerate(benches) for b in benches[i + 1:])
+    for bench in benches:
+        assert not any(overlap(bench, p) for p in spans), "a benchmark shared its GPU with a proxy"
+    assert any(overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1:])   # proxies do share
