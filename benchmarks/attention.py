@@ -113,12 +113,12 @@ _FLEX = {}
 def flex(T, window, block_indices, block_size):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     if "fn" not in _FLEX:
-        import torch._dynamo
+        import torch._dynamo as dynamo  # (a bare `import torch._dynamo` would shadow torch here)
         # every case brings its own mask_mod, hence a recompile; keep them all compiled
         for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                      "accumulated_recompile_limit"):
-            if hasattr(torch._dynamo.config, knob):
-                setattr(torch._dynamo.config, knob, 256)
+            if hasattr(dynamo.config, knob):
+                setattr(dynamo.config, knob, 256)
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
     if block_indices is not None:
         nb = block_indices.shape[2]
@@ -149,14 +149,15 @@ def fla_parallel(window):
 
 # ------------------------------------------------------------------------------ correctness
 
-def gpu_correctness(results):
+def gpu_correctness(results, fast=False):
     """Our kernel in bf16/fp16/fp32 vs the reference (fp32 / fp64) on a small awkward shape."""
     T, bs = 336, 64          # T is not a multiple of any tile
     torch.manual_seed(0)
     out = []
     bi = masks.random_block_indices(T, bs, 2, seed=1, batch=2, heads=4, device="cuda")
     cases = [("full", None, None), ("window", 100, None), ("blocks", None, bi), ("window+blocks", 40, bi)]
-    for dtype, d in ((torch.bfloat16, 128), (torch.float32, 64)):
+    dtypes = ((torch.bfloat16, 128),) if fast else ((torch.bfloat16, 128), (torch.float32, 64))
+    for dtype, d in dtypes:
         ref_dtype = torch.float64 if dtype == torch.float32 else torch.float32
         for name, window, idx in cases:
             q, k, v, do = (torch.randn(2, T, 4, d, device="cuda", dtype=ref_dtype) for _ in range(4))
@@ -180,44 +181,42 @@ def gpu_correctness(results):
 
 # ------------------------------------------------------------------------------ sweep
 
-FWD_SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s) for m, n, w, s in (
-    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
-    (128, 32, 4, 4))]
-BWD_SWEEP = [dict(BLOCK_M_DKV=a, BLOCK_N_DKV=b, BLOCK_M_DQ=c, BLOCK_N_DQ=d, num_warps_bwd=w,
-                  num_stages_bwd=s) for a, b, c, d, w, s in (
-    (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3), (64, 128, 128, 64, 8, 1),
-    (32, 128, 128, 32, 8, 2), (64, 64, 64, 64, 4, 2))]
+DKV_SWEEP = [dict(BLOCK_M_DKV=m, BLOCK_N_DKV=n, num_warps_dkv=w, num_stages_dkv=s) for m, n, w, s in (
+    (64, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (128, 64, 8, 2))]
+DQ_SWEEP = [dict(BLOCK_M_DQ=m, BLOCK_N_DQ=n, num_warps_dq=w, num_stages_dq=s) for m, n, w, s in (
+    (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2))]
 
 
 def sweep(results):
+    """Backward-only time (delta + dK/dV + dQ kernels) on full causal T=8192: vary the dK/dV
+    kernel's tiles with dQ's at default, then dQ's with dK/dV's at default; keep the best of each."""
     T = 8192
-    inputs, do = make_inputs(T, "bthd")
-    fwd_rows, bwd_rows = [], []
-    for cfg in FWD_SWEEP:
-        try:
-            ms = bench(lambda: ours(None, None, 64, cfg)(*inputs), rep=100)
-            fwd_rows.append({**cfg, "fwd_ms": ms})
-            log(f"sweep fwd {cfg} {ms:.3f} ms")
-        except Exception as exc:  # a config may not fit shared memory for D=128
-            fwd_rows.append({**cfg, "error": repr(exc)[:200]})
-            log(f"sweep fwd {cfg} failed: {repr(exc)[:120]}")
-    best_fwd = min((r for r in fwd_rows if "fwd_ms" in r), key=lambda r: r["fwd_ms"])
-    best_fwd = {k: best_fwd[k] for k in FWD_SWEEP[0]}
-    for cfg in BWD_SWEEP:
-        full = {**best_fwd, **cfg}
-        try:
-            fwd, both = timed(ours(None, None, 64, full), inputs, do, rep=100)
-            bwd_rows.append({**cfg, "fwd_bwd_ms": both, "bwd_ms": both - fwd})
-            log(f"sweep bwd {cfg} fwd+bwd {both:.3f} ms")
-        except Exception as exc:
-            bwd_rows.append({**cfg, "error": repr(exc)[:200]})
-            log(f"sweep bwd {cfg} failed: {repr(exc)[:120]}")
-    best_bwd = min((r for r in bwd_rows if "bwd_ms" in r), key=lambda r: r["bwd_ms"])
-    best = {**best_fwd, **{k: best_bwd[k] for k in BWD_SWEEP[0]}}
-    results["sweep"] = {"shape": f"full causal B={B} H={H} T={T} D={D} bf16", "fwd": fwd_rows,
-                        "bwd": bwd_rows, "best": best}
-    log(f"sweep best {best}")
-    return best
+    (q, k, v), do = make_inputs(T, "bthd")
+    q, k, v = q.detach(), k.detach(), v.detach()
+    default = ta.default_config("softmax_attention")
+    scale = D ** -0.5
+    lists, counts = ta._empty_lists(q.device)
+    o, lse = ta._forward(q, k, v, ta._Plan(T, None, None, 64, default), lists, counts, scale)
+    rows, best = [], {}
+    for part, space in (("dkv", DKV_SWEEP), ("dq", DQ_SWEEP)):
+        timings = []
+        for cfg in space:
+            plan = ta._Plan(T, None, None, 64, {**default, **cfg})
+            try:
+                ms = bench(lambda: ta._backward(q, k, v, o, lse, do, plan, lists, counts, lists, counts,
+                                                scale), rep=100)
+                timings.append((ms, cfg))
+                rows.append({"part": part, **cfg, "bwd_ms": ms})
+                log(f"sweep {part} {cfg} backward {ms:.3f} ms")
+            except Exception as exc:  # a config may not fit shared memory for D=128
+                rows.append({"part": part, **cfg, "error": repr(exc)[:200]})
+                log(f"sweep {part} {cfg} failed: {repr(exc)[:120]}")
+        best.update(min(timings, key=lambda t: t[0])[1])
+    tuned = {**default, **best}
+    results["sweep"] = {"shape": f"backward only, full causal B={B} H={H} T={T} D={D} bf16",
+                        "rows": rows, "best": tuned}
+    log(f"sweep best {tuned}")
+    return tuned
 
 
 # ------------------------------------------------------------------------------ table
@@ -225,9 +224,9 @@ def sweep(results):
 def cases(quick):
     T1, T2 = (2048, 4096) if quick else (8192, 32768)
     return [
+        {"name": f"random 12.5% of 128-blocks T={T1}", "T": T1, "window": None, "blocks": "random"},
         {"name": f"full causal T={T1}", "T": T1, "window": None, "blocks": None},
         {"name": f"window 1024 T={T1}", "T": T1, "window": 1024, "blocks": None},
-        {"name": f"random 12.5% of 128-blocks T={T1}", "T": T1, "window": None, "blocks": "random"},
         {"name": f"window 1024 T={T2}", "T": T2, "window": 1024, "blocks": None},
         {"name": f"full causal T={T2}", "T": T2, "window": None, "blocks": None},
         {"name": f"top-8 of 128-blocks T={T1}", "T": T1, "window": None, "blocks": "topk"},
@@ -237,7 +236,7 @@ def cases(quick):
 def run_case(case, tuned, results):
     T, window = case["T"], case["window"]
     bs = 128
-    rep = 500 if T > 16384 else 200
+    rep = 400 if T > 16384 else 200
     x_bthd, do_bthd = make_inputs(T, "bthd")
     x_bhtd, do_bhtd = make_inputs(T, "bhtd")
     idx = None
@@ -347,6 +346,7 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="time a few configs, add ours_tuned")
     parser.add_argument("--quick", action="store_true", help="short sequences (smoke run)")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--fast-correctness", action="store_true", help="bf16 only (fp32 compiles slowly)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
@@ -361,7 +361,7 @@ def main():
 
     try:
         if not args.skip_correctness:
-            gpu_correctness(results)
+            gpu_correctness(results, fast=args.fast_correctness)
             save()
         tuned = sweep(results) if args.sweep else None
         save()

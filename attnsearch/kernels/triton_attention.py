@@ -30,19 +30,20 @@ CONFIG_SPACE = {"softmax_attention": {
     # backward: dK/dV kernel (key tile BLOCK_N_DKV, walks query tiles of BLOCK_M_DKV) and
     # dQ kernel (query tile BLOCK_M_DQ, walks key tiles of BLOCK_N_DQ)
     "BLOCK_M_DKV": _TILES, "BLOCK_N_DKV": _TILES, "BLOCK_M_DQ": _TILES, "BLOCK_N_DQ": _TILES,
-    "num_warps_bwd": _WARPS, "num_stages_bwd": _STAGES,
+    "num_warps_dkv": _WARPS, "num_stages_dkv": _STAGES, "num_warps_dq": _WARPS,
+    "num_stages_dq": _STAGES,
 }}
 
 _HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
            "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
-           "num_warps_bwd": 8, "num_stages_bwd": 2}
+           "num_warps_dkv": 8, "num_stages_dkv": 2, "num_warps_dq": 8, "num_stages_dq": 2}
 _OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
               "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
-              "num_warps_bwd": 4, "num_stages_bwd": 2}
+              "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2}
 # the interpreter runs tiles as numpy arrays: small tiles keep tests quick
 _INTERPRETER = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1,
                 "BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32, "BLOCK_M_DQ": 32, "BLOCK_N_DQ": 16,
-                "num_warps_bwd": 4, "num_stages_bwd": 1}
+                "num_warps_dkv": 4, "num_stages_dkv": 1, "num_warps_dq": 4, "num_stages_dq": 1}
 
 
 def _interpreting() -> bool:
@@ -193,7 +194,6 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     cfg = plan.config
-    warps, stages = cfg["num_warps_bwd"], cfg["num_stages_bwd"]
     delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
     attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
@@ -204,7 +204,7 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     S, ST = lists.shape[-1], tlists.shape[-1]
     NB = lists.shape[2]
     common = dict(HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)),
-                  PREC=_precision(q.dtype), num_warps=warps, num_stages=stages)
+                  PREC=_precision(q.dtype))
     BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
     attn_bwd_dkdv_kernel[(triton.cdiv(T, BN), B * H)](
         q, k, v, do, dk, dv, lse, delta, lists, tlists, tcounts,
@@ -212,7 +212,8 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
-        BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV, **common)
+        ST_PAD=triton.next_power_of_2(max(ST, 1)), BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV,
+        num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"], **common)
     BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
     attn_bwd_dq_kernel[(triton.cdiv(T, BM), B * H)](
         q, k, v, do, dq, lse, delta, lists, counts,
@@ -220,7 +221,8 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
-        BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, **common)
+        BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, num_warps=cfg["num_warps_dq"],
+        num_stages=cfg["num_stages_dq"], **common)
     return dq, dk, dv
 
 

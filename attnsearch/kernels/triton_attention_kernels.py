@@ -89,6 +89,15 @@ def _query_ranges(n0, T, WINDOW, BS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
     return first, a, b, c
 
 
+@triton.jit
+def _near_split(lst, lo, BS, BLOCK_N: tl.constexpr):
+    """Lists are sorted descending; the first n_near blocks reach into the contiguous range
+    [lo, ...) and must be clipped, the rest lie wholly below it. Also tiles per block."""
+    n_far = tl.sum(((lst >= 0) & ((lst + 1) * BS <= lo)).to(tl.int32), axis=0)
+    n_valid = tl.sum((lst >= 0).to(tl.int32), axis=0)
+    return n_valid - n_far, BS // BLOCK_N
+
+
 # ----------------------------------------------------------------------------------- forward
 
 @triton.jit
@@ -157,12 +166,18 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
         offs_s = tl.arange(0, S_PAD)
         lst = tl.load(lst_base + offs_s, mask=offs_s < S, other=-1)
         count = tl.load(LCNT + bh * NQB + m0 // BS)
-        for slot in range(0, count):
+        n_near, per_block = _near_split(lst, lo, BS, BLOCK_N)
+        for slot in range(0, n_near):  # blocks reaching into [lo, ...): clip there
             start = tl.load(lst_base + slot) * BS
             for n0 in range(start, tl.minimum(start + BS, lo), BLOCK_N):
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
                                           offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                           qk_scale, False, HAS_BLOCKS, PREC)
+        for t in range(0, (count - n_near) * per_block):  # the rest: one flat, pipelined loop
+            n0 = tl.load(lst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
+                                      offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
+                                      qk_scale, False, HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
                                   offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True,
@@ -243,9 +258,9 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
                          sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
                          sdo_b, sdo_t, sdo_h, sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
                          H, T, NB, WINDOW, BS, qk_scale, sm_scale, S, ST,
-                         HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, DK_: tl.constexpr, DV_: tl.constexpr,
-                         PREC: tl.constexpr):
+                         HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, ST_PAD: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DK_: tl.constexpr,
+                         DV_: tl.constexpr, PREC: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -273,12 +288,22 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
         tlst_base = TLST + (bh * NB + kb) * ST
         count = tl.load(TCNT + bh * NB + kb)
         m_end = tl.cdiv(T, BLOCK_M) * BLOCK_M
-        for slot in range(0, count):
+        # transposed lists are sorted ascending: blocks starting below c come first, get clipped
+        offs_st = tl.arange(0, ST_PAD)
+        tlst = tl.load(tlst_base + offs_st, mask=offs_st < ST, other=-1)
+        n_near = tl.sum(((tlst >= 0) & (tlst * BS < c)).to(tl.int32), axis=0)
+        per_block = BS // BLOCK_M
+        for slot in range(0, n_near):
             qstart = tl.load(tlst_base + slot) * BS
             for m0 in range(tl.maximum(qstart, c), tl.minimum(qstart + BS, m_end), BLOCK_M):
                 dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
                                     offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
                                     offs_s, S, kb, qk_scale, False, True, HAS_BLOCKS, PREC)
+        for t in range(0, (count - n_near) * per_block):
+            m0 = tl.load(tlst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_M
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
+                                offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
+                                offs_s, S, kb, qk_scale, False, True, HAS_BLOCKS, PREC)
     for m0 in range(first, a, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
                             offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
@@ -360,12 +385,18 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
         offs_s = tl.arange(0, S_PAD)
         lst = tl.load(lst_base + offs_s, mask=offs_s < S, other=-1)
         count = tl.load(LCNT + bh * NQB + m0 // BS)
-        for slot in range(0, count):
+        n_near, per_block = _near_split(lst, lo, BS, BLOCK_N)
+        for slot in range(0, n_near):
             start = tl.load(lst_base + slot) * BS
             for n0 in range(start, tl.minimum(start + BS, lo), BLOCK_N):
                 dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
                               offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                               HAS_BLOCKS, PREC)
+        for t in range(0, (count - n_near) * per_block):
+            n0 = tl.load(lst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
+                          offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
+                          HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
                       sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True, HAS_BLOCKS, PREC)
