@@ -9,10 +9,11 @@ and dynamic top-k (8 blocks by pooled q.k) at 8192. Forward and forward+backward
 triton.testing.do_bench; ms, tokens/s and TFLOP/s counting visible (query, key) pairs only
 (forward 4*D flops a pair, forward+backward 3.5x that); ratios to FlexAttention and cuDNN;
 peak memory of forward+backward at T=32768. Before timing, a GPU correctness check of our
-kernel (bf16/fp16/fp32) against the fp32/fp64 reference on a small shape. With --sweep, a few
-kernel configs are timed on full causal T=8192 first, and the best forward and backward
-tiles are added to every case as an "ours_tuned" row. The JSON is rewritten after every step, so a run cut short
-still leaves what it measured.
+kernel (bf16 D=128, fp32 D=64) against the fp32/fp64 reference on a small shape
+(--fast-correctness: bf16 only). With --sweep, a few backward tile configs are timed first
+(backward only, full causal T=8192, the dK/dV and dQ kernels varied separately) and the best
+are added to every case as an "ours_tuned" row. The JSON is rewritten after every step, so a
+run cut short still leaves what it measured.
 """
 from __future__ import annotations
 
