@@ -4,6 +4,7 @@
 """
 from .arch import SCHEMA_VERSION, ArchConfig, LayerSpec
 from .catalogue import MECHANISMS, ConfigError, Cost, Mechanism, ParamSpec, mechanism, mechanism_by_code
+from .presets import PRESETS, Preset, preset
 
 __all__ = ["ArchConfig", "LayerSpec", "SCHEMA_VERSION", "MECHANISMS", "Mechanism", "ParamSpec", "Cost",
-           "ConfigError", "mechanism", "mechanism_by_code"]
+           "ConfigError", "mechanism", "mechanism_by_code", "PRESETS", "Preset", "preset"]

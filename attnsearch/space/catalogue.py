@@ -239,12 +239,11 @@ def _window_pairs(T, w):
     return w * (w + 1) // 2 + (T - w) * w
 
 
-def _softmax_core(pairs_fn, blocks_fn, tile=64):
+def _softmax_core(pairs_and_tiles, tile=64):
     """Core cost from visible pairs and visible (query block, key block) tiles per head."""
     def core(H, K, V, p, T, chunk):
-        pairs = pairs_fn(p, T)
+        pairs, tiles = pairs_and_tiles(p, T)
         bs = p.get("block_size", tile)
-        tiles = blocks_fn(p, T)
         flops = H * (2 * pairs * (K + V) + 5 * pairs)          # QK^T, PV, and the softmax itself
         elems = H * (T * (K + V)                                # read q, write o
                      + tiles * bs * (K + V))                    # K/V tile per visible block pair
@@ -266,6 +265,18 @@ def _window_tiles(T, bs, w):
     return sum(qb - max(0, (qb * bs - w + 1) // bs) + 1 for qb in range(_nb(T, bs)))
 
 
+def _window_extra(a: int, M: int, R: int) -> int:
+    """sum over r in [0, R) of clamp(a - r, 0, M): window keys before the query's own block for
+    the r-th query of a block that has M earlier keys (a = window - 1)."""
+    c1 = max(0, min(a - M + 1, R))               # rows whose window covers all M earlier keys
+    total = c1 * M
+    lo, hi = c1, min(R - 1, a - 1)               # rows whose window reaches partly back
+    if hi >= lo:
+        n = hi - lo + 1
+        total += n * a - (lo + hi) * n // 2
+    return total
+
+
 def _listed_pairs_and_tiles(T, bs, listed_per_block, w=None):
     """Pairs/tiles when query block qb sees its own block (causal), `listed(qb)` earlier full
     blocks, and (optionally) a token window; overlaps between window and listed are ignored
@@ -279,8 +290,7 @@ def _listed_pairs_and_tiles(T, bs, listed_per_block, w=None):
         tiles += 1 + listed
         if w is not None and w > 1:
             # window keys that fall in earlier blocks (not already in the own block)
-            extra = sum(max(0, min(w - 1 - (i - qb * bs), qb * bs)) for i in range(qb * bs, qb * bs + rows))
-            pairs += extra
+            pairs += _window_extra(w - 1, qb * bs, rows)
             tiles += min(qb, _nb(w - 1, bs) if w > 1 else 0)
     return pairs, tiles
 
@@ -306,12 +316,8 @@ def _topk_listed(p):
 
 
 def _sparse_core(listed_fn, with_window=False):
-    def pairs(p, T):
-        return _listed_pairs_and_tiles(T, p["block_size"], listed_fn(p), p["window"] if with_window else None)[0]
-
-    def tiles(p, T):
-        return _listed_pairs_and_tiles(T, p["block_size"], listed_fn(p), p["window"] if with_window else None)[1]
-    return _softmax_core(pairs, tiles)
+    return _softmax_core(lambda p, T: _listed_pairs_and_tiles(T, p["block_size"], listed_fn(p),
+                                                               p["window"] if with_window else None))
 
 
 def _longformer_kept(p, L):
@@ -433,12 +439,11 @@ _full_kv = lambda H, K, V, p, L: _kv(H, K, V, L)  # noqa: E731
 
 _ALL = [
     _softmax("full", "F", "full causal softmax attention with RoPE", [], _full_kv,
-             _softmax_core(lambda p, T: T * (T + 1) // 2, lambda p, T: _causal_tiles(T, 64))),
+             _softmax_core(lambda p, T: (T * (T + 1) // 2, _causal_tiles(T, 64)))),
     _softmax("sliding_window", "S", "causal softmax attention over the last `window` tokens",
              [_window(1024)],
              lambda H, K, V, p, L: _kv(H, K, V, min(L, p["window"] - 1)),
-             _softmax_core(lambda p, T: _window_pairs(T, p["window"]),
-                           lambda p, T: _window_tiles(T, 64, p["window"]))),
+             _softmax_core(lambda p, T: (_window_pairs(T, p["window"]), _window_tiles(T, 64, p["window"])))),
     _softmax("dilated", "D", "each query block sees its own block and every `dilation`-th earlier block",
              [_block_size(), ParamSpec("dilation", 2, low=2, high=64, doc="stride between visible key blocks")],
              _full_kv, _sparse_core(_dilated_listed)),
