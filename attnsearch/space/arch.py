@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .catalogue import ConfigError, mechanism, mechanism_by_code
 
 SCHEMA_VERSION = 1
+EXPORT_FORMAT = "attnsearch-export"   # see attnsearch.search.export
 
 
 def _field_path(loc: tuple) -> str:
@@ -142,6 +143,11 @@ class ArchConfig(_Strict):
     def mechanisms(self) -> list[str]:
         return [layer.mechanism for layer in self.layers]
 
+    def state_bytes(self, context_len: int, dtype_bytes: int = 2) -> int:
+        """Decode state of the whole model per sequence at context_len (sum of the layers')."""
+        return sum(mechanism(layer.mechanism).state_bytes(self, layer.params, context_len, dtype_bytes)
+                   for layer in self.layers)
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -156,6 +162,9 @@ class ArchConfig(_Strict):
     def from_dict(cls, data: dict) -> "ArchConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config: must be a JSON object, got {type(data).__name__}")
+        if data.get("format") == EXPORT_FORMAT and "arch" in data:
+            # an `attnsearch export` file: the ArchConfig wrapped with metrics and provenance
+            return cls.from_dict(data["arch"])
         return cls.model_validate(data)
 
     @classmethod
@@ -188,8 +197,11 @@ class ArchConfig(_Strict):
         data.update(changes)
         return ArchConfig.from_dict(data)
 
-    def with_layers(self, layers: Iterable) -> "ArchConfig":
-        """Same dims, new per-layer list (n_layers follows its length)."""
+    def with_layers(self, layers: Iterable | str) -> "ArchConfig":
+        """Same dims, new per-layer list (n_layers follows its length); a str is a layout string
+        ('SSSF': each letter's mechanism with default params)."""
+        if isinstance(layers, str):
+            layers = [mechanism_by_code(letter).name for letter in layers]
         specs = [_as_layer(layer).model_dump() for layer in layers]
         return self._copy_with(layers=specs, n_layers=len(specs))
 

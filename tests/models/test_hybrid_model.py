@@ -32,7 +32,7 @@ def test_mixed_layout_decodes_exactly_and_counts_state():
             torch.testing.assert_close(model.step(tokens[:, t], cache), full[:, t], rtol=0, atol=1e-10)
     expected = sum(MECHANISMS[layer.mechanism].state_bytes(config, layer.params, 35, dtype_bytes=8)
                    for layer in config.layers)
-    assert cache_state_bytes(cache) == expected
+    assert cache_state_bytes(cache) == expected == config.state_bytes(35, dtype_bytes=8)
 
 
 def test_build_model_from_config_dict_json_and_path(tmp_path):

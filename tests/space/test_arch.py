@@ -58,6 +58,9 @@ def test_with_layers():
     config = ArchConfig.from_layout("FF", **DIMS)
     new = config.with_layers(["mamba2", {"mechanism": "sliding_window", "params": {"window": 4}}, "full"])
     assert new.layout_string() == "MSF" and new.n_layers == 3 and new.d_model == 64
+    assert config.with_layers("SSQF").mechanisms() == ["sliding_window", "sliding_window", "gated_deltanet", "full"]
+    with pytest.raises(ConfigError, match="layout letter"):
+        config.with_layers("SX")
 
 
 @pytest.mark.parametrize("layer, field", [
