@@ -160,7 +160,7 @@ def run_breakdown(report, ops, T, B, H, K, V, save):
             stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate))
             stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg, gate,
                                                                 False, False))
-            stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, None, do, None, scale, BT, cfg,
+            stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, do, None, scale, BT, cfg,
                                                                       False))
         report["breakdown"].append({"op": op, "T": T, "ms": stages})
         print("breakdown", op, json.dumps({k2: round(v2, 4) for k2, v2 in stages.items()}), flush=True)

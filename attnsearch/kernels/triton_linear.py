@@ -89,8 +89,8 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
 # kernels
 # --------------------------------------------------------------------------------------------
 
-@triton.jit
-def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
+@triton.jit(do_not_specialize=['T', 'H'])
+def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H, D: tl.constexpr, BT: tl.constexpr,
                          BD: tl.constexpr, VEC: tl.constexpr):
     """b = cumulative sum of g within each chunk, in fp32."""
     n = tl.program_id(0)
@@ -111,9 +111,9 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H: tl.constexpr, D: tl.constexpr, BT: 
         tl.store(b_ptr + tok, tl.cumsum(g, axis=0), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_ptr,
-                      T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
     """Sequential scan over chunks: stores h_n (state entering chunk n) and the final state.
@@ -164,9 +164,9 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
-                    T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
     """o = scale * ((q * exp(b)) h_n + A v); A is read from a_ptr for per-channel gates."""
     iv = tl.program_id(0)
@@ -212,8 +212,8 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
              mask=rmask[:, None] & vmask[None, :])
 
 
-@triton.jit
-def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H: tl.constexpr, K: tl.constexpr,
+@triton.jit(do_not_specialize=['T', 'H'])
+def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H, K: tl.constexpr,
                       BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Per-channel gate: A[i, j] = sum_c q_ic k_jc exp(b_ic - b_jc) for j <= i, for one sub-block of
     BC rows; stored as rows of [B*H, T, BT] (fp32)."""
@@ -258,9 +258,9 @@ def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H: tl.constexpr, K: tl.cons
         tl.store(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + lcol[None, :], att, mask=rmask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_ptr, gs_ptr, dvn_ptr,
-                      scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
     """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
@@ -323,12 +323,23 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
 
 
 @triton.jit
+def _exclusive_prefix(y, BT: tl.constexpr):
+    """sum_{j<s} y_j for a [BT] vector, summing only the included terms (no total-minus-suffix)."""
+    ii = tl.arange(0, BT)
+    return tl.sum(tl.where(ii[None, :] < ii[:, None], y[None, :], 0), axis=1)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
-                       dq_ptr, dk_ptr, dv_ptr, db_ptr, da_ptr, scale,
-                       T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, scale,
+                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk gradients of linear attention. GATE 2 writes the inter-chunk parts of dq/dk (fp32)
-    and the intra-chunk dA; `_gla_intra_bwd_kernel` adds the intra-chunk parts."""
+    """Per chunk gradients of linear attention. GATE 2 writes the inter-chunk parts of dq/dk (fp32),
+    the intra-chunk dA and the state term of dg; `_gla_intra_bwd_kernel` adds the intra parts.
+
+    Gate gradient (scalar gate), chunk-local so that nothing large cancels under strong decay:
+    dg_s = sum_{i>=s} q_i.dq_inter_i + sum_{i>=s, j<s} dA_ij A_ij + exp(b_last) <h_n, G_n>
+           + sum_{j<s} k_j.dk_inter_j."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -344,7 +355,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
-    # intra-chunk attention matrix (with decay) and the decayed keys entering the next state
+    # intra-chunk attention matrix (with decay); the decay of keys into the next state
     if GATE == 2:
         b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
@@ -356,16 +367,15 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         if GATE == 1:
             b = tl.load(b_ptr + tok, mask=rmask, other=0)
             b_last = tl.load(b_ptr + last)
-            decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-            att = att * decay
-            k_dec = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(k_t.dtype)
+            att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            kdec_f = tl.exp(tl.minimum(b_last - b, 0))
         else:
             att = tl.where(causal, att, 0)
-            k_dec = k_t
     att_t = tl.trans(att * scale).to(k_t.dtype)
     dq = tl.zeros([BT, BK], dtype=tl.float32)
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     da = tl.zeros([BT, BT], dtype=tl.float32)
+    hg = tl.zeros([BK], dtype=tl.float32)  # sum_v h_n * G_n per key channel (the state term of dg)
     hbase = (bh.to(tl.int64) * NT + n) * K * V
     for iv in range(tl.cdiv(V, BV)):
         vv = iv * BV + tl.arange(0, BV)
@@ -378,8 +388,16 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         dq += tl.dot(do_t, tl.trans(h_t).to(do_t.dtype), input_precision=PREC)
         dk += tl.dot(v_t, tl.trans(g_t).to(v_t.dtype), input_precision=PREC)
         da += tl.dot(do_t, tl.trans(v_t), input_precision=PREC)
-        dv = tl.dot(att_t, do_t, input_precision=PREC) + tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
+        dv = tl.dot(att_t, do_t, input_precision=PREC)
+        if GATE == 2:
+            dv += tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
+        elif GATE == 1:
+            dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC) * kdec_f[:, None]
+        else:
+            dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC)
         tl.store(dv_ptr + tok[:, None] * V + vv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=m_v)
+        if GATE > 0:
+            hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
         dq = dq * scale * tl.exp(b)
@@ -387,29 +405,36 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_k)
         tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
         tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da, mask=rmask[:, None])
+        tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
     else:
         if GATE == 1:
             dq = dq * (scale * tl.exp(b))[:, None]
-            dk = dk * tl.exp(tl.minimum(b_last - b, 0))[:, None]
-            da = da * decay
+            dk = dk * kdec_f[:, None]
+            x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
+            y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
+            strict = ii[:, None] > ii[None, :]
+            m = tl.where(strict, da * att, 0)   # dA_ij A_ij for j < i (diagonal terms carry no gate)
+            x += tl.sum(m, axis=1) - tl.sum(m, axis=0)
+            dg = tl.cumsum(x, axis=0, reverse=True) + tl.exp(b_last) * tl.sum(hg, axis=0) + _exclusive_prefix(y, BT)
+            tl.store(dg_ptr + tok, dg, mask=rmask)
+            da = da * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
         else:
             dq = dq * scale
         dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
         dk += tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
         tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
         tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
-        if GATE == 1:
-            db = tl.sum(q_t.to(tl.float32) * dq - k_t.to(tl.float32) * dk, axis=1)
-            tl.store(db_ptr + tok, db, mask=rmask)
 
 
-@triton.jit
-def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr, db_ptr,
-                          T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+@triton.jit(do_not_specialize=['T', 'H'])
+def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr,
+                          T, H, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           BK: tl.constexpr, PREC: tl.constexpr):
     """Per-channel gate, one sub-block of BC rows: adds the intra-chunk parts
     dq_i += sum_{j<=i} dA_ij exp(b_i - b_j) k_j and dk_j += sum_{i>=j} dA_ij exp(b_i - b_j) q_i to
-    the inter-chunk parts, and writes dB = q dq - k dk."""
+    the inter-chunk parts. For the gate gradient it overwrites its rows of dqi/dki with
+    X = q (dq_inter + dq_offdiag) - k dk_offdiag and Y = k dk_inter (see `_gla_gate_grad_kernel`);
+    the diagonal terms i = j carry no gate and are left out of X, where they would only cancel."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     NC: tl.constexpr = BT // BC
@@ -461,20 +486,48 @@ def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr,
             # column j of dA restricted to this block's rows, and row j restricted to its columns
             da_col_j = tl.sum(tl.where(tl.arange(0, BT)[None, :] == ic * BC + j, da_rows, 0), axis=1)
             da_row_j = tl.sum(tl.where(tl.arange(0, BT)[:, None] == ic * BC + j, da_cols, 0), axis=0)
-            lower = li >= j  # rows i >= j
-            upper = li <= j  # columns i <= j
+            lower = li > j  # rows i > j (the diagonal is added below)
+            upper = li < j  # columns i < j
             dq += tl.where(lower[:, None], da_col_j[:, None] * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), 0)
             dk += tl.where(upper[:, None], da_row_j[:, None] * q_j[None, :] * tl.exp(tl.minimum(b_j[None, :] - b_i, 0)), 0)
-        dq += tl.load(dqi_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        dk += tl.load(dki_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dq_inter = tl.load(dqi_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dk_inter = tl.load(dki_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        da_diag = tl.sum(tl.where(tl.arange(0, BT)[None, :] == lcol[:, None], da_rows, 0), axis=1)
+        tl.store(dqi_ptr + tok[:, None] * K + kk[None, :], q_i * (dq_inter + dq) - k_i * dk, mask=m_k)
+        tl.store(dki_ptr + tok[:, None] * K + kk[None, :], k_i * dk_inter, mask=m_k)
+        dq += dq_inter + da_diag[:, None] * k_i
+        dk += dk_inter + da_diag[:, None] * q_i
         tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
         tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
-        tl.store(db_ptr + tok[:, None] * K + kk[None, :], q_i * dq - k_i * dk, mask=m_k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, dg_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
+                          BK: tl.constexpr, PREC: tl.constexpr):
+    """Per-channel gate gradient of one chunk: dg_s = sum_{i>=s} X_i + E + sum_{j<s} Y_j, where E is the
+    state term exp(b_last) <h_n, G_n>. Only included terms are summed (no total-minus-prefix)."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    y = tl.load(y_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    e = tl.load(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
+    ii = tl.arange(0, BT)
+    before = tl.where(ii[None, :] < ii[:, None], 1.0, 0.0)
+    dg = tl.cumsum(x, axis=0, reverse=True) + e[None, :] + tl.dot(before, y, input_precision=PREC)
+    tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_k)
+
+
+@triton.jit(do_not_specialize=['T', 'H'])
 def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
-                   T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                   T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, LOG2NB: tl.constexpr,
                    GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr):
     """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
@@ -536,9 +589,9 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
         tl.store(u_ptr + tok[:, None] * V + vv[None, :], u.to(u_ptr.dtype.element_ty), mask=m_v)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'H'])
 def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
-                     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                     T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
     """dv_local = scale * P^T do with P the decayed causal intra-chunk q k^T (delta-rule backward)."""
     n = tl.program_id(0)
@@ -570,10 +623,10 @@ def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
         tl.store(dvl_ptr + tok[:, None] * V + vv[None, :], dvl.to(dvl_ptr.dtype.element_ty), mask=m_v)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr, h_ptr, gs_ptr,
                       do_ptr, dvn_ptr, dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dg_ptr, scale,
-                      T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
     """Per chunk gradients of the (gated) delta rule; derivation in the module docstring's terms:
     v_new = u - w h,  o = scale (q exp(b) h + P v_new),  h' = exp(b_last) h + (k exp(b_last-b))^T v_new,
@@ -602,9 +655,6 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
         b_last = tl.load(b_ptr + last)
-        decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-        gam = tl.exp(b)
-        kdec_f = tl.exp(tl.minimum(b_last - b, 0))
     dq = tl.zeros([BT, BK], dtype=tl.float32)
     dkh = tl.zeros([BT, BK], dtype=tl.float32)   # (v_new G^T) before the decay factor
     dw = tl.zeros([BT, BK], dtype=tl.float32)
@@ -641,14 +691,19 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
     dp = tl.where(causal, dp * scale, 0)
     kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
     if GATE == 1:
+        # recomputed here rather than kept alive through the V loop (register pressure)
+        decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+        gam = tl.exp(b)
+        kdec_f = tl.exp(tl.minimum(b_last - b, 0))
         dq = dq * (scale * gam)[:, None]
+        # db collects the terms whose gate factor spans steps <= i; dg is its suffix sum plus the
+        # state terms (see the end), so that no large terms cancel under strong decay
         db = tl.sum(qf * dq, axis=1)
         dk = dkh * kdec_f[:, None]
-        c_term = tl.sum(kf * dk, axis=1)
-        db -= c_term
-        db_last = tl.sum(c_term, axis=0) + tl.exp(b_last) * tl.sum(hg, axis=0)
+        y = tl.sum(kf * dk, axis=1)
+        e = tl.exp(b_last) * tl.sum(hg, axis=0)
         p = tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay
-        dpp = dp * p
+        dpp = tl.where(strict, dp * p, 0)  # the diagonal carries no gate
         db += tl.sum(dpp, axis=1) - tl.sum(dpp, axis=0)
         dp = dp * decay
         kb = kf * (beta * gam)[:, None]
@@ -685,9 +740,8 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
     tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
     tl.store(dbeta_ptr + tok, dbeta, mask=rmask)
     if GATE == 1:
-        db += tl.where(rows == last_row, db_last, 0)
-        # dg_t = sum of db over the chunk's steps >= t
-        dg = tl.sum(db, axis=0) - tl.cumsum(db, axis=0) + db
+        # dg_s = sum_{i>=s} db_i + exp(b_last) <h, G> + sum_{j<s} k_j.dk_inter_j
+        dg = tl.cumsum(db, axis=0, reverse=True) + e + _exclusive_prefix(y, BT)
         tl.store(dg_ptr + tok, dg, mask=rmask)
 
 
@@ -776,10 +830,6 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
     return gs, dh0, dvn
 
 
-def _reverse_cumsum(x):
-    return x.flip(1).cumsum(1).flip(1)
-
-
 # --------------------------------------------------------------------------------------------
 # linear attention
 # --------------------------------------------------------------------------------------------
@@ -793,7 +843,7 @@ def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
     return o, h, ht
 
 
-def _linear_backward(q, k, v, g, h, ht, do, dht, scale, BT, cfg, want_dh0):
+def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -805,33 +855,26 @@ def _linear_backward(q, k, v, g, h, ht, do, dht, scale, BT, cfg, want_dh0):
     BV = min(cfg["BLOCK_V"], _pow2(V))
     dv = torch.empty_like(v)
     db = None
+    dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate else None
+    da = e = None
     if gate == 2:
         dq_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         dk_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         da = torch.empty(B * H, T, BT, dtype=torch.float32, device=q.device)
+        e = torch.empty(B * H, NT, K, dtype=torch.float32, device=q.device)
     else:
-        dq_i, dk_i, da = torch.empty_like(q), torch.empty_like(k), None
-        db = torch.empty(B, T, H, dtype=torch.float32, device=q.device) if gate == 1 else None
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, dq_i, dk_i, dv, db, da, scale, T, NT,
-                                    H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+        dq_i, dk_i = torch.empty_like(q), torch.empty_like(k)
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, dq_i, dk_i, dv, dg, da, e, scale, T, NT, H,
+                                    K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                     **_launch_opts(cfg, bwd=True))
-    if gate == 2:
-        dq, dk = torch.empty_like(q), torch.empty_like(k)
-        db = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-        grid = (NT * (BT // SUB_BLOCK), B * H)
-        _gla_intra_bwd_kernel[grid](q, k, b, da, dq_i, dk_i, dq, dk, db, T, H=H, K=K, BT=BT, BC=SUB_BLOCK,
-                                    BK=BK, PREC=_prec(q))
-    else:
-        dq, dk = dq_i, dk_i
-    dg = None
-    if gate:
-        if dht is not None:
-            # the final state S_T = exp(B_T) (...) also depends on the gate at the last step
-            final = (ht * dht).sum(-1)                     # [B, H, K]
-            if gate == 1:
-                final = final.sum(-1)                      # [B, H]
-            db[:, -1] += final
-        dg = _reverse_cumsum(db).to(g.dtype)
+    if gate != 2:
+        return dq_i, dk_i, dv, dg, dh0
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    grid = (NT * (BT // SUB_BLOCK), B * H)
+    _gla_intra_bwd_kernel[grid](q, k, b, da, dq_i, dk_i, dq, dk, T, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
+                                PREC=_prec(q))
+    # dq_i / dk_i now hold the X / Y terms of the gate gradient
+    _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))
     return dq, dk, dv, dg, dh0
 
 
@@ -839,16 +882,16 @@ class _LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, BT, cfg, want_ht):
         o, h, ht = _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht)
-        ctx.save_for_backward(q, k, v, g, h, ht)
-        ctx.meta = (scale, BT, cfg, h0 is not None)
+        ctx.save_for_backward(q, k, v, g, h)
+        ctx.meta = (scale, BT, cfg, h0 is not None, want_ht)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h, ht = ctx.saved_tensors
-        scale, BT, cfg, has_h0 = ctx.meta
-        dht = None if dht is None or ht is None else dht.contiguous().float()
-        dq, dk, dv, dg, dh0 = _linear_backward(q, k, v, g, h, ht, do.contiguous(), dht, scale, BT, cfg, has_h0)
+        q, k, v, g, h = ctx.saved_tensors
+        scale, BT, cfg, has_h0, want_ht = ctx.meta
+        dht = None if dht is None or not want_ht else dht.contiguous().float()
+        dq, dk, dv, dg, dh0 = _linear_backward(q, k, v, g, h, do.contiguous(), dht, scale, BT, cfg, has_h0)
         return dq, dk, dv, dg, dh0, None, None, None, None
 
 
