@@ -5,6 +5,11 @@
     cache = model.init_cache(batch)
     logits = model.step(tokens[:, 0], cache)    # [B] -> [B, vocab], one token at a time
     out = model.generate(prompt, n)             # greedy (or sampled) continuation
+
+Mixer contract (every mixer in MIXERS): `forward(x [B, T, d], cache=None)`, where a fresh cache
+from `init_cache(batch, device, dtype)` gets filled for decoding (prefill); `step(x [B, d],
+cache, pos)` for one token at position `pos`. A step *replaces* the tensors in the cache dict
+and never writes into them, so stepping on `dict(cache)` leaves `cache` as it was.
 """
 from __future__ import annotations
 

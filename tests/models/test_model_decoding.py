@@ -72,3 +72,18 @@ def test_generate_is_greedy_decoding(mechanism_name):
     with torch.no_grad():
         logits = model(out)
     torch.testing.assert_close(out[:, 9:], logits[:, 8:-1].argmax(-1), rtol=0, atol=0)
+
+
+def test_step_replaces_cache_tensors_without_writing_into_them(mechanism_name):
+    model = tiny_model(mechanism_name)
+    with torch.no_grad():
+        cache = model.init_cache(2)
+        model(torch.randint(0, VOCAB, (2, 31)), cache)
+        before = [{k: v.clone() for k, v in layer.items()} for layer in cache.layers]
+        mixer, layer_cache = model.blocks[0].mixer, cache.layers[0]
+        first = mixer.step(torch.randn(2, 32, dtype=torch.float64), dict(layer_cache), 31)
+        again = mixer.step(first * 0 + 1, dict(layer_cache), 31)   # same cache, other input
+        assert again.shape == (2, 32)
+    for layer, saved in zip(cache.layers, before):
+        for key, value in saved.items():
+            assert torch.equal(layer[key], value), key
