@@ -624,13 +624,15 @@ def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr, h_ptr, gs_ptr,
-                      do_ptr, dvn_ptr, dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dg_ptr, scale,
-                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk gradients of the (gated) delta rule; derivation in the module docstring's terms:
-    v_new = u - w h,  o = scale (q exp(b) h + P v_new),  h' = exp(b_last) h + (k exp(b_last-b))^T v_new,
-    w = Tm (beta exp(b) k),  u = Tm (beta v),  Tm = (I + L)^-1."""
+def _delta_bwd_dqk_kernel(q_ptr, k_ptr, b_ptr, w_ptr, u_ptr, h_ptr, gs_ptr, do_ptr,
+                          dq_ptr, dk_ptr, db_ptr, y_ptr, e_ptr, scale,
+                          T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """Delta rule backward, part 1 (per chunk): the gradients that flow through the output and the
+    state, with v_new = u - w h recomputed:
+      o = scale (q exp(b) h + P v_new),  h' = exp(b_last) h + (k exp(b_last - b))^T v_new.
+    Writes dq (final), dk so far (fp32), and the gate terms db (suffix-summed later), y = k.dk_inter
+    (prefix-summed later) and e = exp(b_last) <h, G>."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -638,29 +640,19 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
     rows = n * BT + tl.arange(0, BT)
     rmask = rows < T
     tok = (bb * T + rows).to(tl.int64) * H + hh
-    last_row = tl.minimum(n * BT + BT, T) - 1
-    last = (bb * T + last_row).to(tl.int64) * H + hh
+    last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
     kk = tl.arange(0, BK)
     kmask = kk < K
     m_k = rmask[:, None] & kmask[None, :]
     q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
     k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
     w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-    beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     strict = ii[:, None] > ii[None, :]
-    tm = tl.load(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None], other=0)
-    tm_t = tl.trans(tm).to(k_t.dtype)
-    if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        b_last = tl.load(b_ptr + last)
     dq = tl.zeros([BT, BK], dtype=tl.float32)
     dkh = tl.zeros([BT, BK], dtype=tl.float32)   # (v_new G^T) before the decay factor
-    dw = tl.zeros([BT, BK], dtype=tl.float32)
     dp = tl.zeros([BT, BT], dtype=tl.float32)
-    dtm = tl.zeros([BT, BT], dtype=tl.float32)
-    dbeta = tl.zeros([BT], dtype=tl.float32)
     hg = tl.zeros([BK], dtype=tl.float32)        # sum_v h * G per key channel
     hbase = (bh.to(tl.int64) * NT + n) * K * V
     for iv in range(tl.cdiv(V, BV)):
@@ -671,75 +663,117 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr
         h_t = tl.load(h_ptr + hbase + kk[:, None] * V + vv[None, :], mask=m_kv, other=0)
         g_t = tl.load(gs_ptr + hbase + kk[:, None] * V + vv[None, :], mask=m_kv, other=0)
         u_t = tl.load(u_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
-        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
         do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
-        dvn = tl.load(dvn_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
-        vnew = (u_t.to(tl.float32) - tl.dot(w_t, h_t.to(w_t.dtype), input_precision=PREC)).to(v_t.dtype)
-        h_tt = tl.trans(h_t).to(do_t.dtype)
-        dq += tl.dot(do_t, h_tt, input_precision=PREC)
+        vnew = (u_t.to(tl.float32) - tl.dot(w_t, h_t.to(w_t.dtype), input_precision=PREC)).to(u_t.dtype)
+        dq += tl.dot(do_t, tl.trans(h_t).to(do_t.dtype), input_precision=PREC)
         dp += tl.dot(do_t, tl.trans(vnew), input_precision=PREC)
         dkh += tl.dot(vnew, tl.trans(g_t).to(vnew.dtype), input_precision=PREC)
-        dw -= tl.dot(dvn.to(do_t.dtype), h_tt, input_precision=PREC)
-        dru = tl.dot(tm_t, dvn.to(tm_t.dtype), input_precision=PREC)
-        tl.store(dv_ptr + tok[:, None] * V + vv[None, :], (dru * beta[:, None]).to(dv_ptr.dtype.element_ty), mask=m_v)
-        dbeta += tl.sum(dru * v_t.to(tl.float32), axis=1)
-        dtm += tl.dot(dvn.to(v_t.dtype), tl.trans((v_t * beta[:, None]).to(v_t.dtype)), input_precision=PREC)
         if GATE == 1:
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
-    qf = q_t.to(tl.float32)
-    kf = k_t.to(tl.float32)
     dp = tl.where(causal, dp * scale, 0)
-    kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
     if GATE == 1:
-        # recomputed here rather than kept alive through the V loop (register pressure)
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b_last = tl.load(b_ptr + last)
         decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-        gam = tl.exp(b)
-        kdec_f = tl.exp(tl.minimum(b_last - b, 0))
-        dq = dq * (scale * gam)[:, None]
+        dq = dq * (scale * tl.exp(b))[:, None]
         # db collects the terms whose gate factor spans steps <= i; dg is its suffix sum plus the
-        # state terms (see the end), so that no large terms cancel under strong decay
-        db = tl.sum(qf * dq, axis=1)
-        dk = dkh * kdec_f[:, None]
-        y = tl.sum(kf * dk, axis=1)
-        e = tl.exp(b_last) * tl.sum(hg, axis=0)
+        # state terms, so that no large terms cancel under strong decay
+        db = tl.sum(q_t.to(tl.float32) * dq, axis=1)
+        dk = dkh * tl.exp(tl.minimum(b_last - b, 0))[:, None]
+        tl.store(y_ptr + tok, tl.sum(k_t.to(tl.float32) * dk, axis=1), mask=rmask)
+        tl.store(e_ptr + bh.to(tl.int64) * NT + n, tl.exp(b_last) * tl.sum(hg, axis=0))
         p = tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay
         dpp = tl.where(strict, dp * p, 0)  # the diagonal carries no gate
         db += tl.sum(dpp, axis=1) - tl.sum(dpp, axis=0)
+        tl.store(db_ptr + tok, db, mask=rmask)
         dp = dp * decay
-        kb = kf * (beta * gam)[:, None]
     else:
         dq = dq * scale
         dk = dkh
-        kb = kf * beta[:, None]
     dq += tl.dot(dp.to(k_t.dtype), k_t, input_precision=PREC)
     dk += tl.dot(tl.trans(dp).to(q_t.dtype), q_t, input_precision=PREC)
-    # w = Tm (beta exp(b) k)
-    drw = tl.dot(tm_t, dw.to(tm_t.dtype), input_precision=PREC)
+    tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+    tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _delta_bwd_wy_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tm_ptr, h_ptr, dvn_ptr, dkp_ptr, db_ptr, y_ptr, e_ptr,
+                         dk_ptr, dv_ptr, dbeta_ptr, dg_ptr,
+                         T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """Delta rule backward, part 2 (per chunk): through the UT transform
+    w = Tm (beta exp(b) k), u = Tm (beta v), Tm = (I + L)^-1, L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
+    with dw = -dv_new h^T and du = dv_new. Finishes dk, writes dv, dbeta and dg."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    strict = ii[:, None] > ii[None, :]
+    tm = tl.load(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None], other=0)
+    tm_t = tl.trans(tm).to(k_t.dtype)
+    dw = tl.zeros([BT, BK], dtype=tl.float32)
+    dtm = tl.zeros([BT, BT], dtype=tl.float32)
+    dbeta = tl.zeros([BT], dtype=tl.float32)
+    hbase = (bh.to(tl.int64) * NT + n) * K * V
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        vmask = vv < V
+        m_v = rmask[:, None] & vmask[None, :]
+        h_t = tl.load(h_ptr + hbase + kk[:, None] * V + vv[None, :], mask=kmask[:, None] & vmask[None, :], other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        dvn = tl.load(dvn_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0).to(k_t.dtype)
+        dw -= tl.dot(dvn, tl.trans(h_t).to(k_t.dtype), input_precision=PREC)
+        dru = tl.dot(tm_t, dvn, input_precision=PREC)
+        tl.store(dv_ptr + tok[:, None] * V + vv[None, :], (dru * beta[:, None]).to(dv_ptr.dtype.element_ty), mask=m_v)
+        dbeta += tl.sum(dru * v_t.to(tl.float32), axis=1)
+        dtm += tl.dot(dvn, tl.trans((v_t * beta[:, None]).to(k_t.dtype)), input_precision=PREC)
+    kf = k_t.to(tl.float32)
+    if GATE == 1:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        gam = tl.exp(b)
+        kb = kf * (beta * gam)[:, None]
+    else:
+        kb = kf * beta[:, None]
+    drw = tl.dot(tm_t, dw.to(k_t.dtype), input_precision=PREC)
     rk = tl.sum(drw * kf, axis=1)
     if GATE == 1:
-        dk += drw * (beta * gam)[:, None]
+        dk = drw * (beta * gam)[:, None]
         dbeta += rk * gam
-        db += rk * gam * beta
+        db = rk * gam * beta
     else:
-        dk += drw * beta[:, None]
+        dk = drw * beta[:, None]
         dbeta += rk
     dtm += tl.dot(dw.to(k_t.dtype), tl.trans(kb.to(k_t.dtype)), input_precision=PREC)
     # Tm = (I + L)^-1  ->  dL = -Tm^T dTm Tm^T on the strict lower triangle
-    dl = -tl.dot(tl.trans(tm), tl.dot(dtm, tl.trans(tm), input_precision="ieee"), input_precision="ieee")
+    dl = -tl.dot(tl.trans(tm), tl.dot(dtm, tl.trans(tm), input_precision=PREC), input_precision=PREC)
     dl = tl.where(strict, dl, 0)
+    kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
     if GATE == 1:
-        lmat = kkt * beta[:, None] * tl.where(strict, decay, 0)
-        dll = dl * lmat
+        decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+        dll = dl * kkt * beta[:, None] * decay
         db += tl.sum(dll, axis=1) - tl.sum(dll, axis=0)
         dl = dl * decay
     dbeta += tl.sum(dl * kkt, axis=1)
-    dlb = dl * beta[:, None]
-    dk += tl.dot(dlb.to(k_t.dtype), k_t, input_precision=PREC)
-    dk += tl.dot(tl.trans(dlb).to(k_t.dtype), k_t, input_precision=PREC)
-    tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+    dlb = (dl * beta[:, None]).to(k_t.dtype)
+    dk += tl.dot(dlb, k_t, input_precision=PREC)
+    dk += tl.dot(tl.trans(dlb), k_t, input_precision=PREC)
+    dk += tl.load(dkp_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
     tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
     tl.store(dbeta_ptr + tok, dbeta, mask=rmask)
     if GATE == 1:
+        db += tl.load(db_ptr + tok, mask=rmask, other=0)
+        y = tl.load(y_ptr + tok, mask=rmask, other=0)
+        e = tl.load(e_ptr + bh.to(tl.int64) * NT + n)
         # dg_s = sum_{i>=s} db_i + exp(b_last) <h, G> + sum_{j<s} k_j.dk_inter_j
         dg = tl.cumsum(db, axis=0, reverse=True) + e + _exclusive_prefix(y, BT)
         tl.store(dg_ptr + tok, dg, mask=rmask)
@@ -953,11 +987,16 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
                                   PREC=_prec(q), **_launch_opts(cfg))
     gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dk_part = torch.empty(k.shape, dtype=torch.float32, device=q.device)
     dbeta = torch.empty(B, T, H, dtype=torch.float32, device=q.device)
-    dg = torch.empty(B, T, H, dtype=torch.float32, device=q.device) if gate else None
-    _delta_bwd_kernel[(NT, B * H)](q, k, v, beta, b, w, u, tm, h, gs, do, dvn, dq, dk, dv, dbeta, dg, scale,
-                                   T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
-                                   **_launch_opts(cfg, bwd=True))
+    dg = db = y = e = None
+    if gate:
+        dg, db, y = (torch.empty(B, T, H, dtype=torch.float32, device=q.device) for _ in range(3))
+        e = torch.empty(B * H, NT, dtype=torch.float32, device=q.device)
+    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, bwd=True))
+    _delta_bwd_dqk_kernel[(NT, B * H)](q, k, b, w, u, h, gs, do, dq, dk_part, db, y, e, scale, T, NT, H, **meta)
+    _delta_bwd_wy_kernel[(NT, B * H)](k, v, beta, b, tm, h, dvn, dk_part, db, y, e, dk, dv, dbeta, dg,
+                                      T, NT, H, **meta)
     return dq, dk, dv, dbeta.to(beta.dtype), (None if dg is None else dg.to(g.dtype)), dh0
 
 
