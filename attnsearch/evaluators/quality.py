@@ -1,0 +1,322 @@
+"""Proxy quality: train a scaled-down copy of a layout on recall tasks and real text, score it.
+
+One model, one run, one budget: every optimiser step takes one batch of *every* task and
+descends the weighted sum of their losses (a multi-task stream). Why not one run per task:
+the search compares layouts, and a layout's layers must carry recall and language modelling at
+once, as in pretraining; one run also pays model construction, warm-up and schedule once, and
+every task sees the same number of steps, so no task's score depends on the order of runs.
+
+Score: each task scores the fraction of its baseline uncertainty removed, 1 - CE / CE_baseline,
+on held-out data: the baseline is a uniform guess over the task's answer tokens for the synthetic
+tasks (so 1 = every queried answer certain and right) and the byte-unigram entropy for language
+modelling (bits per byte against byte frequencies). A cross-entropy score moves smoothly with
+training where accuracy jumps, which keeps short and long runs in the same order; accuracy and
+bits per byte are reported beside it. The quality score is the task-weighted mean, in [0, 1].
+
+`evaluate_quality` never raises on a numerical failure: a NaN/Inf or exploding loss ends the run
+with `diverged=True`, a reason and score 0.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from attnsearch.space.arch import ArchConfig
+
+from . import tasks as T
+from .corpus import DEFAULT_MAX_BYTES, bits_per_byte, load_corpus
+from .proxy import proxy_arch
+
+EVAL_SEED = 20_231_208          # held-out task batches are the same for every trial and seed
+EXPLODE_MARGIN_NATS = 3.0       # running train loss this far above its start = diverged
+
+
+def default_tasks() -> dict:
+    return {
+        "mqar": T.MQARSpec(seq_len=64, num_kv_pairs=8),
+        "noisy_recall": T.NoisyRecallSpec(seq_len=64, num_keys=8, noise_frac=0.25),
+        "lm": T.LMSpec(seq_len=64),
+    }
+
+
+class ProxySpec(BaseModel):
+    """How to train and score one proxy. The defaults are the budget `proxy_fidelity` measured."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    d_model: int = Field(32, ge=8)
+    n_layers: int | None = Field(4, ge=1)          # None: the target's depth
+    n_heads: int = Field(2, ge=1)
+    head_dim: int = Field(16, ge=8)
+    tasks: dict[str, T.TaskSpec] = Field(default_factory=default_tasks)
+    task_weights: dict[str, float] = Field(default_factory=dict)   # missing task -> 1.0
+    steps: int = Field(50, ge=1)
+    tokens: int | None = Field(None, ge=1)         # token budget; overrides steps when given
+    batch: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    min_lr_fraction: float = Field(0.1, ge=0, le=1)   # cosine decays to lr * this
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    max_wall_time_s: float | None = Field(None, gt=0)
+    eval_sequences: int = Field(256, ge=1)        # per synthetic task
+    eval_tokens: int = Field(32_768, ge=1)        # language modelling validation bytes
+    eval_batch: int = Field(64, ge=1)
+    curve_points: int = Field(20, ge=1)
+    corpus: str | None = None                     # None: the Python standard library
+    corpus_max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not (v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        unknown = set(self.task_weights) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"task_weights: unknown task(s) {sorted(unknown)} (tasks: {sorted(self.tasks)})")
+        if any(w < 0 or not math.isfinite(w) for w in self.task_weights.values()):
+            raise ValueError("task_weights: weights must be finite and >= 0")
+        if sum(self.weight(name) for name in self.tasks) <= 0:
+            raise ValueError("task_weights: at least one task needs a positive weight")
+        if self.d_model != self.n_heads * self.head_dim and self.d_model < self.head_dim:
+            raise ValueError(f"head_dim: {self.head_dim} is wider than d_model {self.d_model}")
+        return self
+
+    def weight(self, task: str) -> float:
+        return float(self.task_weights.get(task, 1.0))
+
+    @property
+    def seq_len(self) -> int:
+        """The proxy model's context: the longest task sequence (windows are scaled to it)."""
+        return max(spec.seq_len for spec in self.tasks.values())
+
+    def tokens_per_step(self) -> int:
+        return self.batch * sum(spec.seq_len for spec in self.tasks.values())
+
+    def total_steps(self) -> int:
+        if self.tokens is None:
+            return self.steps
+        return max(1, math.ceil(self.tokens / self.tokens_per_step()))
+
+    def scaled_budget(self, factor: float) -> "ProxySpec":
+        """The same proxy trained `factor` times as long (same schedule shape)."""
+        if self.tokens is not None:
+            return self.model_copy(update={"tokens": int(round(self.tokens * factor))})
+        return self.model_copy(update={"steps": max(1, int(round(self.steps * factor)))})
+
+
+class QualityResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    score: float                                   # task-weighted mean of task scores, in [0, 1]
+    metrics: dict[str, dict[str, float]]           # task -> accuracy/loss/score (lm: bpb/loss/score)
+    curve: list[dict[str, float]]                  # {step, tokens, loss, <task>: loss}
+    tokens_seen: int
+    steps: int
+    wall_time_s: float
+    train_time_s: float
+    diverged: bool = False
+    reason: str | None = None                      # why it diverged or stopped early
+    stopped_early: bool = False                    # hit max_wall_time_s (still evaluated)
+    layout: str                                    # proxy layout string
+    proxy_arch: dict                               # ArchConfig of the proxy model
+    n_params: int
+    device: str
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def lr_at(step: int, total: int, proxy: ProxySpec) -> float:
+    """Linear warm-up then cosine decay to lr * min_lr_fraction (step counts from 0)."""
+    warmup = int(proxy.warmup_fraction * total)
+    if step < warmup:
+        return proxy.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = proxy.min_lr_fraction
+    return proxy.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer(model: torch.nn.Module, proxy: ProxySpec) -> torch.optim.Optimizer:
+    # decay matrices only; norms, biases, gates and embeddings' 1-D parts stay undecayed
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": proxy.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=proxy.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """Mean cross-entropy over the scored positions, and the number of correct argmaxes."""
+    picked = logits[mask].float()
+    wanted = targets[mask]
+    loss = F.cross_entropy(picked, wanted)
+    correct = (picked.argmax(-1) == wanted).sum()
+    return loss, correct, wanted.numel()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _train_generators(proxy: ProxySpec) -> dict[str, torch.Generator]:
+    return {name: torch.Generator().manual_seed(proxy.seed * 1_000_003 + 7919 * i + 1)
+            for i, name in enumerate(sorted(proxy.tasks))}
+
+
+def _answer_vocab(spec) -> int:
+    """How many tokens a scored answer is drawn from (the uniform-guess baseline)."""
+    return spec.num_values
+
+
+@torch.no_grad()
+def _evaluate(model, proxy: ProxySpec, corpus, device) -> dict[str, dict[str, float]]:
+    model.eval()
+    metrics = {}
+    for i, name in enumerate(sorted(proxy.tasks)):
+        spec = proxy.tasks[name]
+        if isinstance(spec, T.LMSpec):
+            batches = corpus.validation_batches(spec.seq_len, proxy.eval_batch, proxy.eval_tokens)
+        else:
+            gen = torch.Generator().manual_seed(EVAL_SEED + 104_729 * i)
+            sizes = [min(proxy.eval_batch, proxy.eval_sequences - s)
+                     for s in range(0, proxy.eval_sequences, proxy.eval_batch)]
+            batches = [T.make_batch(spec, n, gen) for n in sizes]
+        nats, correct, count = 0.0, 0, 0
+        for inputs, targets, mask in batches:
+            with _autocast(device):
+                logits = model(inputs.to(device))
+            loss, right, n = _masked_loss(logits, targets.to(device), mask.to(device))
+            nats += float(loss) * n
+            correct += int(right)
+            count += n
+        mean = nats / count
+        if isinstance(spec, T.LMSpec):
+            bpb = bits_per_byte(mean)
+            score = 1.0 - bpb / corpus.unigram_bits() if math.isfinite(bpb) else 0.0
+            metrics[name] = {"loss": mean, "bpb": bpb, "score": min(1.0, max(0.0, score))}
+        else:
+            chance = math.log(_answer_vocab(spec))
+            score = 1.0 - mean / chance if chance > 0 else float(correct == count)
+            metrics[name] = {"loss": mean, "accuracy": correct / count, "score": min(1.0, max(0.0, score))}
+    model.train()
+    return metrics
+
+
+def _result(proxy, parch, model, *, metrics, curve, tokens, steps, t0, train_time, diverged=False,
+            reason=None, stopped_early=False, device) -> QualityResult:
+    if diverged:
+        score = 0.0
+    else:
+        total_w = sum(proxy.weight(n) for n in proxy.tasks)
+        score = sum(proxy.weight(n) * metrics[n]["score"] for n in proxy.tasks) / total_w
+    n_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    return QualityResult(score=score, metrics=metrics, curve=curve, tokens_seen=tokens, steps=steps,
+                         wall_time_s=time.perf_counter() - t0, train_time_s=train_time,
+                         diverged=diverged, reason=reason, stopped_early=stopped_early,
+                         layout=parch.layout_string(), proxy_arch=parch.to_dict(), n_params=n_params,
+                         device=str(device))
+
+
+def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> QualityResult:
+    """Train the proxy of `arch` for `proxy`'s budget and score it (see module doc).
+
+    Deterministic for a given seed and device; thread count is the caller's (torch.set_num_threads).
+    """
+    from attnsearch.models import build_model   # evaluators sit above models in the import flow
+
+    proxy = proxy or ProxySpec()
+    t0 = time.perf_counter()
+    device = torch.device(proxy.device)
+    parch = proxy_arch(arch, d_model=proxy.d_model, n_layers=proxy.n_layers, n_heads=proxy.n_heads,
+                       head_dim=proxy.head_dim, seq_len=proxy.seq_len, vocab_size=T.VOCAB_SIZE)
+    needs_text = any(isinstance(s, T.LMSpec) for s in proxy.tasks.values())
+    corpus = load_corpus(proxy.corpus, proxy.corpus_max_bytes) if needs_text else None
+
+    torch.manual_seed(proxy.seed)
+    model = build_model(parch).to(device)
+    model.train()
+    opt = _optimizer(model, proxy)
+    gens = _train_generators(proxy)
+    names = sorted(proxy.tasks)
+    total_w = sum(proxy.weight(n) for n in names)
+    total = proxy.total_steps()
+    every = max(1, total // proxy.curve_points)
+
+    curve, interval, recent, tokens, start_loss = [], [], deque(maxlen=10), 0, None
+    diverged, reason, stopped_early, step = False, None, False, 0
+    for step in range(total):
+        if proxy.max_wall_time_s is not None and time.perf_counter() - t0 > proxy.max_wall_time_s:
+            stopped_early, reason = True, f"max_wall_time_s={proxy.max_wall_time_s} reached after {step} steps"
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, proxy)
+        opt.zero_grad(set_to_none=True)
+        step_losses = {}
+        for name in names:
+            spec = proxy.tasks[name]
+            inputs, targets, mask = T.make_batch(spec, proxy.batch, gens[name], corpus=corpus)
+            with _autocast(device):
+                logits = model(inputs.to(device))
+            loss, _, _ = _masked_loss(logits, targets.to(device), mask.to(device))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                diverged, reason = True, f"non-finite training loss ({value}) on task {name!r} at step {step}"
+                break
+            (loss * (proxy.weight(name) / total_w)).backward()
+            step_losses[name] = value
+            tokens += inputs.numel()
+        if diverged:
+            break
+        if proxy.grad_clip is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip))
+        else:
+            norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters()
+                                        if p.grad is not None)))
+        if not math.isfinite(norm):
+            diverged, reason = True, f"non-finite gradient norm ({norm}) at step {step}"
+            break
+        opt.step()
+        step_loss = sum(proxy.weight(n) * step_losses[n] for n in names) / total_w
+        start_loss = step_loss if start_loss is None else start_loss
+        interval.append((step_loss, step_losses))
+        recent.append(step_loss)
+        if len(recent) == recent.maxlen and sum(recent) / len(recent) > start_loss + EXPLODE_MARGIN_NATS:
+            diverged = True
+            reason = (f"training loss exploded: mean of last 10 steps {sum(recent) / len(recent):.2f} nats vs "
+                      f"{start_loss:.2f} at step 0 (step {step})")
+            break
+        if (step + 1) % every == 0 or step + 1 == total:
+            point = {"step": step + 1, "tokens": tokens, "loss": sum(w[0] for w in interval) / len(interval)}
+            for n in names:
+                point[n] = sum(w[1][n] for w in interval) / len(interval)
+            curve.append(point)
+            interval = []
+    train_time = time.perf_counter() - t0
+    steps_done = step + 1 if (not stopped_early and not diverged) else step
+    if diverged:
+        return _result(proxy, parch, model, metrics={}, curve=curve, tokens=tokens, steps=steps_done,
+                       t0=t0, train_time=train_time, diverged=True, reason=reason, device=device)
+    metrics = _evaluate(model, proxy, corpus, device)
+    bad = [n for n, m in metrics.items() if not math.isfinite(m["loss"])]
+    if bad:
+        return _result(proxy, parch, model, metrics={}, curve=curve, tokens=tokens, steps=steps_done,
+                       t0=t0, train_time=train_time, diverged=True,
+                       reason=f"non-finite evaluation loss on task(s) {bad}", device=device)
+    return _result(proxy, parch, model, metrics=metrics, curve=curve, tokens=tokens, steps=steps_done,
+                   t0=t0, train_time=train_time, reason=reason, stopped_early=stopped_early, device=device)
