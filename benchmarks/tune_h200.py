@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--d-model", type=int, default=1024)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--budget-s", type=float, default=25.0)
     ap.add_argument("--storage", default=None)
     ap.add_argument("--only", default=None, help="comma-separated mechanisms")

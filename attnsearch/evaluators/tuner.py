@@ -178,7 +178,7 @@ def _tpe(space: dict, default: dict, evaluate: Callable[[dict], "Trial | None"],
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize",
-                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, n_trials)))
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, n_trials // 2))))
     if set(default) == set(space):
         study.enqueue_trial(default)
     valid = 0
