@@ -117,3 +117,31 @@ def test_memory_cache_returns_only_new_records_which_the_driver_stores(url):
     db = BenchCache(url)
     assert db.store_records(new) == 1 and db.store_records(new) == 0
     assert db.get(key(dtype="fp32")) == BenchStats(4.0, 3.0, 5.0, 7)
+
+
+@pytest.fixture
+def pg_url():
+    import os
+
+    url = os.environ.get("ATTNSEARCH_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but ATTNSEARCH_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
+        pytest.skip("ATTNSEARCH_TEST_PG_URL not set (PostgreSQL tests run in CI)")
+    return url
+
+
+@pytest.mark.postgres
+def test_two_machines_share_the_cache_through_postgres(pg_url):
+    import uuid
+
+    gpu = f"test-gpu-{uuid.uuid4().hex[:8]}"          # private rows: the database may be shared
+    a, b = BenchCache(pg_url), BenchCache(pg_url)
+    try:
+        assert a.put(key(gpu=gpu), BenchStats(1.0, 0.9, 1.1, 5)) is True
+        assert b.put(key(gpu=gpu), BenchStats(7.0, 7.0, 7.0, 1)) is False     # the first timing stays
+        stats, hit = b.get_or_time(key(gpu=gpu), lambda: pytest.fail("must not time a shared key again"))
+        assert hit and stats.median_ms == 1.0
+        assert [r["gpu"] for r in b.rows(gpu=gpu)] == [gpu]
+    finally:
+        assert a.clear(gpu=gpu) == 1
