@@ -88,7 +88,7 @@ def warm(who, ops, sweep, B, H, K, V):
     for op in ops:
         x = make_inputs(op, B, T, H, K, V, "cuda")
         leaves = [t.requires_grad_(True) for n, t in x.items() if n != "g_head"]
-        runs = [(None, 64)] + (sweep_configs(op) if sweep else [])
+        runs = [(64, None)] + (sweep_configs(op) if sweep else [])
         for chunk, cfg in runs:
             fn = (ours_fn(op, x, cfg, chunk) if cfg else ours_fn(op, x)) if who == "ours" else fla_fn(op, x)
             try:
@@ -185,9 +185,9 @@ def fla_fn(op, x):
 
 def sdpa_fn(x):
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    q, k, v = (t.transpose(1, 2) for t in (x["q"], x["k"], x["v"]))
 
     def run():
+        q, k, v = (t.transpose(1, 2) for t in (x["q"], x["k"], x["v"]))  # [B, H, T, D] views
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return run

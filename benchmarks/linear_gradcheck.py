@@ -11,7 +11,7 @@ T not a multiple of the chunk, it compares o, the final state and the gradients 
 ||ours - ref|| / ||ref||. float32 inputs must agree to 1e-4 (exact fp32 products on the GPU),
 bfloat16 inputs to 3e-2.
 
-  python benchmarks/linear_gradcheck.py [out.json] [--small]
+  python benchmarks/linear_gradcheck.py [out.json] [--small] [--bf16-only]
 """
 from __future__ import annotations
 
@@ -100,10 +100,13 @@ def cases(small: bool):
 
 def main(argv):
     small = "--small" in argv
+    bf16_only = "--bf16-only" in argv  # the benchmark's own kernels (bf16, K=V=128, chunk 64) only
     paths = [a for a in argv if not a.startswith("--")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for op, gate, B, T, H, K, V, chunk, dtype, gmin in cases(small):
+        if bf16_only and dtype != torch.bfloat16:
+            continue
         r = check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin)
         results.append(r)
         flag = "ok " if r["ok"] else "BAD"

@@ -413,11 +413,13 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
             y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
             strict = ii[:, None] > ii[None, :]
-            m = tl.where(strict, da * att, 0)   # dA_ij A_ij for j < i (diagonal terms carry no gate)
+            decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            # dA_ij A_ij for j < i (diagonal terms carry no gate); A recomputed rather than kept live
+            m = tl.where(strict, da * tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay, 0)
             x += tl.sum(m, axis=1) - tl.sum(m, axis=0)
             dg = tl.cumsum(x, axis=0, reverse=True) + tl.exp(b_last) * tl.sum(hg, axis=0) + _exclusive_prefix(y, BT)
             tl.store(dg_ptr + tok, dg, mask=rmask)
-            da = da * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            da = da * decay
         else:
             dq = dq * scale
         dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
