@@ -64,9 +64,11 @@ def linear_attention_ref(q, k, v, g=None, scale=None, initial_state=None, output
     S = (torch.zeros(B, H, K, V, dtype=q.dtype, device=q.device) if initial_state is None
          else initial_state.to(q.dtype))
     outs = []
-    for t in range(T):
-        S = torch.exp(gate[:, t]).unsqueeze(-1) * S + k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
-        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+    # Steps come from unbind(1), not x[:, t]: the backward of T selects would allocate T
+    # full-size zero gradients (quadratic in T); unbind's backward is one stack.
+    for q_t, k_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), gate.unbind(1)):
+        S = torch.exp(g_t).unsqueeze(-1) * S + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))
     o = torch.stack(outs, dim=1)
     return o, (S if output_final_state else None)
 
@@ -84,12 +86,11 @@ def delta_rule_ref(q, k, v, beta, g=None, scale=None, initial_state=None, output
     S = (torch.zeros(B, H, K, V, dtype=q.dtype, device=q.device) if initial_state is None
          else initial_state.to(q.dtype))
     outs = []
-    for t in range(T):
-        a = alpha[:, t, :, None, None]
-        S = a * S
-        kt, vt, bt = k[:, t], v[:, t], beta[:, t, :, None]
+    steps = zip(q.unbind(1), k.unbind(1), v.unbind(1), beta.unbind(1), alpha.unbind(1))
+    for qt, kt, vt, bt, at in steps:
+        S = at[:, :, None, None] * S
         predicted = torch.einsum("bhkv,bhk->bhv", S, kt)
-        S = S + kt.unsqueeze(-1) * (bt * (vt - predicted)).unsqueeze(-2)
-        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+        S = S + kt.unsqueeze(-1) * (bt[:, :, None] * (vt - predicted)).unsqueeze(-2)
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, qt))
     o = torch.stack(outs, dim=1)
     return o, (S if output_final_state else None)
