@@ -348,6 +348,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="short sequences (smoke run)")
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--fast-correctness", action="store_true", help="bf16 only (fp32 compiles slowly)")
+    parser.add_argument("--only", default="", help="comma-separated words; run the cases whose name has one")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
@@ -366,7 +367,10 @@ def main():
             save()
         tuned = sweep(results) if args.sweep else None
         save()
+        words = [w for w in args.only.split(",") if w]
         for case in cases(args.quick):
+            if words and not any(w in case["name"] for w in words):
+                continue
             run_case(case, tuned, results)
             save()
     except Exception:

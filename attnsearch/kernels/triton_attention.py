@@ -8,6 +8,7 @@ for the backward; nothing of size T x T is ever allocated.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import torch
 import triton
@@ -34,9 +35,10 @@ CONFIG_SPACE = {"softmax_attention": {
     "num_stages_dq": _STAGES,
 }}
 
+# picked by benchmarks/attention.py --sweep on an H200 (bf16, D=128, full causal T=8192)
 _HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
            "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
-           "num_warps_dkv": 8, "num_stages_dkv": 2, "num_warps_dq": 8, "num_stages_dq": 2}
+           "num_warps_dkv": 8, "num_stages_dkv": 3, "num_warps_dq": 8, "num_stages_dq": 3}
 _OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
               "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
               "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2}
@@ -140,6 +142,36 @@ def transposed_block_lists(lists: torch.Tensor, counts: torch.Tensor):
             tcounts.to(torch.int32).reshape(B, H, NB).contiguous())
 
 
+_LIST_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
+_LIST_CACHE_SIZE = 16
+
+
+def cached_block_lists(block_indices: torch.Tensor) -> dict:
+    """The cleaned lists of a block_indices tensor, computed once per tensor (again after an
+    in-place change, seen through its version counter); the transposed lists are added on the
+    first backward. A static pattern passed every step then costs no list building; a dynamic
+    one (top-k) is built once per call. Entries hold the tensor itself, so its memory cannot be
+    reused by another tensor (same address, different content) while the entry lives."""
+    t = block_indices
+    key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, str(t.device), t._version)
+    entry = _LIST_CACHE.get(key)
+    if entry is None:
+        lists, counts = forward_block_lists(t)
+        entry = {"source": t, "lists": lists, "counts": counts}
+        _LIST_CACHE[key] = entry
+        while len(_LIST_CACHE) > _LIST_CACHE_SIZE:
+            _LIST_CACHE.popitem(last=False)
+    else:
+        _LIST_CACHE.move_to_end(key)
+    return entry
+
+
+def _transposed_of(entry: dict):
+    if "tlists" not in entry:
+        entry["tlists"], entry["tcounts"] = transposed_block_lists(entry["lists"], entry["counts"])
+    return entry["tlists"], entry["tcounts"]
+
+
 # ------------------------------------------------------------------------------ launching
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -235,13 +267,15 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan, block_indices, scale):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        entry = None
         if plan.has_blocks:
-            lists, counts = forward_block_lists(block_indices)
+            entry = cached_block_lists(block_indices)
+            lists, counts = entry["lists"], entry["counts"]
         else:
             lists, counts = _empty_lists(q.device)
         o, lse = _forward(q, k, v, plan, lists, counts, scale)
         ctx.save_for_backward(q, k, v, o, lse, lists, counts)
-        ctx.plan, ctx.scale = plan, scale
+        ctx.plan, ctx.scale, ctx.lists_entry = plan, scale, entry
         return o
 
     @staticmethod
@@ -249,7 +283,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         q, k, v, o, lse, lists, counts = ctx.saved_tensors
         plan = ctx.plan
         if plan.has_blocks:
-            tlists, tcounts = transposed_block_lists(lists, counts)
+            tlists, tcounts = _transposed_of(ctx.lists_entry)
         else:
             tlists, tcounts = lists, counts
         dq, dk, dv = _backward(q, k, v, o, lse, _last_dim_contiguous(do), plan, lists, counts,
