@@ -654,5 +654,7 @@ def dashboard(storage: StorageOpt = None,
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+from .cli_tune import register as _register_tune; _register_tune(app)  # noqa: E402,E702 - cache list|clear, tune (issue 8)
+
 if __name__ == "__main__":  # pragma: no cover
     app()
