@@ -346,12 +346,19 @@ def checked_winner(result: TuneResult, check: Callable[[dict], dict]) -> TuneRes
     MAX_CHECKS); none agreeing keeps the default config."""
     timed = sorted((t for t in result.trials if t.stats is not None), key=lambda t: t.stats.median_ms)
     for trial in timed[:MAX_CHECKS]:
-        outcome = check(trial.config)
+        try:
+            outcome = check(trial.config)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:                  # noqa: BLE001 - a check that cannot run is a failed check
+            outcome = {"config": dict(trial.config), "rel_err": math.nan, "tolerance": math.nan, "ok": False,
+                       "error": _one_line(exc)}
         result.check = outcome
         if outcome["ok"]:
             result.best_config, result.best_stats = dict(trial.config), trial.stats
             return result
-        trial.skipped = f"wrong output: relative error {outcome['rel_err']:.3g} > {outcome['tolerance']:.3g}"
+        trial.skipped = (f"check failed: {outcome['error']}" if "error" in outcome else
+                         f"wrong output: relative error {outcome['rel_err']:.3g} > {outcome['tolerance']:.3g}")
     result.best_config, result.best_stats = dict(result.default_config), result.default_stats
     return result
 

@@ -184,3 +184,15 @@ def test_time_budget_stops_after_the_default_with_a_fake_clock():
                                 exhaustive_limit=8, n_trials=20)
     assert result.method == "tpe" and result.budget_exhausted and result.default_stats is not None
     assert sum(1 for t in result.trials if t.stats) == 2
+
+
+def test_a_check_that_cannot_run_counts_as_failed():
+    k = FakeKernel()
+    result = tuner.tune_configs({"a": (1, 2)}, {"a": 1}, run_factory=k.factory, timer=k.timer)
+
+    def check(config):
+        raise RuntimeError("CUDA out of memory in the torch reference")
+
+    checked = tuner.checked_winner(result, check)
+    assert checked.best_config == {"a": 1} and checked.check["ok"] is False
+    assert all(t.skipped.startswith("check failed: RuntimeError: CUDA out of memory") for t in checked.trials)
