@@ -92,17 +92,20 @@ def test_fixed_head_gate_delta_rule():
     _compare("delta", "H", T=21, chunk=16, V=16)
 
 
-@pytest.mark.parametrize("op,gate", [("linear", "BTH"), ("linear", "BTHK"), ("delta", "BTH")])
+@pytest.mark.parametrize("op,gate", [("linear", "H"), ("linear", "BTH"), ("linear", "BTHK"), ("delta", "H"),
+                                     ("delta", "BTH")])
 def test_strong_decay_is_exact_and_finite(op, gate):
-    # g down to -20 per step: the cumulative gate reaches -600 inside a chunk; nothing may overflow
-    _compare(op, gate, T=45, chunk=32, K=16, V=16, gmin=-20.0, seed=3)
+    # g down to -20 per step: the cumulative gate reaches -600 inside a chunk; nothing may overflow,
+    # and the gate gradient (tiny here) must not drown in cancelling O(1) terms
+    _compare(op, gate, T=35, chunk=32, K=16, V=16, gmin=-20.0, seed=3)
 
 
-@pytest.mark.parametrize("op,gate", [("linear", "BTHK"), ("delta", "BTH"), ("linear", None)])
-def test_larger_chunks_and_tiles(op, gate):
+@pytest.mark.parametrize("op,gate,T,chunk", [("linear", "BTHK", 40, 32), ("delta", "BTH", 70, 64),
+                                             ("linear", None, 70, 64)])
+def test_larger_chunks_and_tiles(op, gate, T, chunk):
     # several 16-row sub-blocks per chunk (per-channel gate, UT block inverse) and split K/V tiles
     config = {"BLOCK_V": 16} if op == "delta" else {"BLOCK_K": 16, "BLOCK_V": 16}
-    _compare(op, gate, T=70, K=32, V=32, chunk=64, config=config, seed=5)
+    _compare(op, gate, T=T, K=32, V=32, chunk=chunk, config=config, seed=5)
 
 
 def test_without_initial_state():
