@@ -9,8 +9,6 @@ from __future__ import annotations
 import ipaddress
 import warnings
 
-from attnsearch.storage import redact_url
-
 from .study import load_study
 
 ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "")
@@ -62,7 +60,7 @@ def study_note(attrs: dict, study_name: str) -> str:
     if baselines:
         lines += ["", "Literature baselines enqueued: " + ", ".join(baselines) + "."]
     lines += ["", "Each trial's user attributes hold its `layout` (one letter per layer), `metrics`, "
-              "`timings` and, for a failed trial, `fail_reason`. Export a layout with "
+              "`run` (timings, worker, proxy details) and, for a failed trial, `fail_reason`. Export a layout with "
               f"`attnsearch export {study_name} --pick knee --out best.json`."]
     return "\n".join(lines) + "\n"
 
@@ -87,6 +85,15 @@ def binds_everywhere(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise OSError now if (host, port) cannot be bound, before the server prints its banner."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host.strip("[]"), port))
+
+
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on the database (blocks until interrupted)."""
     from optuna_dashboard import run_server
@@ -94,9 +101,10 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     from .study import open_storage
 
     _url, storage = open_storage(storage_url)
+    check_port(host, port)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_server(storage, host=host, port=port)
 
 
-__all__ = ["study_note", "write_study_note", "serve", "binds_everywhere", "redact_url"]
+__all__ = ["study_note", "write_study_note", "serve", "check_port", "binds_everywhere"]
