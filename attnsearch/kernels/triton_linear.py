@@ -990,6 +990,7 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
                                   PREC=_prec(q), **_launch_opts(cfg))
     gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
+    del dvl  # folded into dvn; free it before the gradient buffers are allocated (peak memory)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dk_part = torch.empty(k.shape, dtype=torch.float32, device=q.device)
     dbeta = torch.empty(B, T, H, dtype=torch.float32, device=q.device)
