@@ -11,6 +11,8 @@ Each program walks only the tiles it can see:
     T tail) are masked; the tiles between them run a mask-free loop;
   * the listed blocks (HAS_BLOCKS), clipped where the contiguous range begins so no tile is
     visited twice; listed tiles lie wholly below the diagonal, so they need no mask either.
+    Lists are sorted, so the few blocks that reach into the contiguous range (window + blocks)
+    come first and get a clipped loop; the rest run as one flat loop over their tiles.
 The dK/dV kernel does the same in the transposed direction, from a per-key-block list of the
 query blocks that list it (built on the GPU by the host).
 
@@ -142,8 +144,8 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
     # heaviest (latest) query tiles first: causal work grows with the tile index
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
+    h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -205,8 +207,8 @@ def attn_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, sdo_b, sdo_t, sdo_h, H
                           BLOCK_M: tl.constexpr, DV: tl.constexpr):
     """delta_i = sum_d O[i, d] * dO[i, d] in fp32 (the softmax-gradient row correction)."""
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
+    h = (bh % H).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, DV)
     mask = rows[:, None] < T
@@ -262,8 +264,8 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DK_: tl.constexpr,
                          DV_: tl.constexpr, PREC: tl.constexpr):
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
+    h = (bh % H).to(tl.int64)
     n0 = tl.program_id(0) * BLOCK_N
     cols = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -360,8 +362,8 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
                        PREC: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
+    h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
