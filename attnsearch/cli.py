@@ -300,6 +300,7 @@ class ProgressView:
             self.console.print(self.line())
             if self.last_line():
                 self.console.print("  " + self.last_line())
+            self.console.file.flush()       # a log file sees each trial as it ends
 
 
 # ----------------------------------------------------------------------------- commands
