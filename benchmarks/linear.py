@@ -65,20 +65,20 @@ def ours_fn(op, x, config=None, chunk_size=64):
 
 
 def sweep_configs(op):
-    """Configs tried by --sweep (a coarse grid; the tuner in evaluators/ does the real search)."""
-    out = []
-    for chunk in (64, 128):
-        for nw in (4, 8):
-            for ns in (1, 2, 3):
-                if op in ("delta", "gated_delta"):
-                    for bv in (32, 64):
-                        out.append((chunk, {"BLOCK_V": bv, "num_warps": nw, "num_stages": ns}))
-                else:
-                    for bk, bv in ((64, 64), (128, 64), (64, 128)):
-                        if chunk == 128 and bv > 64:
-                            continue
-                        out.append((chunk, {"BLOCK_K": bk, "BLOCK_V": bv, "num_warps": nw, "num_stages": ns}))
-    return out
+    """A few configs around the default, tried by --sweep (the tuner in evaluators/ does the real search)."""
+    if op in ("delta", "gated_delta"):
+        grid = [{"BLOCK_V": 32, "num_warps": 4, "num_stages": 2}, {"BLOCK_V": 64, "num_warps": 4, "num_stages": 2},
+                {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3}, {"BLOCK_V": 32, "num_warps": 8, "num_stages": 2},
+                {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4},
+                {"BLOCK_V": 16, "num_warps": 2, "num_stages": 2}]
+    else:
+        grid = [{"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2},
+                {"BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 4, "num_stages": 2},
+                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3},
+                {"BLOCK_K": 128, "BLOCK_V": 64, "num_warps": 8, "num_stages": 2},
+                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
+                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4}]
+    return [(64, c) for c in grid]
 
 
 def warm(who, ops, sweep, B, H, K, V):
@@ -88,7 +88,7 @@ def warm(who, ops, sweep, B, H, K, V):
     for op in ops:
         x = make_inputs(op, B, T, H, K, V, "cuda")
         leaves = [t.requires_grad_(True) for n, t in x.items() if n != "g_head"]
-        runs = [(64, None)] + (sweep_configs(op) if sweep else [])
+        runs = [(64, None)] if sweep is None else [sweep_configs(op)[sweep]]
         for chunk, cfg in runs:
             fn = (ours_fn(op, x, cfg, chunk) if cfg else ours_fn(op, x)) if who == "ours" else fla_fn(op, x)
             try:
@@ -256,7 +256,8 @@ def main():
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--warm", choices=("ours", "fla"), help="only compile (run once at T=1024) and exit")
-    ap.add_argument("--sweep", action="store_true", help="also time a coarse grid of our configs at max T")
+    ap.add_argument("--sweep", action="store_true", help="also time a few configs of ours at max T")
+    ap.add_argument("--sweep-index", type=int, help="with --warm: compile only this sweep config")
     ap.add_argument("--breakdown", action="store_true", help="also time our kernels stage by stage at max T")
     ap.add_argument("--skip-main", action="store_true", help="skip the main comparison")
     args = ap.parse_args()
@@ -265,7 +266,7 @@ def main():
     Ts = [int(t) for t in args.T.split(",")]
     ops = args.ops.split(",")
     if args.warm:
-        warm(args.warm, ops, args.sweep, B, H, K, V)
+        warm(args.warm, ops, args.sweep_index, B, H, K, V)
         return
     import triton
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
