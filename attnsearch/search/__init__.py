@@ -124,8 +124,8 @@ def _row(trial, names: list[str], on_front: set[int]) -> dict:
         "metrics": a.get("metrics", {}), "baseline": a.get("baseline"),
         "pareto": trial.number in on_front, "arch": a.get("arch"),
         "fail_reason": a.get("fail_reason"), "fail_kind": a.get("fail_kind"),
-        "reused_from": a.get("reused_from"), "retry_of": a.get("retry_of"), "worker": a.get("worker"),
-        "timings": a.get("timings", {}),
+        "reused_from": a.get("reused_from"), "retry_of": a.get("retry_of"),
+        "worker": (a.get("run") or {}).get("worker"), "timings": (a.get("run") or {}).get("timings", {}),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
     }

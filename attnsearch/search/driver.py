@@ -46,7 +46,7 @@ from . import pareto
 from .study import create_or_load
 from .worker import evaluate_architecture, run_evaluation, software_versions
 
-COUNTED_FAIL_KINDS_EXCLUDED = ("stale", "interrupted")
+COUNTED_FAIL_KINDS_EXCLUDED = ("stale", "interrupted", "over_budget")
 MAX_ATTEMPTS = 3
 MAX_INFEASIBLE_IN_A_ROW = 500
 
@@ -206,6 +206,7 @@ class _InFlight:
     twins: list = field(default_factory=list)   # parked duplicates waiting on this one
     cancelled: str | None = None
     overhead: float = 0.0
+    constraints: dict = field(default_factory=dict)
 
 
 class Driver:
@@ -290,7 +291,7 @@ class Driver:
         if t.number in self._seen_complete:
             return
         self._seen_complete.add(t.number)
-        h = t.user_attrs.get("arch_hash")
+        h = arch_hash(t.user_attrs["arch"]) if "arch" in t.user_attrs else None
         if h and h not in self._known and "metrics" in t.user_attrs:
             self._known[h] = {"metrics": t.user_attrs["metrics"], "number": t.number}
         if t.values is not None and pareto.feasible(t):
@@ -307,34 +308,46 @@ class Driver:
         return pareto.hypervolume(pareto.to_min([v for _, v in self._front], self.directions), self.reference)
 
     def _record_history(self, number: int):
-        """Append (trial, hypervolume) to the study's history (merging others' trials first)."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            self._absorb_complete(t)
+        """Append (trial, hypervolume) to the study's history attribute.
+
+        The front also holds other drivers' trials (merged at every refresh); with several
+        drivers each appends its own trials, last writer wins for the attribute, which is
+        acceptable for a plot and never affects results."""
         hv = self.hypervolume() or 0.0
-        history = list(self.study.user_attrs.get("hv_history", []))
-        history.append([number, hv])
-        self.study.set_user_attr("hv_history", history)
-        self._history = history
+        self._history.append([number, hv])
+        self.study.set_user_attr("hv_history", self._history)
+
+    def refresh(self) -> int:
+        """Re-read the study (one cached query): merge new completed trials into the front and
+        dedup table, and return the number of trials counted toward the budget."""
+        trials = self.study.get_trials(deepcopy=False)
+        counted = 0
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                self._absorb_complete(t)
+            if t.state == TrialState.RUNNING or _counted(t):
+                counted += 1
+        self._counted = counted
+        return counted
 
     def counted_trials(self) -> int:
-        trials = self.study.get_trials(deepcopy=False)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-        return sum(1 for t in trials if _counted(t)) + running
+        return self.refresh()
 
     # ------------------------------------------------------------------ ask / dispatch / tell
     def _ask_one(self, remote) -> str:
         """Ask one trial and start it. Returns 'dispatched' | 'parked' | 'done' (reused) | 'pruned'."""
         t0 = time.perf_counter()
         trial = self.study.ask()
-        attrs = {"driver_id": self.driver_id}
+        # the owner is written first: it is what tells a dead driver's trial from a live one's
+        _set_trial_attrs(self.study, trial._trial_id, {"driver_id": self.driver_id})
+        if self.n_trials is not None and self._over_budget(trial):
+            return "over"
         try:
             arch = self.space.suggest(trial, throughput_fn=self._throughput)
         except Infeasible as exc:
-            arch_d = exc.arch.to_dict()
             _set_trial_attrs(self.study, trial._trial_id, {
-                **attrs, "layout": exc.arch.layout_string(), "arch": arch_d, "arch_hash": arch_hash(arch_d),
-                "fail_kind": "infeasible", "fail_reason": str(exc),
-                "constraint_names": list(exc.constraints)})
+                "layout": exc.arch.layout_string(), "arch": exc.arch.to_dict(),
+                "fail_kind": "infeasible", "fail_reason": str(exc), "run": {"constraints": exc.constraints}})
             _set_constraints(self.study, trial._trial_id, exc.constraints)
             self.study.tell(trial, state=TrialState.PRUNED)
             self.result.pruned += 1
@@ -344,12 +357,10 @@ class Driver:
         h = arch_hash(arch_d)
         metrics = self._analytic_metrics(arch)
         constraints = self.space.constraint_values(arch, self._throughput)
-        attrs.update({"layout": arch.layout_string(), "arch": arch_d, "arch_hash": h})
         if constraints:
-            attrs["constraint_names"] = list(constraints)
             _set_constraints(self.study, trial._trial_id, constraints)
-        _set_trial_attrs(self.study, trial._trial_id, attrs)
-        entry = _InFlight(trial, arch_d, h, arch.layout_string(), metrics, time.monotonic())
+        entry = _InFlight(trial, arch_d, h, arch.layout_string(), metrics, time.monotonic(),
+                          constraints=constraints)
         if h in self._known:                             # evaluated before: reuse, do not retrain
             known = self._known[h]
             self._finish(entry, {"status": "ok", "metrics": known["metrics"], "timings": {},
@@ -370,17 +381,38 @@ class Driver:
         self._by_hash[h] = entry
         return "dispatched"
 
+    def _over_budget(self, trial) -> bool:
+        """Exact budget with several drivers: trial numbers are given out in order, so a trial is
+        over budget when the counted trials numbered up to it exceed ``n_trials`` (another
+        driver asked in the same moment). It is then failed as ``over_budget`` (not counted)
+        and, if it came from the queue (a baseline or a retry), its parameters go back in."""
+        upto = sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.number <= trial.number and (t.state == TrialState.RUNNING or _counted(t)))
+        if upto <= self.n_trials:
+            return False
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if "fixed_params" in frozen.system_attrs and claim_event(self.url, self.study_name, f"requeue:{trial.number}"):
+            self.study.enqueue_trial(frozen.system_attrs["fixed_params"],
+                                     user_attrs={k: v for k, v in frozen.user_attrs.items() if k != "driver_id"})
+        _set_trial_attrs(self.study, trial._trial_id, {
+            "fail_kind": "over_budget", "fail_reason": f"over the study budget of {self.n_trials} trials "
+                                                       "(another driver asked at the same moment); not run"})
+        self.study.tell(trial, state=TrialState.FAIL)
+        return True
+
     def _finish(self, entry: _InFlight, result: dict, overhead: float = 0.0):
         """Write the result of one trial (and of any twins parked behind it)."""
         t0 = time.perf_counter()
         trial = entry.trial
         metrics = {**entry.metrics, **(result.get("metrics") or {})}
-        attrs = {"metrics": metrics, "timings": {**(result.get("timings") or {}),
-                                                 "wall_s": time.monotonic() - entry.started}}
-        if result.get("worker"):
-            attrs["worker"] = result["worker"]
+        # few attributes, each one database write: arch, layout, metrics, and "run" for the rest
+        run = {"timings": {**(result.get("timings") or {}), "wall_s": time.monotonic() - entry.started},
+               "worker": result.get("worker") or {}}
         if result.get("extra"):
-            attrs["details"] = result["extra"]
+            run["details"] = result["extra"]
+        if entry.constraints:
+            run["constraints"] = entry.constraints
+        attrs = {"layout": entry.layout, "arch": entry.arch, "metrics": metrics, "run": run}
         if "reused_from" in result:
             attrs["reused_from"] = result["reused_from"]
         values = None
@@ -450,7 +482,7 @@ class Driver:
             last=self._last))
 
     def _counted_cache(self) -> int:
-        return self.counted_trials()
+        return self._counted
 
     # ------------------------------------------------------------------ failures from Ray
     @staticmethod
@@ -488,6 +520,7 @@ class Driver:
         self._last = None
         self._history = list(self.study.user_attrs.get("hv_history", []))
         self._t_start = time.monotonic()
+        self._counted = 0
         owns_ray = False
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
@@ -555,25 +588,30 @@ class Driver:
         while True:
             if should_stop is not None and should_stop():
                 return "stopped"
-            if timeout is not None and time.monotonic() - self._t_start >= timeout:
-                stop = "timeout"
-            elif stagnation_trials and pareto.last_improvement_gap(self._history) >= stagnation_trials \
-                    and len(self._history) > stagnation_trials:
-                stop = "stagnation"
-            else:
-                stop = None
+            stop = self._stop_reason(timeout, stagnation_trials)
             # fill free worker slots (twins of failed originals first)
+            if stop is None and self._busy() < self.workers:
+                self.refresh()
             while stop is None and self._busy() < self.workers:
                 if self._pending_twins:
                     self._redispatch(self._pending_twins.pop(0), remote)
                     continue
-                if self.n_trials is not None and self.counted_trials() >= self.n_trials:
+                if self.n_trials is not None and self._counted >= self.n_trials:
                     break
                 outcome = self._ask_one(remote)
+                if outcome == "over":
+                    self.refresh()
+                    break
+                if outcome != "pruned":
+                    self._counted += 1
                 infeasible_in_a_row = infeasible_in_a_row + 1 if outcome == "pruned" else 0
                 if infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
                     # the sampler keeps proposing layouts that break the constraints
                     stop = "exhausted"
+                elif outcome in ("done", "pruned"):
+                    # finished without a worker (reused or infeasible): the stop conditions may
+                    # have been met without any Ray task to wait for
+                    stop = self._stop_reason(timeout, stagnation_trials)
             if not self._inflight:
                 if stop:
                     return stop
@@ -597,6 +635,14 @@ class Driver:
                 self._last_sweep = time.monotonic()
             if stop and not self._inflight:
                 return stop
+
+    def _stop_reason(self, timeout, stagnation_trials) -> str | None:
+        if timeout is not None and time.monotonic() - self._t_start >= timeout:
+            return "timeout"
+        if stagnation_trials and len(self._history) > stagnation_trials \
+                and pareto.last_improvement_gap(self._history) >= stagnation_trials:
+            return "stagnation"
+        return None
 
     def _busy(self) -> int:
         """Worker slots in use: tasks in flight and twins parked behind them (bounded, so a

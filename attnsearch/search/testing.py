@@ -47,7 +47,17 @@ def synthetic_quality(arch: dict) -> float:
     return float(min(max(score, 0.01), 0.99))
 
 
-def synthetic_evaluate(request: dict, *, sleep_s: float = 0.0, faults: dict | None = None,
+def burn_cpu(seconds: float) -> None:
+    """Keep one core busy for ``seconds`` of this process's CPU time (a CPU-bound stand-in for
+    proxy training, so scaling benchmarks measure cores, not sleeps)."""
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        for i in range(10_000):
+            x += i * i
+
+
+def synthetic_evaluate(request: dict, *, sleep_s: float = 0.0, burn_s: float = 0.0, faults: dict | None = None,
                        fault_every: dict | None = None) -> dict:
     number = request.get("trial_number", -1)
     kind = (faults or {}).get(number)
@@ -56,6 +66,8 @@ def synthetic_evaluate(request: dict, *, sleep_s: float = 0.0, faults: dict | No
             kind = k
     if sleep_s:
         time.sleep(sleep_s)
+    if burn_s:
+        burn_cpu(burn_s)
     if kind == "raise":
         raise RuntimeError(f"injected failure in trial {number}")
     if kind == "kill":
@@ -67,4 +79,4 @@ def synthetic_evaluate(request: dict, *, sleep_s: float = 0.0, faults: dict | No
     if kind == "diverge":
         return {"metrics": {"quality": float("nan")}, "diverged": True, "reason": "loss became NaN at step 3"}
     quality = float("inf") if kind == "inf" else synthetic_quality(request["arch"])
-    return {"metrics": {"quality": quality}, "timings": {"synthetic_s": sleep_s}}
+    return {"metrics": {"quality": quality}, "timings": {"synthetic_s": sleep_s + burn_s}}

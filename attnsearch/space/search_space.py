@@ -734,13 +734,16 @@ def _parse_space(data, src) -> SearchSpace:
     mode = layout.get("mode", "per_layer")
     if mode not in LAYOUT_MODES:
         raise _err(f"{src}: layout.mode", f"{mode!r} is not a layout mode", ", ".join(LAYOUT_MODES))
-    periods = layout.get("periods", list(DEFAULT_PERIODS))
     if "periods" in layout and mode != "pattern":
         raise _err(f"{src}: layout.periods", "only used with mode: pattern")
-    if not isinstance(periods, list) or not periods:
-        raise _err(f"{src}: layout.periods", f"must be a non-empty list of integers, got {periods!r}")
-    periods = tuple(sorted({_int(p, f"{src}: layout.periods[{i}]", 1, target.n_layers)
-                            for i, p in enumerate(periods)}))
+    if "periods" in layout:
+        periods = layout["periods"]
+        if not isinstance(periods, list) or not periods:
+            raise _err(f"{src}: layout.periods", f"must be a non-empty list of integers, got {periods!r}")
+        periods = tuple(sorted({_int(p, f"{src}: layout.periods[{i}]", 1, target.n_layers)
+                                for i, p in enumerate(periods)}))
+    else:
+        periods = tuple(p for p in DEFAULT_PERIODS if p <= target.n_layers)
 
     craw = _mapping(data.get("constraints"), f"{src}: constraints", tuple(Constraints.__dataclass_fields__))
     cons = Constraints(
@@ -797,8 +800,13 @@ def _check_proxy(proxy: dict, src: str) -> None:
     except TypeError as exc:
         raise _err(f"{src}: proxy", str(exc)) from None
     except ValueError as exc:
-        msg = str(exc).splitlines()[0]
-        raise SpaceError(f"{src}: proxy.{msg}" if not msg.startswith("proxy") else f"{src}: {msg}") from None
+        errors = getattr(exc, "errors", None)
+        if callable(errors) and errors():
+            first = errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            raise _err(f"{src}: proxy" + (f".{loc}" if loc else ""),
+                       f"{first.get('msg', 'invalid')}, got {first.get('input')!r}") from None
+        raise _err(f"{src}: proxy", str(exc).splitlines()[0]) from None
 
 
 def load_space(source: "str | Path | dict | SearchSpace") -> SearchSpace:

@@ -7,7 +7,9 @@
   commits). PostgreSQL (``postgresql+psycopg://``) gets explicit pool settings and pre-ping, so a
   restarted server costs a reconnect instead of a dead driver.
 - ``optuna_storage(url)``: Optuna's ``RDBStorage`` on the same URL with the same settings.
-- ``init_schema(engine)``: creates our tables idempotently and checks the schema version.
+- ``init_schema(engine)``: creates our tables idempotently and checks the schema version
+  (``tables.py``: schema version, driver heartbeats, one-shot study events; the kernel
+  benchmark cache of ``bench_cache.py`` shares the same declarative base and version).
 - ``redact_url(url)``: the URL with its password hidden, for every message and log line.
 
 Only the search driver writes; Ray workers return plain dicts and never open the database.
@@ -23,12 +25,12 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .tables import SCHEMA_VERSION, Base, DriverRecord, KernelBenchmark, SchemaInfo, StudyEvent
+from .tables import SCHEMA_VERSION, Base, DriverRecord, SchemaInfo, StudyEvent
 
 __all__ = [
     "DEFAULT_STORAGE_URL", "SCHEMA_VERSION", "StorageError", "resolve_url", "redact_url",
     "get_engine", "optuna_storage", "init_schema", "session", "claim_event", "utcnow",
-    "DriverRecord", "KernelBenchmark", "StudyEvent", "SchemaInfo",
+    "DriverRecord", "StudyEvent", "SchemaInfo",
 ]
 
 DEFAULT_STORAGE_URL = "sqlite:///attnsearch.db"

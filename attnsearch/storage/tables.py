@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
@@ -57,23 +57,3 @@ class StudyEvent(Base):
     event: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-
-
-class KernelBenchmark(Base):
-    """Cache of kernel microbenchmarks: one timing per (GPU, op, backend, shape, config).
-
-    Written by the driver from results that workers return (workers never write the database).
-    The measured-GPU throughput mode (a later issue) reads and fills it.
-    """
-
-    __tablename__ = "attnsearch_kernel_benchmark"
-    __table_args__ = (UniqueConstraint("device_name", "op", "backend", "shape_key", "config_key"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    device_name: Mapped[str] = mapped_column(String(128))
-    op: Mapped[str] = mapped_column(String(64))
-    backend: Mapped[str] = mapped_column(String(32))
-    shape_key: Mapped[str] = mapped_column(String(255))
-    config_key: Mapped[str] = mapped_column(String(255))
-    time_ms: Mapped[float] = mapped_column(Float)
-    software: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -1,0 +1,76 @@
+"""Driver overhead per trial: ask, suggest, dispatch, tell and user attributes (no evaluation work).
+
+    python benchmarks/driver_overhead.py [--trials 40] [--pg postgresql+psycopg://...]
+
+Runs a study whose evaluation returns at once (synthetic), with SQLite (a temp file) and, when a
+PostgreSQL URL is given (or ATTNSEARCH_TEST_PG_URL is set), with PostgreSQL. The driver times
+its own work per trial (RunResult.overhead_s: from ask to dispatch plus the whole tell). As an
+anchor measured in the same run: bare Optuna ask + tell with a RandomSampler on the same
+storage (the floor any driver on that database pays). The load average is printed because the
+figures scale with it on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+
+import optuna
+
+
+def optuna_floor(url: str, n: int) -> float:
+    from attnsearch.storage import optuna_storage
+
+    study = optuna.create_study(storage=optuna_storage(url), study_name=f"floor-{uuid.uuid4().hex[:8]}",
+                                sampler=optuna.samplers.RandomSampler(seed=0), directions=["maximize"] * 2)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        trial.suggest_categorical("x", ["a", "b", "c"])
+        study.tell(trial, [1.0, 2.0])
+        times.append(time.perf_counter() - t0)
+    optuna.delete_study(study_name=study.study_name, storage=optuna_storage(url))
+    return statistics.median(times)
+
+
+def measure(url: str, n: int, label: str) -> dict:
+    from attnsearch import search
+    from attnsearch.search.testing import synthetic_evaluate
+
+    space = search.default_space()
+    name = f"overhead-{uuid.uuid4().hex[:8]}"
+    result = search.run_study(space, name, url, n_trials=n, workers=1, evaluate=synthetic_evaluate)
+    per_trial = sorted(result.overhead_s)
+    floor = optuna_floor(url, 20)
+    search.delete_study(name, url)
+    row = {"storage": label, "trials": len(per_trial), "median_ms": 1e3 * statistics.median(per_trial),
+           "p90_ms": 1e3 * per_trial[int(0.9 * (len(per_trial) - 1))],
+           "optuna_ask_tell_floor_ms": 1e3 * floor, "wall_s": result.wall_s}
+    print(f"{label:10s} trials={row['trials']} median={row['median_ms']:.1f} ms p90={row['p90_ms']:.1f} ms "
+          f"(anchor: bare Optuna ask+tell {row['optuna_ask_tell_floor_ms']:.1f} ms)", flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--pg", default=os.environ.get("ATTNSEARCH_TEST_PG_URL"))
+    args = parser.parse_args()
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(f"sqlite:///{tmp}/overhead.db", args.trials, "sqlite")
+    if args.pg:
+        measure(args.pg, args.trials, "postgresql")
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
