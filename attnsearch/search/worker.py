@@ -156,6 +156,17 @@ def evaluate_architecture(request: dict) -> dict:
             out["reason"] = getattr(result, "reason", None) or getattr(result, "diverged_reason", None)
         metrics["quality"] = _quality_score(result)
         extra["quality"] = data
+    if request.get("throughput_mode") == "measured":
+        from attnsearch.evaluators.throughput import evaluate_throughput
+
+        t0 = time.perf_counter()
+        target = request.get("target", {})
+        tp = evaluate_throughput(arch, "measured", seq_len=int(target["context_len"]),
+                                 batch_tokens=target.get("batch_tokens"), gpu_name=target.get("gpu", "H100"),
+                                 dtype=target.get("dtype", "bf16"))
+        timings["throughput_s"] = time.perf_counter() - t0
+        metrics["throughput"] = tp.tokens_per_s
+        metrics["throughput_mode"] = tp.mode
     if request.get("throughput_mode") == "measured-cpu":
         from attnsearch.evaluators.throughput import measure_cpu_throughput
 
