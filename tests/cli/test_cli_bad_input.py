@@ -86,6 +86,14 @@ def test_existing_study_with_a_different_space_needs_resume(invoke, url, db, tmp
     assert_user_error(invoke("run", space, "--study", SYNTH_STUDY, "--storage", url, "--trials", 3),
                       SYNTH_STUDY, "different space")
     assert db_digest(db) == before
+    # --resume continues it anyway (here with a budget already met: nothing new runs)
+    from attnsearch import search
+
+    n = search.load_study_summary(SYNTH_STUDY, url).n_trials
+    resumed = invoke("run", space, "--study", SYNTH_STUDY, "--storage", url, "--trials", 3, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "already has its 3 trials" in resumed.output
+    assert search.load_study_summary(SYNTH_STUDY, url).n_trials == n
 
 
 @pytest.mark.parametrize("storage, words, read_words", [

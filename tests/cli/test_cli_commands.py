@@ -229,3 +229,21 @@ def test_progress_view_line_without_a_terminal():
     for part in ("trials 4/10", "done 3", "running 2", "failed 1", "elapsed", "ETA 01:00",
                  "front 3", "hypervolume 0.5", "trial #3 COMPLETE SSSF", "250k tok/s"):
         assert part in text, part
+
+
+def test_readme_space_example_and_commands_are_real():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from attnsearch import search
+    from attnsearch.cli import app
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.findall(r"```yaml\n(.*?)```", readme, re.S)[0]
+    space = search.load_space(yaml.safe_load(block))
+    assert space.target.n_layers == 24 and len(space.mechanisms) == 6
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for used in set(re.findall(r"^attnsearch (\w+)", readme, re.M)):
+        assert used in commands, used
