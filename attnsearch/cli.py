@@ -259,16 +259,21 @@ class ProgressView:
             eta = left if eta is None else min(eta, left)
         return eta
 
-    def line(self) -> str:
+    def parts(self) -> tuple[str, str]:
+        """(trial counts, times and front) of the latest progress."""
         p = self.progress
         elapsed = time.monotonic() - self.t0
         if p is None:
-            return f"starting Ray workers and the study ... elapsed {_duration(elapsed)}"
+            return "starting Ray workers and the study ...", f"elapsed {_duration(elapsed)}"
         budget = f"/{p.n_trials}" if p.n_trials else ""
         hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
         return (f"trials {p.counted}{budget}: done {p.complete} (reused {p.reused}), running {p.running}, "
-                f"failed {p.failed}, infeasible {p.pruned} | elapsed {_duration(elapsed)}, "
-                f"ETA {_duration(self.eta())} | front {p.front_size}, hypervolume {hv}")
+                f"failed {p.failed}, infeasible {p.pruned}",
+                f"elapsed {_duration(elapsed)}, ETA {_duration(self.eta())} | front {p.front_size}, "
+                f"hypervolume {hv}")
+
+    def line(self) -> str:
+        return " | ".join(self.parts())
 
     def last_line(self) -> str:
         last = (self.progress.last if self.progress else None) or {}
@@ -282,16 +287,20 @@ class ProgressView:
     def __rich__(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
+        from rich.table import Table
         from rich.text import Text
 
         p = self.progress
-        parts = []
+        rows = []
         if p is not None and p.n_trials:
-            parts.append(ProgressBar(total=p.n_trials, completed=min(p.counted, p.n_trials), width=50))
-        parts.append(Text(self.line()))
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(ProgressBar(total=p.n_trials, completed=min(p.counted, p.n_trials), width=40),
+                        Text(f"{min(p.counted, p.n_trials)}/{p.n_trials} trials"))
+            rows.append(bar)
+        rows += [Text(part, overflow="fold") for part in self.parts()]
         if self.last_line():
-            parts.append(Text(self.last_line(), style="dim"))
-        return Group(*parts)
+            rows.append(Text(self.last_line(), style="dim", overflow="ellipsis", no_wrap=True))
+        return Group(*rows)
 
     def __call__(self, progress) -> None:
         self.progress = progress
