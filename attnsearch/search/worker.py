@@ -118,6 +118,8 @@ def _plain(value: Any):
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
+    elif hasattr(value, "model_dump"):            # pydantic models (QualityResult)
+        value = value.model_dump(mode="json")
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
