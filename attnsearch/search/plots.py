@@ -24,7 +24,7 @@ def _value(row: dict, name: str):
     return (row.get("metrics") or {}).get(name)
 
 
-def _panel(ax, rows: list[dict], x: str, y: str, target: dict):
+def _panel(ax, rows: list[dict], x: str, y: str, staircase: bool):
     xlabel, xs = AXES.get(x, (x, 1.0))
     ylabel, ys = AXES.get(y, (y, 1.0))
     done = [r for r in rows if r["state"] == "COMPLETE" and _value(r, x) is not None and _value(r, y) is not None]
@@ -35,8 +35,9 @@ def _panel(ax, rows: list[dict], x: str, y: str, target: dict):
     if front:
         fx = [_value(r, x) * xs for r in front]
         fy = [_value(r, y) * ys for r in front]
-        ax.plot(fx, fy, "-", color="tab:blue", lw=1.2, alpha=0.6, zorder=3, drawstyle="steps-mid"
-                if len(front) > 1 else "default")
+        if staircase:
+            # both axes maximised, front sorted by x: quality y[i] holds on (x[i-1], x[i]]
+            ax.plot(fx, fy, "-", color="tab:blue", lw=1.2, alpha=0.6, zorder=3, drawstyle="steps-pre")
         ax.scatter(fx, fy, s=36, color="tab:blue", edgecolor="black", lw=0.5,
                    label=f"Pareto front ({len(front)})", zorder=4)
         for r in front:
@@ -85,8 +86,10 @@ def plot_study(study_name: str, storage_url: str | None = None, out: str | Path 
     if "state_bytes" in objectives or any((r.get("metrics") or {}).get("state_bytes") for r in rows):
         panels.append(("state_bytes", panels[0][1]))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.4), squeeze=False)
-    for ax, (px, py) in zip(axes[0], panels):
-        _panel(ax, rows, px, py, target)
+    directions = dict(zip(objectives, summary.directions))
+    for i, (ax, (px, py)) in enumerate(zip(axes[0], panels)):
+        staircase = (i == 0 and len(objectives) == 2 and directions.get(px) == directions.get(py) == "maximize")
+        _panel(ax, rows, px, py, staircase)
     ax = axes[0][-1]
     if history:
         ax.step([h[0] for h in history], [h[1] for h in history], where="post", color="tab:green")
@@ -97,7 +100,8 @@ def plot_study(study_name: str, storage_url: str | None = None, out: str | Path 
     ax.grid(alpha=0.3)
     where = (f"target d_model {target.get('d_model')}, {target.get('n_layers')} layers, context "
              f"{target.get('context_len')}, {target.get('gpu')} {target.get('dtype')}") if target else ""
-    fig.suptitle(f"study {study_name}: {summary.n_complete} completed, {summary.front_size} on the front"
+    on_front = sum(1 for r in rows if r["pareto"])
+    fig.suptitle(f"study {study_name}: {summary.n_complete} completed trials, {on_front} on the Pareto front"
                  + (f"\n{where}" if where else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=130)

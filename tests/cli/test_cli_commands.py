@@ -247,3 +247,15 @@ def test_readme_space_example_and_commands_are_real():
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
     for used in set(re.findall(r"^attnsearch (\w+)", readme, re.M)):
         assert used in commands, used
+
+
+def test_export_provenance_hides_passwords_and_local_paths():
+    from attnsearch.search.export import public_path, public_storage
+
+    pg = public_storage("postgresql+psycopg://alice:s3cr3t@db.example:5432/studies")
+    assert "s3cr3t" not in pg and "***" in pg and "db.example" in pg
+    assert "s3cr3t" not in public_storage("postgresql+psycopg://alice:s3cr3t@db.example/s", include_paths=True)
+    assert public_storage("sqlite:////home/me/work/attnsearch.db") == "sqlite:///attnsearch.db"
+    assert public_storage("sqlite:///rel/dir/a.db") == "sqlite:///a.db"
+    assert public_storage("sqlite:////home/me/a.db", include_paths=True) == "sqlite:////home/me/a.db"
+    assert public_path("/home/me/space.yaml") == "space.yaml" and public_path("<space>") == "<space>"

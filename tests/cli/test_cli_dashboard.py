@@ -97,6 +97,7 @@ def dom_text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
+@pytest.mark.browser
 def test_chromium_renders_the_trial_list(server, url, tmp_path):
     binary = chromium()
     if binary is None:

@@ -24,6 +24,7 @@ def tiny_zero_config(monkeypatch, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_zero_config_run_then_show_export_build_and_plot(invoke, tiny_zero_config, ray_cluster):
     from attnsearch import search
     from attnsearch.models import build_model
@@ -57,6 +58,7 @@ def test_zero_config_run_then_show_export_build_and_plot(invoke, tiny_zero_confi
     assert search.load_study_summary("default", "sqlite:///attnsearch.db").n_complete == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     env = {**os.environ, "ATTNSEARCH_ZERO_CONFIG_PROXY": TINY_PROXY, "ATTNSEARCH_ZERO_CONFIG_TRIALS": "500",
            "PYTHONUNBUFFERED": "1"}
