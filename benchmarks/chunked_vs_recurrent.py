@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -70,6 +71,13 @@ def time_call(fn, inputs, backward, repeats):
     return statistics.median(times)
 
 
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--B", type=int, default=1)
@@ -80,13 +88,16 @@ def main(argv=None):
     ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of the chunked path (median)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="timed runs of the reference (median)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", default="chunked_vs_recurrent.json")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     header = f"{'op':6} {'gate':8} {'pass':8} {'chunk':>5} {'chunked ms':>11} {'recurrent ms':>13} {'speed-up':>9}"
     print(f"B={args.B} T={args.T} H={args.H} K={args.K} V={args.V} fp32 CPU, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, load average {_load_average()}")
     print(header)
     print("-" * len(header))
     for op, gate in CASES:
@@ -103,7 +114,8 @@ def main(argv=None):
 
     result = {"shape": {"B": args.B, "T": args.T, "H": args.H, "K": args.K, "V": args.V, "dtype": "float32"},
               "device": "cpu", "cpu": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "load_average_1min": _load_average(), "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")

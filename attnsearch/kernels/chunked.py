@@ -17,6 +17,8 @@ decode cache kept in half precision drifts.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +57,14 @@ def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def _causal(C: int, device, strict: bool = False) -> torch.Tensor:
+    """Lower-triangular bool mask (read-only: shared between calls)."""
+    return _causal_cached(C, torch.device(device), strict)
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_cached(C: int, device: torch.device, strict: bool) -> torch.Tensor:
+    # Cached because tril on a tiny matrix can cost milliseconds on a busy machine (it opens a
+    # parallel region), which dominated small calls.
     return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
 
 
@@ -90,7 +100,7 @@ def _intra_scores_channel_gate(q, k, G):
     # Off-diagonal sub-chunks (query sub-chunk a > key sub-chunk b).
     G_ref = Gs[..., -1, :]                                               # [B, H, N, m, K] end of each b
     k_dec = ks * (G_ref.unsqueeze(-2) - Gs).exp()                        # k_j exp(G_r(b) - G_j)
-    later = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)  # a > b
+    later = _causal(m, q.device, strict=True)                            # a > b
     # exp(G_i - G_r(b)) for every (a, b); pairs with a <= b get -inf (those blocks are discarded).
     q_exp = Gs.unsqueeze(4) - G_ref.unsqueeze(3).unsqueeze(-2)           # [B, H, N, m(a), m(b), c, K]
     q_exp = q_exp.masked_fill(~later.view(m, m, 1, 1), float("-inf"))

@@ -18,35 +18,40 @@ def qkv(seed, T=T, dtype=F64):
     return [x.to(dtype) for x in (q, k, v)]
 
 
+def _raw_indices(bs=16):
+    nb = masks.num_blocks(T, bs)
+    return torch.randint(-1, nb, (B, H, nb, 4), generator=torch.Generator().manual_seed(9))
+
+
+PATTERNS = {  # every builder (and raw combinations) as kwargs for softmax_attention, from (q, k)
+    "full": lambda q, k: {},
+    "window": lambda q, k: masks.sliding_window_pattern(T, window=21, block_size=16),
+    "window_covers_all": lambda q, k: {"window": 1000},
+    "dilated": lambda q, k: masks.dilated_pattern(T, 16, dilation=2, num_back=3, batch=B, heads=H),
+    "dilated_all_back_with_window": lambda q, k: masks.dilated_pattern(T, 32, dilation=3, window=9,
+                                                                       batch=B, heads=H),
+    "random": lambda q, k: masks.random_pattern(T, 16, num_random=2, seed=5, batch=B, heads=H),
+    "longformer": lambda q, k: masks.longformer_pattern(T, 16, window=17, n_global=3, batch=B, heads=H),
+    "bigbird": lambda q, k: masks.bigbird_pattern(T, 16, window=24, num_random=2, n_global=20, seed=1,
+                                                  batch=B, heads=H),
+    "topk": lambda q, k: {"block_indices": masks.topk_block_indices(q, k, 16, topk=2), "block_size": 16},
+    "topk_with_window": lambda q, k: {"block_indices": masks.topk_block_indices(q, k, 32, topk=1),
+                                      "block_size": 32, "window": 5},
+    "raw_with_duplicates_and_unused": lambda q, k: {"block_indices": _raw_indices(), "block_size": 16},
+    "raw_int32_with_window": lambda q, k: {"block_indices": _raw_indices().int(), "block_size": 16, "window": 3},
+}
+PATTERN_NAMES = list(PATTERNS)
+
+
 def patterns(q, k):
-    """Every builder (and raw combinations) as kwargs for softmax_attention."""
-    nb16 = masks.num_blocks(T, 16)
-    raw = torch.randint(-1, nb16, (B, H, nb16, 4), generator=torch.Generator().manual_seed(9))
-    return {
-        "full": {},
-        "window": masks.sliding_window_pattern(T, window=21, block_size=16),
-        "window_covers_all": {"window": 1000},
-        "dilated": masks.dilated_pattern(T, 16, dilation=2, num_back=3, batch=B, heads=H),
-        "dilated_all_back_with_window": masks.dilated_pattern(T, 32, dilation=3, window=9, batch=B, heads=H),
-        "random": masks.random_pattern(T, 16, num_random=2, seed=5, batch=B, heads=H),
-        "longformer": masks.longformer_pattern(T, 16, window=17, n_global=3, batch=B, heads=H),
-        "bigbird": masks.bigbird_pattern(T, 16, window=24, num_random=2, n_global=20, seed=1, batch=B, heads=H),
-        "topk": {"block_indices": masks.topk_block_indices(q, k, 16, topk=2), "block_size": 16},
-        "topk_with_window": {"block_indices": masks.topk_block_indices(q, k, 32, topk=1), "block_size": 32,
-                             "window": 5},
-        "raw_with_duplicates_and_unused": {"block_indices": raw, "block_size": 16},
-        "raw_int32_with_window": {"block_indices": raw.int(), "block_size": 16, "window": 3},
-    }
-
-
-PATTERN_NAMES = list(patterns(*qkv(0)[:2]).keys())
+    return {name: build(q, k) for name, build in PATTERNS.items()}
 
 
 @pytest.mark.parametrize("name", PATTERN_NAMES)
 @pytest.mark.parametrize("block_m", [16, 64, 128])
 def test_matches_dense_reference(name, block_m):
     q, k, v = qkv(seed=len(name) + block_m)
-    pattern = patterns(q, k)[name]
+    pattern = PATTERNS[name](q, k)
     o = kernels.softmax_attention(q, k, v, backend="torch", config={"block_m": block_m}, **pattern)
     o_ref = softmax_attention_ref(q, k, v, pattern.get("window"), pattern.get("block_indices"),
                                   pattern.get("block_size", 64))
@@ -56,7 +61,7 @@ def test_matches_dense_reference(name, block_m):
 @pytest.mark.parametrize("name", ["full", "window", "bigbird", "topk_with_window", "raw_with_duplicates_and_unused"])
 def test_gradients_match_dense_reference(name):
     q, k, v = qkv(seed=3)
-    pattern = patterns(q, k)[name]
+    pattern = PATTERNS[name](q, k)
     w = torch.randn(B, T, H, DV, dtype=F64, generator=torch.Generator().manual_seed(4))
 
     def grads(fn):
