@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 from attnsearch.evaluators.memory import evaluate_memory
 from attnsearch.evaluators.throughput import estimate_throughput
 from attnsearch.space.search_space import Infeasible, SearchSpace
-from attnsearch.storage import DriverRecord, claim_event, session, utcnow
+from attnsearch.storage import DriverRecord, claim_event, is_transient, session, utcnow, with_reconnect, write_error
 
 from . import pareto
 from .study import create_or_load
@@ -113,6 +113,11 @@ def _pid_alive(pid: int, started_at) -> bool:
             return False
 
 
+# drivers running in this process now: a record with our own pid that is not here is a driver
+# of this process that ended without unregistering (its database write failed)
+_RUNNING_HERE: set[str] = set()
+
+
 def live_driver_ids(url: str, study_name: str, stale_after_s: float) -> set[str]:
     now = utcnow()
     host = socket.gethostname()
@@ -121,7 +126,9 @@ def live_driver_ids(url: str, study_name: str, stale_after_s: float) -> set[str]
         rows = s.scalars(sa.select(DriverRecord).where(DriverRecord.study_name == study_name,
                                                        DriverRecord.stopped_at.is_(None))).all()
         for r in rows:
-            if r.hostname == host:
+            if r.hostname == host and r.pid == os.getpid():
+                ok = r.driver_id in _RUNNING_HERE
+            elif r.hostname == host:
                 ok = _pid_alive(r.pid, r.started_at.replace(tzinfo=timezone.utc))
             else:
                 ok = (now - r.heartbeat_at).total_seconds() < stale_after_s
@@ -244,6 +251,7 @@ class Driver:
         self.result = RunResult(study_name, storage_url, "budget", driver_id=self.driver_id)
 
     # ------------------------------------------------------------------ bookkeeping
+    @with_reconnect
     def _register(self):
         now = utcnow()
         with session(self.url) as s:
@@ -254,12 +262,18 @@ class Driver:
 
     def _heartbeat(self, force=False):
         if force or time.monotonic() - self._last_beat >= self.heartbeat_s:
-            with session(self.url) as s:
-                s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
-                          .values(heartbeat_at=utcnow()))
-                s.commit()
+            try:
+                with session(self.url) as s:
+                    s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
+                              .values(heartbeat_at=utcnow()))
+                    s.commit()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                return                  # server away for a moment: beat again on the next turn
             self._last_beat = time.monotonic()
 
+    @with_reconnect
     def _unregister(self, reason: str):
         with session(self.url) as s:
             s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
@@ -530,9 +544,11 @@ class Driver:
                      else {"num_cpus": self.space.evaluation.cpus_per_trial, "num_gpus": 0})
         remote = ray.remote(run_evaluation).options(max_retries=0, retry_exceptions=False, **resources)
         self._register()
+        _RUNNING_HERE.add(self.driver_id)
         stop_reason = None
+        db_error = None
         try:
-            sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s)
+            with_reconnect(sweep_stale)(self.study, self.url, self.driver_id, self.stale_after_s)
             self._last_sweep = time.monotonic()
             if self.enqueue_baselines:
                 self._enqueue_baselines()
@@ -540,13 +556,26 @@ class Driver:
             stop_reason = self._loop(remote, timeout, stagnation_trials, should_stop)
         except KeyboardInterrupt:
             stop_reason = "interrupted"
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            db_error = exc                # disk full, read-only, server gone for good: one clear line
         finally:
+            _RUNNING_HERE.discard(self.driver_id)
             if stop_reason is None:
                 stop_reason = "error"
-            self._abandon_inflight(stop_reason)
-            self._unregister(stop_reason)
+            try:
+                self._abandon_inflight(stop_reason)
+                self._unregister(stop_reason)
+            except Exception as exc:
+                # the database cannot be written: the next driver sweeps our trials as stale
+                if not _is_database_error(exc):
+                    raise
+                db_error = db_error or exc
             if owns_ray:
                 ray.shutdown()
+        if db_error is not None:
+            raise write_error(self.url, db_error) from None
         self.result.stop_reason = stop_reason
         self.result.wall_s = time.monotonic() - self._t_start
         self.result.front_size = len(self._front)
@@ -631,7 +660,7 @@ class Driver:
             self._check_timeouts()
             self._heartbeat()
             if time.monotonic() - self._last_sweep >= self.sweep_every_s:
-                sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s)
+                with_reconnect(sweep_stale)(self.study, self.url, self.driver_id, self.stale_after_s)
                 self._last_sweep = time.monotonic()
             if stop and not self._inflight:
                 return stop
@@ -669,6 +698,10 @@ class Driver:
             if entry.cancelled is None and now - entry.started > self.trial_timeout_s:
                 entry.cancelled = f"timed out: exceeded the trial time limit of {self.trial_timeout_s:g} s"
                 ray.cancel(entry.ref, force=True)
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,8 +4,12 @@
 - ``get_engine(url)``: a SQLAlchemy 2 engine, one per URL per process. SQLite gets WAL mode
   (readers such as optuna-dashboard keep reading while the driver writes), a 30 s busy timeout
   and ``synchronous=NORMAL`` (safe against a killed process; only power loss can drop the last
-  commits). PostgreSQL (``postgresql+psycopg://``) gets explicit pool settings and pre-ping, so a
-  restarted server costs a reconnect instead of a dead driver.
+  commits). PostgreSQL (``postgresql+psycopg://``) gets explicit pool settings and pre-ping, and
+  every Optuna storage call is retried for up to ``RECONNECT_WINDOW_S`` while the connection is
+  lost or refused, so a restarted server costs a reconnect instead of a dead driver
+  (``with_reconnect`` does the same for our own writes).
+- ``write_error(url, exc)``: a database error as one clear ``StorageError`` line (disk full,
+  read-only, server gone), password hidden.
 - ``optuna_storage(url)``: Optuna's ``RDBStorage`` on the same URL with the same settings.
 - ``init_schema(engine)``: creates our tables idempotently and checks the schema version
   (``tables.py``: schema version, driver heartbeats, one-shot study events; the kernel
@@ -16,13 +20,16 @@ Only the search driver writes; Ray workers return plain dicts and never open the
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, InterfaceError, OperationalError,
+                            PendingRollbackError, SQLAlchemyError)
 from sqlalchemy.orm import Session
 
 from .tables import SCHEMA_VERSION, Base, DriverRecord, SchemaInfo, StudyEvent
@@ -30,7 +37,8 @@ from .tables import SCHEMA_VERSION, Base, DriverRecord, SchemaInfo, StudyEvent
 __all__ = [
     "DEFAULT_STORAGE_URL", "SCHEMA_VERSION", "StorageError", "resolve_url", "redact_url",
     "get_engine", "optuna_storage", "init_schema", "session", "claim_event", "utcnow",
-    "DriverRecord", "StudyEvent", "SchemaInfo",
+    "DriverRecord", "StudyEvent", "SchemaInfo", "with_reconnect", "is_transient", "write_error",
+    "RECONNECT_WINDOW_S",
 ]
 
 DEFAULT_STORAGE_URL = "sqlite:///attnsearch.db"
@@ -40,6 +48,9 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # proxy may have silently dropped.
 POSTGRES_POOL = dict(pool_size=4, max_overflow=4, pool_timeout=30, pool_recycle=1800,
                      pool_pre_ping=True)
+
+# how long a PostgreSQL client keeps retrying while the server is away (a restart takes seconds)
+RECONNECT_WINDOW_S = 60.0
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -64,6 +75,64 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not even parseable: show only the scheme
         return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+
+
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused server connection (PostgreSQL restarting): worth retrying. SQLite errors
+    never are (a full disk or a read-only file does not heal by waiting)."""
+    for e in _causes(exc):
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, (OperationalError, InterfaceError, PendingRollbackError)):
+            return "sqlite" not in type(getattr(e, "orig", None) or e).__module__
+    return False
+
+
+def with_reconnect(fn, on_retry=None, window_s: float | None = None):
+    """``fn`` retried with backoff while ``is_transient`` errors last (at most ``window_s``)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        deadline = time.monotonic() + (RECONNECT_WINDOW_S if window_s is None else window_s)
+        delay = 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                if on_retry is not None:
+                    on_retry()
+                time.sleep(delay)
+                delay = min(2 * delay, 3.0)
+    return call
+
+
+def write_error(url: str, exc: BaseException) -> "StorageError":
+    """A database failure during a study as one line: what the database said, and that the study
+    can be resumed once the cause is fixed."""
+    root = exc
+    for e in _causes(exc):
+        if isinstance(e, DBAPIError) and e.orig is not None:
+            root = e.orig
+            break
+        root = e
+    text = " ".join(str(root).split()) or type(root).__name__
+    hint = ""
+    low = text.lower()
+    if "readonly" in low or "read-only" in low or "unable to open database file" in low:
+        hint = " (the database file or its folder is read-only; SQLite also writes beside the file)"
+    elif "full" in low:
+        hint = " (no space left for the database)"
+    return StorageError(f"storage {redact_url(url)!r}: {text[:300]}{hint}; completed trials are kept, "
+                        "fix the cause and run again to resume")
 
 
 def _kind(url: str) -> str:
@@ -113,6 +182,10 @@ def _check_connect(engine: Engine, url: str) -> None:
             conn.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        if "unable to open database file" in reason and _kind(url) == "sqlite":
+            folder = os.path.dirname(os.path.abspath(make_url(url).database))
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+                reason += " (its folder is read-only: SQLite needs to write beside the database file)"
         raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}") from None
 
 
@@ -173,8 +246,28 @@ def optuna_storage(url: str | None = None):
                 # connection gets them.
                 _prepare(storage.engine, url)
                 storage.engine.dispose()
+            else:
+                _retry_storage_calls(storage)
             _optuna[url] = storage
     return storage
+
+
+def _retry_storage_calls(storage) -> None:
+    """Retry every public storage call across a lost server connection. Each RDBStorage call is
+    one transaction, rolled back when the connection drops, so running it again is safe; the
+    thread's broken session is dropped before the retry."""
+    from optuna.storages import BaseStorage
+
+    def reset():
+        storage.scoped_session.remove()
+
+    # the private ones are what Optuna's caching wrapper calls on the RDBStorage
+    private = ("_create_new_trial", "_get_trials", "_set_trial_param", "_get_best_trial_id",
+               "_get_stale_trial_ids")
+    names = [n for n in dir(BaseStorage) if not n.startswith("_")] + list(private)
+    for name in names:
+        if callable(getattr(storage, name, None)):
+            setattr(storage, name, with_reconnect(getattr(storage, name), on_retry=reset))
 
 
 def session(url: str | None = None) -> Session:
