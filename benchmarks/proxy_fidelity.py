@@ -72,7 +72,8 @@ def main(argv=None):
     done = {}
     if args.resume and out_path.exists():
         done = {_key(r): r for r in json.loads(out_path.read_text())["runs"]}
-    todo = [(name, f, s) for f in (args.factor, 1.0) for name in args.layouts for s in args.seeds
+    # short runs first (a partial file already has every layout's default score), then long ones
+    todo = [(name, f, s) for f in (1.0, args.factor) for name in args.layouts for s in args.seeds
             if f"{name}|{f}|{s}" not in done]
     load_before = os.getloadavg()
     t0 = time.time()
