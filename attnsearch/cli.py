@@ -204,18 +204,19 @@ def trial_table(rows: list[dict], objectives: list[str], title: str, show_all: b
 
 
 def _print_front(study: str, url: str, console, show_all: bool = False) -> None:
-    from attnsearch import search
+    from attnsearch.search.table import study_table
 
-    summary = search.load_study_summary(study, url)
-    rows = search.pareto_table(study, url, all=show_all)
-    hv = f"{summary.hypervolume:.4g}" if summary.hypervolume is not None else "-"
+    tab = study_table(study, url, every=show_all)
+    c = tab.counts
+    hv = f"{tab.hypervolume:.4g}" if tab.hypervolume is not None else "-"
     what = "all trials" if show_all else "Pareto front"
-    title = (f"{study}: {what} ({summary.n_complete} complete, {summary.n_failed} failed, "
-             f"{summary.n_pruned} infeasible; front {summary.front_size}, hypervolume {hv})")
-    if not rows:
+    title = (f"{study}: {what} ({c.get('COMPLETE', 0)} complete, {c.get('FAIL', 0)} failed, "
+             f"{c.get('PRUNED', 0)} infeasible, {c.get('RUNNING', 0)} running, {c.get('WAITING', 0)} queued; "
+             f"front {tab.front_size}, hypervolume {hv})")
+    if not tab.rows:
         console.print(f"{title}\n(no completed trial yet)")
         return
-    console.print(trial_table(rows, summary.objectives, title, show_all))
+    console.print(trial_table(tab.rows, tab.objectives, title, show_all))
     console.print("'* name' marks a literature baseline (gemma3, jamba, ...); layout letters: "
                   "F full, S sliding window, M Mamba-2, Q Gated DeltaNet, G GLA, A linear, "
                   "L Longformer, B BigBird, K block top-k, D dilated, R random, P Performer, "
@@ -547,12 +548,12 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")],
          all_trials: Annotated[bool, typer.Option("--all", help="Every trial, not only the Pareto front.")] = False,
          as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False):
     """The Pareto trials of a study as a table (layout, metrics, baseline marker)."""
-    from attnsearch import search
-
     with _user_errors(storage):
         url = _existing_storage(storage)
         if as_json:
-            rows = search.pareto_table(study, url, all=all_trials)
+            from attnsearch.search.table import study_table
+
+            rows = study_table(study, url, every=all_trials, heavy=True).rows
             typer.echo(json.dumps(rows, indent=1, default=str))
             return
         _print_front(study, url, _console(), show_all=all_trials)

@@ -259,3 +259,18 @@ def test_export_provenance_hides_passwords_and_local_paths():
     assert public_storage("sqlite:///rel/dir/a.db") == "sqlite:///a.db"
     assert public_storage("sqlite:////home/me/a.db", include_paths=True) == "sqlite:////home/me/a.db"
     assert public_path("/home/me/space.yaml") == "space.yaml" and public_path("<space>") == "<space>"
+
+
+def test_fast_table_matches_the_optuna_api(url):
+    from attnsearch import search
+    from attnsearch.search.table import _via_optuna, study_table
+
+    for every in (False, True):
+        fast = study_table(SYNTH_STUDY, url, every=every, heavy=True)
+        assert fast.rows == search.pareto_table(SYNTH_STUDY, url, all=every)
+        slow = _via_optuna(url, SYNTH_STUDY, every)
+        assert fast.hypervolume == pytest.approx(slow.hypervolume)
+        assert fast.front_size == slow.front_size
+        assert {k: v for k, v in fast.counts.items() if v} == {k: v for k, v in slow.counts.items() if v}
+    light = study_table(SYNTH_STUDY, url, every=True)
+    assert all(r["arch"] is None for r in light.rows)      # big attributes only when asked
