@@ -184,12 +184,16 @@ def write_export(doc: dict, path: str | Path) -> Path:
 
 def read_json(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text())
+        if not path.is_file():
+            raise ExportError(f"{str(path)[:200]}: no such file")
+        text = path.read_text()
+    except OSError as exc:                           # e.g. a file name too long, no permission
+        raise ExportError(f"{str(path)[:200]}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:
         raise ExportError(f"{path}: not a text file") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, dict):

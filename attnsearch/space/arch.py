@@ -22,7 +22,13 @@ EXPORT_FORMAT = "attnsearch-export"   # see attnsearch.search.export
 def _field_path(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        name = str(part)
+        if not name or not name.isprintable():      # a user's key with a newline stays one line
+            name = repr(name)
+        out += f".{name}" if out else name
     return out or "config"
 
 
@@ -172,9 +178,13 @@ class ArchConfig(_Strict):
         """Parse JSON text, or read it from a path (a str not starting with '{' or '[' is a path)."""
         if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip()[:1] in ("{", "[")):
             path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"json: no such config file {str(path)!r}")
-            source = path.read_text()
+            try:                                     # a name too long or unreadable is one line too
+                if not path.is_file():
+                    raise ConfigError(f"json: no such config file {str(path)[:200]!r}")
+                source = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"json: cannot read config file {str(path)[:200]!r} "
+                                  f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
         try:
             data = json.loads(source)
         except json.JSONDecodeError as exc:

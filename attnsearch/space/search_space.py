@@ -356,7 +356,11 @@ class SearchSpace:
     def load(cls, path: str | Path) -> "SearchSpace":
         path = Path(path)
         name = str(path)
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:                       # e.g. a file name too long
+            raise SpaceError(f"{name[:200]}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+        if not exists:
             raise SpaceError(f"{name}: no such space file")
         try:
             text = path.read_text()

@@ -197,7 +197,8 @@ def proxy_time_limit(url: str, tmp: Path, budget: int = 5, victim: int = 1, limi
     pid_dir = tmp / "pids-time-limit"
     pid_dir.mkdir(exist_ok=True)
     evaluate = functools.partial(fault_evals.slow_eval, pid_dir=str(pid_dir), sleep_s=0.1, slow={victim: 3600.0})
-    result = _run(url, name, budget, evaluate, trial_timeout=limit_s)
+    # one worker: the trials after the victim wait for its slot, so recovery is measurable
+    result = _run(url, name, budget, evaluate, workers=1, trial_timeout=limit_s)
     trials = study_trials(name, url)
     pid, _node = fault_evals.read_pid(pid_dir / f"trial-{victim}.pid")
     row = audit(f"proxy past its {limit_s:g} s time limit", trials, budget,
