@@ -6,7 +6,9 @@ Runs a study whose evaluation returns at once (synthetic), with SQLite (a temp f
 PostgreSQL URL is given (or ATTNSEARCH_TEST_PG_URL is set), with PostgreSQL. The driver times
 its own work per trial (RunResult.overhead_s: from ask to dispatch plus the whole tell). As an
 anchor measured in the same run: bare Optuna ask + tell with a RandomSampler on the same
-storage (the floor any driver on that database pays). The load average is printed because the
+storage (the floor any driver on that database pays), and Optuna alone doing ask + suggest of the
+same space with the same TPE sampler + tell (what the sampler and the parameter writes cost
+without our driver, Ray and attributes). The load average is printed because the
 figures scale with it on a shared machine.
 """
 from __future__ import annotations
@@ -37,6 +39,27 @@ def optuna_floor(url: str, n: int) -> float:
     return statistics.median(times)
 
 
+def optuna_same_space(url: str, n: int) -> float:
+    """Optuna alone on the same space, sampler and storage: ask, suggest the layout, tell."""
+    from attnsearch import search
+    from attnsearch.search.study import make_sampler
+    from attnsearch.storage import optuna_storage
+
+    space = search.default_space()
+    fn = search.throughput_fn(space)
+    study = optuna.create_study(storage=optuna_storage(url), study_name=f"same-{uuid.uuid4().hex[:8]}",
+                                sampler=make_sampler(space), directions=space.directions)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        arch = space.suggest(trial, throughput_fn=fn)
+        study.tell(trial, [0.5 + 0.001 * i, fn(arch)])
+        times.append(time.perf_counter() - t0)
+    optuna.delete_study(study_name=study.study_name, storage=optuna_storage(url))
+    return statistics.median(times)
+
+
 def measure(url: str, n: int, label: str) -> dict:
     from attnsearch import search
     from attnsearch.search.testing import synthetic_evaluate
@@ -46,12 +69,14 @@ def measure(url: str, n: int, label: str) -> dict:
     result = search.run_study(space, name, url, n_trials=n, workers=1, evaluate=synthetic_evaluate)
     per_trial = sorted(result.overhead_s)
     floor = optuna_floor(url, 20)
+    same = optuna_same_space(url, n)
     search.delete_study(name, url)
     row = {"storage": label, "trials": len(per_trial), "median_ms": 1e3 * statistics.median(per_trial),
            "p90_ms": 1e3 * per_trial[int(0.9 * (len(per_trial) - 1))],
-           "optuna_ask_tell_floor_ms": 1e3 * floor, "wall_s": result.wall_s}
+           "optuna_ask_tell_floor_ms": 1e3 * floor, "optuna_same_space_ms": 1e3 * same, "wall_s": result.wall_s}
     print(f"{label:10s} trials={row['trials']} median={row['median_ms']:.1f} ms p90={row['p90_ms']:.1f} ms "
-          f"(anchor: bare Optuna ask+tell {row['optuna_ask_tell_floor_ms']:.1f} ms)", flush=True)
+          f"(anchors in the same run: bare Optuna ask+tell {row['optuna_ask_tell_floor_ms']:.1f} ms; "
+          f"Optuna alone on the same space/sampler ask+suggest+tell {row['optuna_same_space_ms']:.1f} ms)", flush=True)
     return row
 
 

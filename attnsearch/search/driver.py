@@ -49,6 +49,7 @@ from .worker import evaluate_architecture, run_evaluation, software_versions
 COUNTED_FAIL_KINDS_EXCLUDED = ("stale", "interrupted", "over_budget")
 MAX_ATTEMPTS = 3
 MAX_INFEASIBLE_IN_A_ROW = 500
+HISTORY_FLUSH_S = 2.0
 
 
 # ----------------------------------------------------------------------------- progress / result
@@ -329,7 +330,16 @@ class Driver:
         acceptable for a plot and never affects results."""
         hv = self.hypervolume() or 0.0
         self._history.append([number, hv])
-        self.study.set_user_attr("hv_history", self._history)
+        self._flush_history()
+
+    def _flush_history(self, force: bool = False):
+        """Write the history attribute at most every ``HISTORY_FLUSH_S`` (one write per trial is a
+        noticeable part of the per-trial overhead); always at the end of a run."""
+        if force or time.monotonic() - self._history_written >= HISTORY_FLUSH_S:
+            if len(self._history) != self._history_len_written:
+                self.study.set_user_attr("hv_history", self._history)
+                self._history_len_written = len(self._history)
+            self._history_written = time.monotonic()
 
     def refresh(self) -> int:
         """Re-read the study (one cached query): merge new completed trials into the front and
@@ -354,7 +364,7 @@ class Driver:
         trial = self.study.ask()
         # the owner is written first: it is what tells a dead driver's trial from a live one's
         _set_trial_attrs(self.study, trial._trial_id, {"driver_id": self.driver_id})
-        if self.n_trials is not None and self._over_budget(trial):
+        if self.n_trials is not None and self._other_drivers() and self._over_budget(trial):
             return "over"
         try:
             arch = self.space.suggest(trial, throughput_fn=self._throughput)
@@ -394,6 +404,14 @@ class Driver:
         self._inflight[entry.ref] = entry
         self._by_hash[h] = entry
         return "dispatched"
+
+    def _other_drivers(self) -> bool:
+        """Whether another driver is registered on this study (one small query): alone, the
+        budget check before asking is exact and the per-trial recount can be skipped."""
+        with session(self.url) as s:
+            return s.scalar(sa.select(sa.func.count()).select_from(DriverRecord).where(
+                DriverRecord.study_name == self.study_name, DriverRecord.stopped_at.is_(None),
+                DriverRecord.driver_id != self.driver_id)) > 0
 
     def _over_budget(self, trial) -> bool:
         """Exact budget with several drivers: trial numbers are given out in order, so a trial is
@@ -533,6 +551,7 @@ class Driver:
         self._pending_twins: list[_InFlight] = []
         self._last = None
         self._history = list(self.study.user_attrs.get("hv_history", []))
+        self._history_len_written, self._history_written = len(self._history), time.monotonic()
         self._t_start = time.monotonic()
         self._counted = 0
         owns_ray = False
@@ -566,6 +585,7 @@ class Driver:
                 stop_reason = "error"
             try:
                 self._abandon_inflight(stop_reason)
+                self._flush_history(force=True)
                 self._unregister(stop_reason)
             except Exception as exc:
                 # the database cannot be written: the next driver sweeps our trials as stale
