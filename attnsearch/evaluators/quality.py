@@ -55,9 +55,9 @@ class ProxySpec(BaseModel):
     head_dim: int = Field(16, ge=8)
     tasks: dict[str, T.TaskSpec] = Field(default_factory=default_tasks)
     task_weights: dict[str, float] = Field(default_factory=dict)   # missing task -> 1.0
-    steps: int = Field(80, ge=1)
+    steps: int = Field(50, ge=1)
     tokens: int | None = Field(None, ge=1)         # token budget; overrides steps when given
-    batch: int = Field(16, ge=1)
+    batch: int = Field(8, ge=1)
     lr: float = Field(1e-2, gt=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     min_lr_fraction: float = Field(0.1, ge=0, le=1)   # cosine decays to lr * this
