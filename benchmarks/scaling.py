@@ -3,8 +3,8 @@
     python benchmarks/scaling.py [--trials 16] [--burn 2.0] [--skip-cluster]
 
 1. The same 16-trial study (same space, seed, CPU-bound synthetic evaluation burning ``--burn``
-   seconds of CPU per trial) with 1 and then 2 Ray workers on a local 2-CPU cluster; prints both
-   wall times and their ratio.
+   seconds of CPU per trial) with 1 and 2 Ray workers on a local 2-CPU cluster, alternated
+   ``--repeats`` times; prints the median wall times and their ratio.
 2. A simulated 2-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a
    second node, 1 CPU each) runs a study with 2 workers; prints how many trials landed on each
    node (from each trial's ``run.worker.node_id``).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -22,14 +23,14 @@ from collections import Counter
 import optuna
 
 
-def study_wall(url: str, workers: int, n: int, burn: float) -> float:
+def study_wall(url: str, workers: int, n: int, burn: float, sleep: float = 0.0) -> float:
     from attnsearch import search
     from attnsearch.search.testing import synthetic_evaluate
 
     name = f"scaling-{workers}w-{uuid.uuid4().hex[:6]}"
     t0 = time.perf_counter()
     result = search.run_study(search.default_space(), name, url, n_trials=n, workers=workers,
-                              evaluate=functools.partial(synthetic_evaluate, burn_s=burn))
+                              evaluate=functools.partial(synthetic_evaluate, burn_s=burn, sleep_s=sleep))
     wall = time.perf_counter() - t0
     assert result.complete == n, result
     return wall
@@ -46,7 +47,10 @@ def nodes_of(url: str, name: str) -> Counter:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--burn", type=float, default=2.0, help="CPU seconds per trial")
+    parser.add_argument("--burn", type=float, default=1.0, help="CPU seconds per trial")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sleep", type=float, default=0.0,
+                        help="seconds of waiting per trial (I/O-like; shows the driver keeps workers busy)")
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
     import ray
@@ -55,12 +59,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/scaling.db"
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        study_wall(url, 1, 2, 0.0)                 # warm the worker processes and imports
-        one = study_wall(url, 1, args.trials, args.burn)
-        two = study_wall(url, 2, args.trials, args.burn)
+        study_wall(url, 2, 2, 0.0)                 # warm the worker processes and imports
+        # alternate 1 and 2 workers so that a change in the machine's load hits both alike
+        walls = {1: [], 2: []}
+        for _ in range(args.repeats):
+            for workers in (1, 2):
+                walls[workers].append(study_wall(url, workers, args.trials, args.burn, args.sleep))
+                print(f"  {workers} worker(s): {walls[workers][-1]:.1f} s  (load {os.getloadavg()[0]:.1f})",
+                      flush=True)
         ray.shutdown()
-        print(f"{args.trials} trials x {args.burn} CPU-s: 1 worker {one:.1f} s, 2 workers {two:.1f} s, "
-              f"ratio {one / two:.2f}x", flush=True)
+        one, two = statistics.median(walls[1]), statistics.median(walls[2])
+        print(f"{args.trials} trials x ({args.burn} CPU-s + {args.sleep} s sleep): 1 worker {one:.1f} s, 2 workers {two:.1f} s "
+              f"(medians of {args.repeats}), ratio {one / two:.2f}x", flush=True)
         if args.skip_cluster:
             return
         from ray.cluster_utils import Cluster
