@@ -97,9 +97,28 @@ def _console(stderr: bool = False):
 
 
 def _resolve(storage: str | None) -> str:
+    """The storage URL to use, a relative SQLite path made absolute: the service caches one
+    engine per URL string, and a relative path means another file after a change of directory."""
+    from sqlalchemy.engine import make_url
+
     from attnsearch.storage import resolve_url
 
-    return resolve_url(storage)
+    url = resolve_url(storage)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url          # the storage layer reports the malformed URL
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
+            and not Path(parsed.database).is_absolute():
+        return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+    return url
+
+
+def _shown(storage: str | None) -> str:
+    """The storage URL as the user gave it (or the default), password hidden, for messages."""
+    from attnsearch.storage import redact_url, resolve_url
+
+    return redact_url(resolve_url(storage))
 
 
 def _existing_storage(storage: str | None) -> str:
@@ -313,6 +332,36 @@ class ProgressView:
             self.console.file.flush()       # a log file sees each trial as it ends
 
 
+class _GracefulInterrupt:
+    """Ctrl-C during a run: the first one asks the driver to stop at its next safe point (it then
+    hands running trials back to the study); a second one interrupts at once."""
+
+    def __init__(self):
+        self.hits = 0
+        self._previous = None
+
+    def __call__(self, signum, frame):
+        self.hits += 1
+        if self.hits > 1:
+            raise KeyboardInterrupt
+        sys.stderr.write("\nStopping: handing running trials back to the study (Ctrl-C again to force)\n")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 # ----------------------------------------------------------------------------- commands
 
 def _version(value: bool):
@@ -460,7 +509,7 @@ def run(
 
         create_or_load(loaded, study, url, workers=n_workers, allow_space_change=resume)
         write_study_note(study, url)
-        console.print(f"study [bold]{study}[/bold] in {search.redact_url(url)}")
+        console.print(f"study [bold]{study}[/bold] in {_shown(storage)}")
         console.print(_space_summary(loaded))
         budget = f"{n_trials} trials" if n_trials else "no trial cap"
         limit = f", new trials until {_duration(ask_until)}" if ask_until else ""
@@ -468,9 +517,13 @@ def run(
         console.print(f"budget: {budget}{limit}{hard}; {n_workers} worker(s) on {device}; Ctrl-C stops cleanly")
 
         t0 = time.monotonic()
-        should_stop = (lambda: time.monotonic() - t0 >= hard_stop) if hard_stop else None
+        interrupt = _GracefulInterrupt()
+
+        def should_stop() -> bool:
+            return interrupt.hits > 0 or (hard_stop is not None and time.monotonic() - t0 >= hard_stop)
+
         try:
-            with ProgressView(console, deadline_s=hard_stop) as view:
+            with interrupt, ProgressView(console, deadline_s=hard_stop) as view:
                 result = search.run_study(loaded, study, url, n_trials=n_trials, timeout=ask_until,
                                           workers=n_workers, ray_address=ray_address, device=device,
                                           progress_callback=view, allow_space_change=resume,
@@ -478,7 +531,7 @@ def run(
         except KeyboardInterrupt:
             result = None
         rerun = _rerun_command(space, study, storage, trials)
-        if result is None or result.stop_reason == "interrupted":
+        if result is None or result.stop_reason == "interrupted" or interrupt.hits:
             console.print(f"\nInterrupted: stopped cleanly; running trials were handed back to the study.\n"
                           f"Resume with: {rerun}")
             if result is not None:
@@ -531,9 +584,9 @@ def studies(storage: StorageOpt = None,
         typer.echo(json.dumps(items, indent=2))
         return
     if not items:
-        typer.echo(f"no studies in {search.redact_url(url)}")
+        typer.echo(f"no studies in {_shown(storage)}")
         return
-    table = Table(title=f"studies in {search.redact_url(url)}", title_justify="left")
+    table = Table(title=f"studies in {_shown(storage)}", title_justify="left")
     for col in ("name", "trials", "objectives", "created"):
         table.add_column(col)
     for s in items:
@@ -570,7 +623,7 @@ def delete(study: Annotated[str, typer.Argument(help="Study name.")],
         url = _existing_storage(storage)
         summary = search.load_study_summary(study, url)
         if not yes and not typer.confirm(f"Delete study {study!r} with {summary.n_trials} trials from "
-                                         f"{search.redact_url(url)}?", default=False):
+                                         f"{_shown(storage)}?", default=False):
             typer.echo("kept; nothing deleted")
             raise typer.Exit(1)
         search.delete_study(study, url)
@@ -646,7 +699,6 @@ def dashboard(storage: StorageOpt = None,
               port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080):
     """Serve optuna-dashboard on the study database (local only unless --host says otherwise)."""
     from attnsearch.search.dashboard import binds_everywhere, serve
-    from attnsearch.storage import redact_url
 
     with _user_errors(storage):
         if not 1 <= port <= 65535:
@@ -656,7 +708,7 @@ def dashboard(storage: StorageOpt = None,
             typer.echo(f"Warning: binding to {host} makes the dashboard (which can also delete studies) "
                        "reachable from every network this machine is on, with no authentication.", err=True)
         shown = f"[{host}]" if ":" in host else host
-        typer.echo(f"optuna-dashboard on {redact_url(url)} at http://{shown}:{port}/ (Ctrl-C to stop)")
+        typer.echo(f"optuna-dashboard on {_shown(storage)} at http://{shown}:{port}/ (Ctrl-C to stop)")
         try:
             serve(url, host=host, port=port)
         except KeyboardInterrupt:
