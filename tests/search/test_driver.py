@@ -154,7 +154,7 @@ def test_interrupt_leaves_the_study_resumable(ray_session, sqlite_url, study_nam
         if progress.complete >= 2:
             raise KeyboardInterrupt
 
-    evaluate = functools.partial(synthetic_evaluate, sleep_s=0.5)
+    evaluate = functools.partial(synthetic_evaluate, sleep_s=0.3)
     result = search.run_study(test_space, study_name, sqlite_url, n_trials=6, workers=2, evaluate=evaluate,
                               progress_callback=stop_after_two)
     assert result.stop_reason == "interrupted"
@@ -205,7 +205,7 @@ def _wait_for(fn, timeout=90):
 def test_killed_driver_resumes_without_loss_or_duplicates(ray_session, sqlite_url, study_name, test_space):
     address = ray_session.get_runtime_context().gcs_address
     search.run_study(test_space, study_name, sqlite_url, n_trials=1, evaluate=synthetic_evaluate)   # create it
-    proc = _driver_proc(sqlite_url, study_name, 10, 2, 0.6, address)
+    proc = _driver_proc(sqlite_url, study_name, 8, 2, 0.4, address)
 
     def some_done_some_running():
         trials = _trials(study_name, sqlite_url)
@@ -218,12 +218,12 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_session, sqlite_ur
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert [t for t in _trials(study_name, sqlite_url) if t.state == TrialState.RUNNING]
-    search.run_study(test_space, study_name, sqlite_url, n_trials=10, workers=2,
+    search.run_study(test_space, study_name, sqlite_url, n_trials=8, workers=2,
                      evaluate=functools.partial(synthetic_evaluate, sleep_s=0.1))
     trials = _trials(study_name, sqlite_url)
     stale = [t for t in trials if t.user_attrs.get("fail_kind") == "stale"]
     assert stale and all("died" in t.user_attrs["fail_reason"] for t in stale)
-    _check_no_loss_no_duplicates(trials, 10)
+    _check_no_loss_no_duplicates(trials, 8)
 
 
 @pytest.mark.postgres
