@@ -764,9 +764,6 @@ def _parse_space(data, src) -> SearchSpace:
     seed = _int(data.get("seed", 0), f"{src}: seed", low=0)
     objectives = _parse_objectives(data.get("objectives"), src)
     sampler = _parse_sampler(data.get("sampler"), seed, src)
-    if sampler.name == "gp" and len(objectives) > 1:
-        raise _err(f"{src}: sampler.name", "gp supports a single objective only here "
-                   f"(this space has {len(objectives)})", "tpe, nsga2, random")
 
     eraw = _mapping(data.get("evaluation"), f"{src}: evaluation", tuple(EvaluationSpec.__dataclass_fields__))
     mode_tp = eraw.get("throughput", "estimated")

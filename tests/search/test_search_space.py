@@ -87,7 +87,6 @@ T = TEST_SPACE["target"]
     (_space(objectives=[]), "objectives: at least one objective", None),
     (_space(sampler={"name": "cmaes"}), "sampler.name: unknown sampler", "tpe, nsga2, gp, random"),
     (_space(sampler={"name": "tpe", "population_size": 8}), "sampler.population_size: only for the nsga2", None),
-    (_space(sampler="gp"), "gp supports a single objective", "tpe"),
     (_space(constraints={"min_full_layers": 3, "max_full_layers": 1}), "min_full_layers 3 > max_full_layers 1", None),
     (_space(constraints={"min_full_layers": 1}, mechanisms={"mamba2": {}}), "'full' is not an allowed mechanism", None),
     (_space(constraints={"min_full_layers": 9}), "more than the 8 layers", None),
@@ -174,6 +173,20 @@ def test_suggest_yields_only_valid_configs_meeting_constraints(seed, mode, min_f
         if mode == "pattern":
             p = trial.params.get("period", 1)
             assert all(got.layers[i] == got.layers[i % p] for i in range(8))
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("gp", "GPSampler"),
+                                       ("random", "RandomSampler")])
+def test_samplers_and_nsga2_population_follows_workers(name, cls):
+    from attnsearch.search.study import make_sampler, nsga2_population
+
+    space = search.load_space(_space(sampler={"name": name, "seed": 7}))
+    assert type(make_sampler(space, workers=3)).__name__ == cls
+    assert nsga2_population(3) == 9 and nsga2_population(1) == 8 and nsga2_population(16) == 16
+    if name == "nsga2":
+        assert make_sampler(space, workers=3)._population_size == 9
+        fixed = search.load_space(_space(sampler={"name": "nsga2", "population_size": 20}))
+        assert make_sampler(fixed, workers=3)._population_size == 20
 
 
 def test_kernel_params_auto_fixed_searched():
