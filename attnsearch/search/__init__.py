@@ -25,6 +25,16 @@ Python API (what the CLI calls; every bad input is a ValueError with one line na
   ``progress_callback(Progress)`` is called after every finished trial. Ctrl-C returns with
   ``stop_reason="interrupted"`` and the study resumable. ``evaluate=`` swaps the evaluation
   function run in the Ray tasks (tests use ``attnsearch.search.testing.synthetic_evaluate``).
+- ``trial_timeout`` (or the space's ``evaluation.trial_timeout_s``) is counted from dispatch, so
+  it includes queueing and worker start-up; a trial past it is cancelled (worker killed) and
+  failed with ``fail_kind="timeout"``. Other ``fail_kind`` values: ``exception``, ``oom``,
+  ``worker_crashed``, ``node_died``, ``diverged``, ``infeasible`` (PRUNED, nothing trained),
+  ``stale`` / ``interrupted`` (re-enqueued, not counted), ``over_budget`` (not counted).
+- Per-trial user attributes: ``driver_id``, ``layout``, ``arch`` (ArchConfig JSON), ``metrics``
+  (quality, throughput, throughput_mode, state_bytes, param_count, n_full_layers),
+  ``run`` ({"timings", "worker": {node_id, host, pid, device, versions}, "details",
+  "constraints"}), ``baseline``, ``reused_from``, ``retry_of``/``lineage``/``attempt``,
+  ``fail_kind``/``fail_reason``/``traceback``.
 - Rows (``pareto_table``, ``select_trial``) are plain dicts: ``number``, ``state``, ``layout``,
   ``values`` ({objective: value}), ``metrics``, ``baseline`` (literature name or None),
   ``pareto`` (bool), ``arch`` (ArchConfig dict), ``fail_reason``, ``reused_from``, ``worker``.
