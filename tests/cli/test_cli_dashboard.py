@@ -116,6 +116,10 @@ def test_chromium_renders_the_trial_list(server, url, tmp_path):
         assert f"Trial {row['number']} " in text, row["number"]
     assert "Fail" in text and "Complete" in text
     assert rows[0]["layout"] in text                  # the selected trial's user attrs are shown
+    # the study page: the Pareto-front plot labelled with the study's metric names
+    history = run_chromium(binary, tmp_path, f"{server}/dashboard/studies/{study_id(server)}", "--dump-dom")
+    text = dom_text(history.stdout)
+    assert "Pareto Front" in text and "Objective X: quality" in text and "throughput" in text, text[:2000]
     shot = tmp_path / "dashboard.png"
     taken = run_chromium(binary, tmp_path, page, f"--screenshot={shot}")
     assert taken.returncode == 0, taken.stderr[-2000:]
