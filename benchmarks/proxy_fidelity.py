@@ -64,6 +64,9 @@ def main(argv=None):
     ap.add_argument("--proxy", default="{}", help="JSON overrides of ProxySpec fields (default: none)")
     ap.add_argument("--out", default="out/proxy_fidelity.json")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--budgets", choices=("both", "short", "long"), default="both",
+                    help="run only the default-budget runs, only the long ones, or both")
+    ap.add_argument("--merge", nargs="*", default=[], help="other result files whose runs count as done")
     args = ap.parse_args(argv)
 
     overrides = json.loads(args.proxy)
@@ -72,8 +75,11 @@ def main(argv=None):
     done = {}
     if args.resume and out_path.exists():
         done = {_key(r): r for r in json.loads(out_path.read_text())["runs"]}
+    for other in args.merge:
+        done.update({_key(r): r for r in json.loads(Path(other).read_text())["runs"]})
+    factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
     # short runs first (a partial file already has every layout's default score), then long ones
-    todo = [(name, f, s) for f in (1.0, args.factor) for name in args.layouts for s in args.seeds
+    todo = [(name, f, s) for f in factors for name in args.layouts for s in args.seeds
             if f"{name}|{f}|{s}" not in done]
     load_before = os.getloadavg()
     t0 = time.time()

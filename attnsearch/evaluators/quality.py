@@ -91,8 +91,6 @@ class ProxySpec(BaseModel):
             raise ValueError("task_weights: weights must be finite and >= 0")
         if sum(self.weight(name) for name in self.tasks) <= 0:
             raise ValueError("task_weights: at least one task needs a positive weight")
-        if self.d_model != self.n_heads * self.head_dim and self.d_model < self.head_dim:
-            raise ValueError(f"head_dim: {self.head_dim} is wider than d_model {self.d_model}")
         return self
 
     def weight(self, task: str) -> float:

@@ -3,7 +3,6 @@ import math
 import random
 
 import pytest
-import torch
 
 from attnsearch.evaluators import ranking
 from attnsearch.evaluators import tasks as T
