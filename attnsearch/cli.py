@@ -36,7 +36,7 @@ PICKS = ("knee", "best-quality", "fastest", "smallest-state")
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", show_default=False,
     help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST/DB "
-         "[default: $ATTNSEARCH_STORAGE, else sqlite:///attnsearch.db]")]
+         "\\[default: $ATTNSEARCH_STORAGE, else sqlite:///attnsearch.db]")]
 
 
 # ----------------------------------------------------------------------------- errors / output
@@ -449,17 +449,17 @@ def run(
         show_default=False, help="Space file (YAML/JSON; see `attnsearch init`). Omitted: the built-in "
                                  "CPU space, a small budget, done within 10 minutes on 2 cores.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name (created, or resumed if it exists) "
-                                                 "[default: 'default' for the built-in space, else the file's stem]",
+                                                 "\\[default: 'default' for the built-in space, else the file's stem]",
                                                  show_default=False)] = None,
     storage: StorageOpt = None,
     trials: Annotated[Optional[int], typer.Option("--trials", show_default=False,
                                                   help="Trial budget of the whole study (resuming counts what "
-                                                       f"is done) [default: {DEFAULT_TRIALS}; built-in: "
+                                                       f"is done) \\[default: {DEFAULT_TRIALS}; built-in: "
                                                        f"{ZERO_CONFIG_TRIALS}]")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS", show_default=False,
                                                      help="Stop starting trials after this many seconds.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", show_default=False,
-                                                   help="Trials in flight at once (Ray tasks) [default: 2 on "
+                                                   help="Trials in flight at once (Ray tasks) \\[default: 2 on "
                                                         "the built-in space, else 1]")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", show_default=False,
                                                        help="Join a running Ray cluster (e.g. auto or "
