@@ -67,26 +67,27 @@ def plot_study(study_name: str, storage_url: str | None = None, out: str | Path 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from . import hypervolume_history, load_study_summary, trial_rows
+    from .table import study_table
 
     out = Path(out)
     if out.suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"out: {str(out)!r} must end in one of {', '.join(PLOT_SUFFIXES)}")
     if not out.parent.is_dir():
         raise ValueError(f"out: folder {str(out.parent)!r} does not exist")
-    summary = load_study_summary(study_name, storage_url)
-    if summary.n_complete == 0:
+    tab = study_table(study_name, storage_url, every=True)
+    n_complete = tab.counts.get("COMPLETE", 0)
+    if n_complete == 0:
         raise ValueError(f"study {study_name!r} has no completed trial to plot yet")
-    rows = trial_rows(study_name, storage_url, pareto_only=False)
-    history = hypervolume_history(study_name, storage_url)
-    target = summary.target or {}
-    objectives = summary.objectives
+    rows = tab.rows
+    history = tab.attrs.get("hv_history") or []
+    target = tab.attrs.get("target") or {}
+    objectives = tab.objectives
     x = "throughput" if "throughput" in objectives else objectives[-1]
     panels = [(x, "quality" if "quality" in objectives else objectives[0])]
     if "state_bytes" in objectives or any((r.get("metrics") or {}).get("state_bytes") for r in rows):
         panels.append(("state_bytes", panels[0][1]))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.4), squeeze=False)
-    directions = dict(zip(objectives, summary.directions))
+    directions = dict(zip(objectives, tab.directions))
     for i, (ax, (px, py)) in enumerate(zip(axes[0], panels)):
         staircase = (i == 0 and len(objectives) == 2 and directions.get(px) == directions.get(py) == "maximize")
         _panel(ax, rows, px, py, staircase)
@@ -101,7 +102,7 @@ def plot_study(study_name: str, storage_url: str | None = None, out: str | Path 
     where = (f"target d_model {target.get('d_model')}, {target.get('n_layers')} layers, context "
              f"{target.get('context_len')}, {target.get('gpu')} {target.get('dtype')}") if target else ""
     on_front = sum(1 for r in rows if r["pareto"])
-    fig.suptitle(f"study {study_name}: {summary.n_complete} completed trials, {on_front} on the Pareto front"
+    fig.suptitle(f"study {study_name}: {n_complete} completed trials, {on_front} on the Pareto front"
                  + (f"\n{where}" if where else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=130)

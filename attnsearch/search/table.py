@@ -35,6 +35,7 @@ class StudyTable:
     front_size: int
     hypervolume: float | None
     rows: list[dict]                  # the front, or every trial
+    attrs: dict                       # the study's user attrs (target, space, hv_history, ...)
 
     @property
     def n_trials(self) -> int:
@@ -109,7 +110,7 @@ def _read(url: str, study_name: str, every: bool, heavy: bool) -> StudyTable:
             "worker": run.get("worker"), "timings": run.get("timings", {}),
             "datetime_start": _iso(start), "datetime_complete": _iso(complete),
         })
-    return StudyTable(study_name, names, directions, counts, len(on_front), hv, rows)
+    return StudyTable(study_name, names, directions, counts, len(on_front), hv, rows, attrs)
 
 
 def _user_attrs(conn, sid: int, keys: tuple[str, ...]):
@@ -127,6 +128,7 @@ def _iso(value) -> str | None:
 
 def _via_optuna(url: str, study_name: str, every: bool) -> StudyTable:
     from . import load_study_summary, trial_rows
+    from .study import load_study
 
     summary = load_study_summary(study_name, url)
     rows = trial_rows(study_name, url, pareto_only=not every)
@@ -134,7 +136,7 @@ def _via_optuna(url: str, study_name: str, every: bool) -> StudyTable:
               "PRUNED": summary.n_pruned, "WAITING": summary.n_waiting}
     front = trial_rows(study_name, url) if every else rows
     return StudyTable(study_name, summary.objectives, summary.directions, counts, len(front),
-                      summary.hypervolume, rows)
+                      summary.hypervolume, rows, dict(load_study(study_name, url).user_attrs))
 
 
 def study_table(study_name: str, storage_url: str | None = None, *, every: bool = False,
