@@ -93,9 +93,11 @@ def plot_study(study_name: str, storage_url: str | None = None, out: str | Path 
         _panel(ax, rows, px, py, staircase)
     ax = axes[0][-1]
     if history:
-        ax.step([h[0] for h in history], [h[1] for h in history], where="post", color="tab:green")
-        ax.scatter([h[0] for h in history], [h[1] for h in history], s=8, color="tab:green")
-    ax.set_xlabel("trial number", fontsize=8)
+        # in the order trials finished (numbers finish out of order with parallel workers)
+        done = list(range(1, len(history) + 1))
+        ax.step(done, [h[1] for h in history], where="post", color="tab:green")
+        ax.scatter(done, [h[1] for h in history], s=8, color="tab:green")
+    ax.set_xlabel("trials finished", fontsize=8)
     ax.set_ylabel("hypervolume (" + " x ".join(objectives) + ", reference at 0)", fontsize=8)
     ax.set_title("hypervolume history", fontsize=9)
     ax.grid(alpha=0.3)
