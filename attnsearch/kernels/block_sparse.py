@@ -1,16 +1,20 @@
 """Block-sparse PyTorch backend for softmax_attention: only visible key blocks are computed.
 
-Queries are cut into tiles of `block_m` rows. For each tile a small block-level bitmap says
-which key blocks it can see (causality, window, listed blocks, own block); the visible blocks
-are packed to the front (argsort of the bitmap), gathered, and attention is computed over
-them with an exact per-token mask. The work is T * (visible blocks per tile) * key block size,
-not T^2. Full causal attention (no window, no block list, or a window covering the whole
-sequence) goes to torch's scaled_dot_product_attention(is_causal=True).
-
-Key blocks are `block_size` long when block_indices is given (the op's block grid), else
-`block_m` long (a window needs no fixed grid). bf16 / fp16 are computed in float32.
+Queries are cut into tiles of `block_m` rows; each tile attends only to the key blocks it can
+see, so the work is T * (visible keys per tile), not T^2:
+- full causal (no window, no block list, or a window covering the sequence): torch's
+  scaled_dot_product_attention(is_causal=True);
+- window only: every tile sees the same key span relative to itself, taken as a strided view
+  (unfold) with one additive mask shared by all batch rows and heads;
+- block list (with or without window): a small block-level bitmap says which key blocks each
+  tile sees (causality, window, listed blocks, own block); visible blocks are packed to the
+  front (argsort of the bitmap), gathered, and masked exactly per token.
+Key blocks are `block_size` long with a block list (the op's block grid). bf16 / fp16 inputs
+are computed in float32.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +90,44 @@ def visible_key_blocks(B, H, Tp, M, kb_len, window, listed, block_size, device):
     return order, block_vis.gather(-1, order), listed_groups
 
 
+def window_tiles_back(window: int, M: int) -> int:
+    """How many key tiles behind its own a query tile of M rows reaches with this window."""
+    return -(-(window - 1) // M)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_bias(num_tiles: int, M: int, window: int, dtype: torch.dtype, device: torch.device):
+    """Additive mask [nT, M, (back + 1) * M]: 0 where key j is visible to query i, else -inf.
+
+    Key column c of tile t is position j = (t - back) * M + c. Visibility depends on i - j only,
+    except that columns before position 0 (front padding) are hidden in the first tiles.
+    """
+    back = window_tiles_back(window, M)
+    r = torch.arange(M, device=device)[:, None]
+    col = torch.arange((back + 1) * M, device=device)[None, :]
+    dist = r - col + back * M                                          # i - j
+    ok = (dist >= 0) & (dist < window)
+    j0 = (torch.arange(num_tiles, device=device) - back) * M
+    ok = ok[None] & ((j0[:, None] + col) >= 0)[:, None, :]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(ok, zero, torch.full((), float("-inf"), dtype=dtype, device=device))
+
+
+def _sliding_window(qh, kh, vh, window, M, scale):
+    """Window-only attention. Every tile sees the same span of keys relative to itself, so the
+    keys come from a strided view (unfold) and one mask serves every batch row and head."""
+    B, H, T, D = qh.shape
+    back = window_tiles_back(window, M)
+    num_tiles = -(-T // M)
+    end_pad = num_tiles * M - T
+    qt = F.pad(qh, (0, 0, 0, end_pad)).reshape(B, H, num_tiles, M, D)
+    kw = F.pad(kh, (0, 0, back * M, end_pad)).unfold(2, (back + 1) * M, M)                 # [B,H,nT,D,span]
+    vw = F.pad(vh, (0, 0, back * M, end_pad)).unfold(2, (back + 1) * M, M).transpose(-1, -2)  # [B,H,nT,span,V]
+    scores = (qt @ kw) * scale + _window_bias(num_tiles, M, window, qh.dtype, qh.device)
+    o = torch.softmax(scores, dim=-1) @ vw
+    return o.reshape(B, H, num_tiles * M, -1)[:, :, :T]
+
+
 def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale, config):
     B, T, H, D = q.shape
     scale = D ** -0.5 if scale is None else scale
@@ -94,6 +136,11 @@ def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale
         return _full_causal(q.to(dtype), k.to(dtype), v.to(dtype), scale).to(q.dtype)
 
     M = config["block_m"]
+    if block_indices is None:
+        heads_first = lambda x: x.to(dtype).transpose(1, 2)  # noqa: E731
+        o = _sliding_window(heads_first(q), heads_first(k), heads_first(v), window, M, scale)
+        return o.transpose(1, 2).to(q.dtype)
+
     kb_len = block_size if block_indices is not None else M
     Tp = -(-T // max(M, kb_len)) * max(M, kb_len)
     num_tiles, num_kblocks = Tp // M, Tp // kb_len

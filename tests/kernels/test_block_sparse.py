@@ -4,7 +4,7 @@ import torch
 
 from attnsearch import kernels
 from attnsearch.kernels import masks, softmax_attention_ref
-from attnsearch.kernels.block_sparse import listed_blocks, visible_key_blocks
+from attnsearch.kernels.block_sparse import listed_blocks, visible_key_blocks, window_tiles_back
 
 F64 = torch.float64
 B, T, H, D, DV = 2, 100, 3, 16, 8  # T = 100 is not a multiple of any block or tile size
@@ -78,15 +78,17 @@ def test_gradients_match_dense_reference(name):
 
 
 def test_work_grows_with_visible_blocks_not_length():
-    """A 64-token window at T = 4096 gathers at most 2 key blocks of 64 per query tile of 64."""
+    """The keys each query tile touches are bounded by the pattern, not by T."""
+    # Window 64, tiles of 64: one tile back plus its own, whatever T is.
+    assert window_tiles_back(64, 64) == 1 and window_tiles_back(65, 64) == 1 and window_tiles_back(66, 64) == 2
+    # A block list of 3 per query block (+ own) visits at most 4 key blocks at T = 4096.
     Tp, M = 4096, 64
-    order, slot_ok, _ = visible_key_blocks(1, 1, Tp, M, M, 64, None, 64, "cpu")
-    assert order.shape[-1] == 2
-    # A block list of 3 per query block (+ own) visits at most 4 key blocks, whatever T is.
-    nb = Tp // 64
     idx = masks.random_block_indices(Tp, 64, 3, seed=0)
-    order, slot_ok, _ = visible_key_blocks(1, 1, Tp, M, 64, None, listed_blocks(idx, nb), 64, "cpu")
+    order, slot_ok, _ = visible_key_blocks(1, 1, Tp, M, 64, None, listed_blocks(idx, Tp // 64), 64, "cpu")
     assert order.shape[-1] <= 4
+    # Window plus blocks: the union, still bounded (2 window blocks + 3 listed + own).
+    order, _, _ = visible_key_blocks(1, 1, Tp, M, 64, 64, listed_blocks(idx, Tp // 64), 64, "cpu")
+    assert order.shape[-1] <= 6
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -109,3 +111,19 @@ def test_single_token_and_tiny_sequences():
             o_ref = softmax_attention_ref(q, k, v, pattern.get("window"), pattern.get("block_indices"),
                                           pattern.get("block_size", 64))
             torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", [1, 2, 16, 17, 63, 64, 65, 99])
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_sliding_window_edges(window, block_m):
+    """Windows just below / at / above a tile, and one short of the whole sequence."""
+    q, k, v = qkv(seed=window)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    o = kernels.softmax_attention(*leaves, window=window, backend="torch", config={"block_m": block_m})
+    ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    o_ref = softmax_attention_ref(*ref_leaves, window)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    o.sum().backward()
+    o_ref.sum().backward()
+    for a, b in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
