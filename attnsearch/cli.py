@@ -137,6 +137,12 @@ def _existing_storage(storage: str | None) -> str:
     return url
 
 
+def _local_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _check_positive(name: str, value, integer: bool = False):
     if value is None:
         return
@@ -481,6 +487,10 @@ def run(
         _check_positive("--timeout", timeout)
         if device not in ("cpu", "cuda"):
             raise UserError(f"--device: {device!r} not allowed (allowed: cpu, cuda)")
+        if device == "cuda" and not ray_address and not _local_cuda():
+            # refused before the study is created (the driver would refuse it after)
+            raise UserError("--device cuda: this machine has no CUDA GPU; use --device cpu, or "
+                            "--ray-address of a Ray cluster with GPUs")
         zero_config = space is None
         if zero_config:
             loaded = _zero_config_space()

@@ -559,6 +559,12 @@ class Driver:
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
             owns_ray = True
+        if self.device == "cuda" and not ray.cluster_resources().get("GPU"):
+            # Ray would wait forever for a GPU that never comes: say so instead of hanging
+            if owns_ray:
+                ray.shutdown()
+            raise ValueError("device 'cuda': the Ray cluster has no GPU; use device cpu, or join a "
+                             "cluster with GPUs (--ray-address)")
         resources = ({"num_cpus": 0, "num_gpus": self.space.evaluation.gpus_per_trial} if self.device == "cuda"
                      else {"num_cpus": self.space.evaluation.cpus_per_trial, "num_gpus": 0})
         remote = ray.remote(run_evaluation).options(max_retries=0, retry_exceptions=False, **resources)

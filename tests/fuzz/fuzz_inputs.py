@@ -14,6 +14,7 @@ import yaml
 from hypothesis import strategies as st
 
 TRIED: Counter = Counter()          # fuzz target -> inputs tried in this session
+OUTCOMES: Counter = Counter()       # e.g. "CLI `run` exit 2" -> count (successes are exercised too)
 
 VALID_SPACE = {
     "target": {"d_model": 256, "n_layers": 4, "n_heads": 4, "head_dim": 64, "vocab_size": 1000,
