@@ -159,6 +159,10 @@ def topk_block_indices(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: 
     Mean-pool q and k per block (the last block over its real tokens only), score each strictly
     earlier key block by pooled_q . pooled_k, and keep the topk best; the query's own block is
     implicit in the op. Returns LongTensor [B, H, NB, min(topk, NB - 1) or 1], -1 = unused.
+
+    Causality is the caller's business: pooling the query block's own queries lets queries
+    after position i influence which blocks i sees. A causal layer passes routing queries that
+    only summarise the past (e.g. q shifted by one block, as models/softmax.py does).
     """
     if q.dim() != 4 or q.shape != k.shape:
         raise ValueError(f"q and k must both be [B, T, H, K], got {tuple(q.shape)} and {tuple(k.shape)}")

@@ -55,6 +55,8 @@ def _check_qkv(q, k, v):
         raise ValueError(f"v must be [B, T, H, V] matching q's [B, T, H], got {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[1] < 1:
+        raise ValueError("sequence length T (dim 1 of q, k, v) must be >= 1")
     if q.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise ValueError(f"unsupported dtype {q.dtype}")
 

@@ -21,6 +21,7 @@ CASES = {
     "q not 4-D": lambda q, k, v: kernels.softmax_attention(q[0], k[0], v[0]),
     "k differs from q": lambda q, k, v: kernels.linear_attention(q, k[:, :5], v),
     "v batch/time/head mismatch": lambda q, k, v: kernels.delta_rule(q, k, v[:, :5], beta()),
+    "empty sequence": lambda q, k, v: kernels.linear_attention(q[:, :0], k[:, :0], v[:, :0]),
     "dtype mismatch": lambda q, k, v: kernels.linear_attention(q, k.double(), v),
     "integer inputs": lambda q, k, v: kernels.linear_attention(q.int(), k.int(), v.int()),
     # gates
