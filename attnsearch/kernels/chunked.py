@@ -6,9 +6,10 @@ short Python loop (T / C steps of a few small matmuls).
 
 Gates are log-decays (g <= 0). Within a chunk they are summed cumulatively (G_i), and only
 differences that are <= 0 are ever exponentiated: exp(G_i - G_j) for j <= i, exp(G_i) and
-exp(G_last - G_j). So a decay of -20 per step underflows cleanly to 0 instead of producing
-inf * 0 = NaN, in the forward and in the backward. Causal masks are applied to the exponent
-(-inf) before exp, never to exp's result, so the backward of the masked entries is 0, not NaN.
+exp(G_last - G_j). So a decay of -20 per step underflows towards 0 (float32 decays are floored
+at exp(-28), see FLOAT32_LOG_DECAY_FLOOR) instead of producing inf * 0 = NaN, in the forward and
+in the backward. Causal masks are applied to the exponent (-inf) before exp, never to exp's
+result, so the backward of the masked entries is 0, not NaN.
 
 Inputs arrive already normalised by ops.py: g is None, [B, T, H] or [B, T, H, K].
 bf16 / fp16 inputs are computed in float32; float64 stays float64. The output has the input
@@ -26,8 +27,9 @@ CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 
 # Per-channel (GLA) gates need exp(G_i - G_j) per channel; within sub-chunks of this many steps
 # it is formed explicitly ([c, c, K] per sub-chunk), between sub-chunks it factorises safely.
-# The explicit part costs ~ T * c * K, the factorised part ~ T * (C / c) * K: 8 balances them
-# for the usual chunk sizes (measured on CPU: 8 beats 16 and 4 at C = 64).
+# The explicit part costs ~ 4 passes over T * c * K, the factorised part ~ 2 over T * (C / c) * K;
+# c = 8 keeps both small at the usual C = 32..64 (chosen from that count: CPU timings on the
+# shared development machine were too noisy to separate 4 from 8; 16 was clearly slower).
 SUB_CHUNK = 8
 
 
