@@ -13,7 +13,7 @@ Python API (what the CLI calls; every bad input is a ValueError with one line na
     search.load_study_summary("my-study", url)        # StudySummary (counts, front size, HV, best)
     search.pareto_table("my-study", url)              # rows of the Pareto front (all=True: every trial)
     search.select_trial("my-study", url, policy="knee", min_throughput=None, max_state_bytes=None)
-    search.hypervolume_history("my-study", url)       # [[trial number, hypervolume], ...]
+    search.hypervolume_history("my-study", url)       # [[trial number, hypervolume], ...] by number
     search.delete_study("my-study", url)
 
 - ``load_space`` parses and validates a space file (see ``attnsearch.space.search_space`` for the
@@ -42,18 +42,17 @@ Python API (what the CLI calls; every bad input is a ValueError with one line na
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from attnsearch.evaluators.throughput import GPUS, estimate_throughput
-from attnsearch.space.search_space import Infeasible, SearchSpace, SpaceError, default_space_path
-from attnsearch.storage import StorageError, redact_url, resolve_url
+from .errors import StudyError
 
-from . import pareto
-from .driver import Driver, Progress, RunResult, arch_hash, sweep_stale
-from .study import StudyError, StudySummary, create_or_load, load_study, summarize
-from .study import delete_study as _delete_study
-from .study import list_studies as _list_studies
+if TYPE_CHECKING:   # names resolved lazily below (see __getattr__)
+    from attnsearch.space.search_space import SearchSpace
+
+    from .driver import Progress, RunResult
+    from .study import StudySummary
 
 __all__ = [
     "load_space", "default_space", "run_study", "list_studies", "load_study_summary", "delete_study",
@@ -62,15 +61,55 @@ __all__ = [
     "StudySummary", "Driver", "pareto", "redact_url", "resolve_url", "arch_hash", "sweep_stale",
 ]
 
+# Imported on first use, not with the package: `attnsearch show` must not pay for Optuna, the
+# evaluators (cost model), Ray or torch at start-up. name -> (module, attribute or None: the module)
+_LAZY = {
+    "SearchSpace": ("attnsearch.space.search_space", "SearchSpace"),
+    "SpaceError": ("attnsearch.space.search_space", "SpaceError"),
+    "Infeasible": ("attnsearch.space.search_space", "Infeasible"),
+    "StorageError": ("attnsearch.storage", "StorageError"),
+    "redact_url": ("attnsearch.storage", "redact_url"),
+    "resolve_url": ("attnsearch.storage", "resolve_url"),
+    "Driver": ("attnsearch.search.driver", "Driver"),
+    "Progress": ("attnsearch.search.driver", "Progress"),
+    "RunResult": ("attnsearch.search.driver", "RunResult"),
+    "arch_hash": ("attnsearch.search.driver", "arch_hash"),
+    "sweep_stale": ("attnsearch.search.driver", "sweep_stale"),
+    "StudySummary": ("attnsearch.search.study", "StudySummary"),
+    "create_or_load": ("attnsearch.search.study", "create_or_load"),
+    "load_study": ("attnsearch.search.study", "load_study"),
+    "summarize": ("attnsearch.search.study", "summarize"),
+    "pareto": ("attnsearch.search.pareto", None),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value      # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 def throughput_fn(space: SearchSpace) -> Callable:
     """arch -> estimated tokens/s at the space's target (the cost model for constraints)."""
+    from attnsearch.evaluators.throughput import estimate_throughput
+
     t = space.target
     return lambda arch: estimate_throughput(arch, t.context_len, t.batch_tokens, t.gpu, t.dtype).tokens_per_s
 
 
 def load_space(source: "str | Path | dict | SearchSpace") -> SearchSpace:
     """A validated SearchSpace (file path, dict, or SearchSpace)."""
+    from attnsearch.evaluators.throughput import GPUS
+    from attnsearch.space.search_space import SearchSpace, SpaceError
+
     if isinstance(source, SearchSpace):
         space = source
     elif isinstance(source, dict):
@@ -88,6 +127,8 @@ def load_space(source: "str | Path | dict | SearchSpace") -> SearchSpace:
 
 def default_space() -> SearchSpace:
     """The small built-in space the zero-config run uses (CPU, minutes)."""
+    from attnsearch.space.search_space import default_space_path
+
     return load_space(default_space_path())
 
 
@@ -100,6 +141,10 @@ def run_study(space: "SearchSpace | str | Path | dict", study_name: str, storage
               should_stop: Callable[[], bool] | None = None, stale_after_s: float = 120.0,
               enqueue_baselines: bool = True) -> RunResult:
     """Create or resume ``study_name`` and run it (see the module docstring)."""
+    from attnsearch.storage import resolve_url
+
+    from .driver import Driver
+
     space = load_space(space)
     if n_trials is None and timeout is None and stagnation_trials is None and should_stop is None:
         raise ValueError("give at least one stop condition: n_trials, timeout or stagnation_trials")
@@ -114,14 +159,20 @@ def run_study(space: "SearchSpace | str | Path | dict", study_name: str, storage
 
 
 def list_studies(storage_url: str | None = None) -> list[dict]:
+    from .study import list_studies as _list_studies
+
     return _list_studies(storage_url)
 
 
 def load_study_summary(study_name: str, storage_url: str | None = None) -> StudySummary:
+    from .study import load_study, summarize
+
     return summarize(load_study(study_name, storage_url))
 
 
 def delete_study(study_name: str, storage_url: str | None = None) -> None:
+    from .study import delete_study as _delete_study
+
     _delete_study(study_name, storage_url)
 
 
@@ -143,6 +194,9 @@ def _row(trial, names: list[str], on_front: set[int]) -> dict:
 
 def trial_rows(study_name: str, storage_url: str | None = None, *, pareto_only: bool = True) -> list[dict]:
     """Trials as rows (see module docstring); the Pareto front only unless ``pareto_only=False``."""
+    from . import pareto
+    from .study import load_study
+
     study = load_study(study_name, storage_url)
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     directions = pareto.study_directions(study)
@@ -163,6 +217,9 @@ def select_trial(study_name: str, storage_url: str | None = None, policy: str = 
                  trial_number: int | None = None) -> dict:
     """One trial row by policy (knee | best-quality | fastest | smallest-state) among completed
     feasible trials meeting the filters, or the given ``trial_number`` (must be COMPLETE)."""
+    from . import pareto
+    from .study import load_study
+
     study = load_study(study_name, storage_url)
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     directions = pareto.study_directions(study)
@@ -180,5 +237,25 @@ def select_trial(study_name: str, storage_url: str | None = None, policy: str = 
     return _row(chosen, names, on_front)
 
 
-def hypervolume_history(study_name: str, storage_url: str | None = None) -> list[list[float]]:
-    return list(load_study(study_name, storage_url).user_attrs.get("hv_history", []))
+def hypervolume_history(study_name: str, storage_url: str | None = None, order: str = "number") -> list[list[float]]:
+    """[[trial number, hypervolume], ...].
+
+    ``order="number"`` (default): in trial-number order, entry n being the hypervolume of the
+    completed feasible trials numbered <= n, computed from the trials (never decreases; what
+    a plot against trial numbers needs). ``order="finish"``: the driver's record (study attr
+    ``hv_history``) in the order trials finished, the hypervolume known at that moment (what
+    the stagnation stop uses; with parallel workers the numbers are not sorted)."""
+    from . import pareto
+    from .study import load_study
+
+    if order not in ("number", "finish"):
+        raise ValueError(f"order: {order!r} not allowed (allowed: number, finish)")
+    study = load_study(study_name, storage_url)
+    if order == "finish":
+        return list(study.user_attrs.get("hv_history", []))
+    ref = (study.user_attrs.get("hv_reference") or {}).get("point_min")
+    done = [t for t in pareto.completed_feasible(study) if "reused_from" not in t.user_attrs]
+    if not ref or not done:
+        return []
+    directions = pareto.study_directions(study)
+    return pareto.history_by_number([t.number for t in done], pareto.to_min([t.values for t in done], directions), ref)

@@ -309,8 +309,8 @@ class Driver:
         h = arch_hash(t.user_attrs["arch"]) if "arch" in t.user_attrs else None
         if h and h not in self._known and "metrics" in t.user_attrs:
             self._known[h] = {"metrics": t.user_attrs["metrics"], "number": t.number}
-        if t.values is not None and pareto.feasible(t):
-            self._add_to_front(t.number, list(t.values))
+        if t.values is not None and pareto.feasible(t) and "reused_from" not in t.user_attrs:
+            self._add_to_front(t.number, list(t.values))   # a reused trial repeats its original
 
     def _add_to_front(self, number, values):
         pts = self._front + [(number, values)]
@@ -472,7 +472,8 @@ class Driver:
             else:
                 self._known.setdefault(entry.arch_hash, {"metrics": metrics, "number": trial.number})
             self._seen_complete.add(trial.number)
-            self._add_to_front(trial.number, values)   # suggest() only returns feasible layouts
+            if "reused_from" not in result:            # a reused trial repeats its original's point
+                self._add_to_front(trial.number, values)   # suggest() only returns feasible layouts
             state = "COMPLETE"
         else:
             self.study.tell(trial, state=TrialState.FAIL)

@@ -116,6 +116,29 @@ def last_improvement_gap(history: Sequence[Sequence[float]], rel_tol: float = 1e
     return gap
 
 
+def history_by_number(numbers: Sequence[int], points, reference) -> list[list[float]]:
+    """Hypervolume after each trial in *trial-number* order: entry i is the hypervolume of the
+    points of every trial numbered <= numbers[i] (minimisation form). Never decreases, whatever
+    order the trials finished in (with parallel workers a later number often finishes first,
+    so a finish-ordered history re-plotted against trial numbers would seem to dip)."""
+    ref = np.asarray(reference, dtype=float)
+    pts = np.asarray(points, dtype=float).reshape(-1, ref.size)
+    order = np.argsort(np.asarray(numbers), kind="stable")
+    front = np.zeros((0, ref.size))
+    out = []
+    for i in order:
+        p = pts[i]
+        # a point dominated by (or equal to) the current front changes nothing
+        if not (front.size and (front <= p).all(1).any()):
+            front = np.vstack([front, p])
+            front = front[nondominated_mask(front)]
+            hv = hypervolume(front, ref)
+        else:
+            hv = out[-1][1] if out else 0.0
+        out.append([int(numbers[i]), float(hv)])
+    return out
+
+
 # ----------------------------------------------------------------------------- study helpers
 
 def feasible(trial) -> bool:

@@ -2,8 +2,10 @@
 
 Study attributes written at creation (all JSON, readable in optuna-dashboard):
 ``space`` (the normalised space), ``space_fingerprint``, ``objectives``, ``directions``,
-``target``, ``hv_reference`` ({"objectives", "point_min"}), ``hv_history`` ([[trial, hv], ...]),
-``attnsearch_version``, ``created_at``. Metric names are set on the study so the dashboard
+``target``, ``hv_reference`` ({"objectives", "point_min"}), ``hv_history`` ([[trial, hv], ...] in
+the order the trials *finished*, as the driver knew it then; for a history in trial-number order
+use ``search.hypervolume_history(name, url)``, computed from the trials), ``attnsearch_version``,
+``created_at``. Metric names are set on the study so the dashboard
 labels its axes.
 """
 from __future__ import annotations
@@ -21,12 +23,9 @@ from attnsearch.space.search_space import SearchSpace
 from attnsearch.storage import StorageError, forget_study, optuna_storage, redact_url, resolve_url, utcnow
 
 from . import pareto
+from .errors import StudyError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class StudyError(ValueError):
-    """A study cannot be created, found or resumed as asked (one line, no password)."""
 
 
 # ----------------------------------------------------------------------------- samplers
@@ -181,7 +180,9 @@ def summarize(study: optuna.Study) -> StudySummary:
     names = attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     directions = pareto.study_directions(study)
     done = pareto.completed_feasible(study)
-    front = pareto.pareto_front(done, directions)
+    # a reused trial repeats its original's point (same architecture): the original stands for
+    # both, as in the Pareto table, so the front counts each architecture once
+    front = pareto.pareto_front([t for t in done if "reused_from" not in t.user_attrs], directions)
     hv = None
     ref = (attrs.get("hv_reference") or {}).get("point_min")
     if front and ref:

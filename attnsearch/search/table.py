@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from attnsearch.storage import get_engine, redact_url, resolve_url
 
 from . import pareto
-from .study import StudyError
+from .errors import StudyError
 
 # the user attrs a row uses (the big ones, arch and run, only when asked: --json)
 ROW_KEYS = ("layout", "metrics", "baseline", "fail_reason", "fail_kind", "reused_from", "retry_of")
@@ -36,6 +36,7 @@ class StudyTable:
     hypervolume: float | None
     rows: list[dict]                  # the front, or every trial
     attrs: dict                       # the study's user attrs (target, space, hv_history, ...)
+    hv_by_number: list | None = None  # [[trial, hypervolume of trials numbered <= it], ...] if asked
 
     @property
     def n_trials(self) -> int:
@@ -46,7 +47,7 @@ def _fetch(conn, sql: str, **params):
     return conn.execute(sa.text(sql), params).all()
 
 
-def _read(url: str, study_name: str, every: bool, heavy: bool) -> StudyTable:
+def _read(url: str, study_name: str, every: bool, heavy: bool, history: bool = False) -> StudyTable:
     engine = get_engine(url)
     with engine.connect() as conn:
         found = _fetch(conn, "SELECT study_id FROM studies WHERE study_name = :n", n=study_name)
@@ -87,6 +88,7 @@ def _read(url: str, study_name: str, every: bool, heavy: bool) -> StudyTable:
     candidates = [(tid, num) for tid, num in done if "reused_from" not in user.get(tid, {})]
     on_front: set[int] = set()
     hv = None
+    by_number = [] if history else None
     if candidates:
         points = pareto.to_min([[values[tid][i] for i in range(n_obj)] for tid, _ in candidates], directions)
         mask = pareto.nondominated_mask(points)
@@ -94,6 +96,8 @@ def _read(url: str, study_name: str, every: bool, heavy: bool) -> StudyTable:
         ref = (attrs.get("hv_reference") or {}).get("point_min")
         if ref:
             hv = pareto.hypervolume(points[mask], ref)
+            if history:
+                by_number = pareto.history_by_number([num for _, num in candidates], points, ref)
     rows = []
     for tid, num, state, start, complete in trials:
         if not every and num not in on_front:
@@ -110,7 +114,7 @@ def _read(url: str, study_name: str, every: bool, heavy: bool) -> StudyTable:
             "worker": run.get("worker"), "timings": run.get("timings", {}),
             "datetime_start": _iso(start), "datetime_complete": _iso(complete),
         })
-    return StudyTable(study_name, names, directions, counts, len(on_front), hv, rows, attrs)
+    return StudyTable(study_name, names, directions, counts, len(on_front), hv, rows, attrs, by_number)
 
 
 def _user_attrs(conn, sid: int, keys: tuple[str, ...]):
@@ -126,7 +130,7 @@ def _iso(value) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else str(value).replace(" ", "T")
 
 
-def _via_optuna(url: str, study_name: str, every: bool) -> StudyTable:
+def _via_optuna(url: str, study_name: str, every: bool, history: bool = False) -> StudyTable:
     from . import load_study_summary, trial_rows
     from .study import load_study
 
@@ -135,20 +139,27 @@ def _via_optuna(url: str, study_name: str, every: bool) -> StudyTable:
     counts = {"COMPLETE": summary.n_complete, "FAIL": summary.n_failed, "RUNNING": summary.n_running,
               "PRUNED": summary.n_pruned, "WAITING": summary.n_waiting}
     front = trial_rows(study_name, url) if every else rows
+    attrs = dict(load_study(study_name, url).user_attrs)
+    by_number = None
+    if history:
+        from . import hypervolume_history
+
+        by_number = hypervolume_history(study_name, url, order="number")
     return StudyTable(study_name, summary.objectives, summary.directions, counts, len(front),
-                      summary.hypervolume, rows, dict(load_study(study_name, url).user_attrs))
+                      summary.hypervolume, rows, attrs, by_number)
 
 
 def study_table(study_name: str, storage_url: str | None = None, *, every: bool = False,
-                heavy: bool = False) -> StudyTable:
-    """The study's Pareto front (or ``every`` trial) as rows, with counts and hypervolume."""
+                heavy: bool = False, history: bool = False) -> StudyTable:
+    """The study's Pareto front (or ``every`` trial) as rows, with counts and hypervolume
+    (and, with ``history``, the hypervolume history in trial-number order)."""
     url = resolve_url(storage_url)
     try:
-        return _read(url, study_name, every, heavy)
+        return _read(url, study_name, every, heavy, history)
     except StudyError:
         raise
     except sa.exc.SQLAlchemyError:    # not Optuna's schema as we know it: the slow, sure path
-        return _via_optuna(url, study_name, every)
+        return _via_optuna(url, study_name, every, history)
 
 
 __all__ = ["StudyTable", "study_table"]

@@ -90,3 +90,15 @@ def test_selection_errors():
         pareto.select([], DIRS, NAMES, "knee")
     with pytest.raises(ValueError, match="direction"):
         pareto.to_min([1.0], ["up"])
+
+
+def test_history_by_number_is_monotone_and_hand_computed():
+    # minimisation form, reference (4, 4); trial numbers given out of order (finish order)
+    numbers = [3, 0, 2, 1]
+    points = [[1, 1], [3, 3], [2, 2], [3.5, 3.5]]
+    history = pareto.history_by_number(numbers, points, [4, 4])
+    assert [h[0] for h in history] == [0, 1, 2, 3]
+    # #0: 1*1; #1 dominated by #0; #2: 2*2; #3: 3*3
+    assert [h[1] for h in history] == pytest.approx([1.0, 1.0, 4.0, 9.0])
+    assert all(b[1] >= a[1] for a, b in zip(history, history[1:]))
+    assert pareto.history_by_number([], np.zeros((0, 2)), [4, 4]) == []
