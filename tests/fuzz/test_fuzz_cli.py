@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -123,6 +123,23 @@ COMMANDS = {
 }
 
 
+# valid combinations tried on top of the drawn ones, so every command's success path is checked
+# (each tuple: the parts, use $ATTNSEARCH_STORAGE)
+VALID = {
+    "run": [((["run"], ["good.yaml"], ["--trials", "2", "--storage", "DB", "--study", "new"]), False),
+            ((["run"], ["good.yaml"], ["--check"]), False)],
+    "studies": [((["studies"], [], ["--json"]), True)],
+    "show": [((["show"], [STUDY], ["--all"]), True), ((["show"], [STUDY], ["--json", "--storage", "DB"]), False)],
+    "export": [((["export"], [STUDY], ["--out", "best.json"]), True),
+               ((["export"], [], ["--check", "arch.json"]), False)],
+    "delete": [((["delete"], [STUDY], ["--yes"]), True)],
+    "plot": [((["plot"], [STUDY], ["--out", "x.png"]), True)],
+    "dashboard": [((["dashboard"], [], ["--port", "8080"]), True)],
+    "init": [((["init"], ["new.yaml"], []), False)],
+    "misc": [((["version"], [], []), False)],
+}
+
+
 def _setup_folder(seed_db: Path) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="fz-", dir=seed_db.parent))
     with sqlite3.connect(seed_db) as a, sqlite3.connect(folder / "study.db") as b:
@@ -167,6 +184,12 @@ def test_fuzz_cli_arguments(quick_cli, seed_db, command):
                                                                      HealthCheck.function_scoped_fixture])
     @given(parts=COMMANDS[command], env_storage=st.booleans())
     def run(parts, env_storage):
+        check(parts, env_storage)
+
+    for parts, env_storage in VALID[command]:
+        run = example(parts=parts, env_storage=env_storage)(run)
+
+    def check(parts, env_storage):
         folder = _setup_folder(seed_db)
         args = _fixup([a for part in parts for a in part], folder)
         TRIED[f"CLI `{command}` argument combinations"] += 1
@@ -200,4 +223,6 @@ def test_fuzz_cli_arguments(quick_cli, seed_db, command):
         else:
             for db in folder.glob("*.db"):
                 assert _running(db) == 0, shown
+        if (parts, env_storage) in VALID[command]:
+            assert result.exit_code == 0, shown
     run()
