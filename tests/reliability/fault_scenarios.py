@@ -45,7 +45,14 @@ FAULT_SPACE = {
     "objectives": ["quality", "throughput"],
     "sampler": {"name": "random", "seed": 7},
 }
-NOT_COUNTED = ("stale", "interrupted")
+def _not_counted() -> tuple:
+    """Fail kinds the driver does not count toward the budget (its own list, so the two agree)."""
+    from attnsearch.search.driver import COUNTED_FAIL_KINDS_EXCLUDED
+
+    return tuple(COUNTED_FAIL_KINDS_EXCLUDED)
+
+
+NOT_COUNTED = _not_counted()
 
 
 @dataclass
