@@ -46,7 +46,10 @@ def default_tasks() -> dict:
 
 
 class ProxySpec(BaseModel):
-    """How to train and score one proxy. The defaults are the budget `proxy_fidelity` measured."""
+    """How to train and score one proxy. The defaults are the budget `benchmarks/proxy_fidelity.py`
+    measured (benchmarks/results/proxy_fidelity.json): sized to a heavily shared 2-core CPU, and at
+    that size its ranking of 10 layouts agrees poorly with an 8x run (Spearman 0.15). Raise
+    `steps`/`batch` where compute allows; the recall-task losses are the part that ranks early."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     d_model: int = Field(32, ge=8)
