@@ -30,10 +30,11 @@ Python API (what the CLI calls; every bad input is a ValueError with one line na
   failed with ``fail_kind="timeout"``. Other ``fail_kind`` values: ``exception``, ``oom``,
   ``worker_crashed``, ``node_died``, ``diverged``, ``infeasible`` (PRUNED, nothing trained),
   ``stale`` / ``interrupted`` (re-enqueued, not counted), ``over_budget`` (not counted).
-- Per-trial user attributes: ``driver_id``, ``layout``, ``arch`` (ArchConfig JSON), ``metrics``
+- Per-trial user attributes (JSON): ``driver_id``, ``layout``, ``arch`` (ArchConfig JSON), ``metrics``
   (quality, throughput, throughput_mode, state_bytes, param_count, n_full_layers),
   ``run`` ({"timings", "worker": {node_id, host, pid, device, versions}, "details",
-  "constraints"}), ``baseline``, ``reused_from``, ``retry_of``/``lineage``/``attempt``,
+  "constraints"}), ``quality_details`` (the proxy result without its loss curve: short enough
+  for optuna-dashboard, which cuts attributes at 1,024 characters), ``baseline``, ``reused_from``, ``retry_of``/``lineage``/``attempt``,
   ``fail_kind``/``fail_reason``/``traceback``.
 - Rows (``pareto_table``, ``select_trial``) are plain dicts: ``number``, ``state``, ``layout``,
   ``values`` ({objective: value}), ``metrics``, ``baseline`` (literature name or None),

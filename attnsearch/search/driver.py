@@ -198,6 +198,19 @@ def _upsert_attrs(s, dialect: str, model_cls, trial_id: int, items: dict, write)
         write(s, model_cls, trial_id, key, value)
 
 
+# optuna-dashboard cuts every attribute at 1,024 characters of JSON: the full proxy result
+# (with its loss curve) stays in ``run.details.quality``; this short form is what it shows whole
+QUALITY_SUMMARY_KEYS = ("score", "metrics", "steps", "tokens_seen", "train_time_s", "device", "layout",
+                        "diverged", "reason", "stopped_early")
+
+
+def _quality_summary(extra: dict | None) -> dict | None:
+    details = (extra or {}).get("quality")
+    if not isinstance(details, dict):
+        return None
+    return {k: details[k] for k in QUALITY_SUMMARY_KEYS if k in details}
+
+
 def _constraint_attr(constraints: dict[str, float] | None) -> dict:
     """Constraint values in the list form (system attr ``constraints``): Optuna 5's samplers read
     it and optuna-dashboard 0.21 shows only this form; names go to the ``constraint_names`` attr."""
@@ -509,6 +522,9 @@ class Driver:
         if entry.constraints:
             run["constraints"] = entry.constraints
         attrs = {"layout": entry.layout, "arch": entry.arch, "metrics": metrics, "run": run}
+        quality = _quality_summary(result.get("extra"))
+        if quality:
+            attrs["quality_details"] = quality
         if "reused_from" in result:
             attrs["reused_from"] = result["reused_from"]
         values = None

@@ -1,8 +1,12 @@
 """One real study: proxy training through evaluators.quality in Ray tasks (tiny proxy, 6 trials)."""
+import json
+
 import optuna
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from attnsearch import search
+from attnsearch.storage import get_engine
 from search_spaces import TEST_SPACE
 
 TINY_PROXY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 16, "steps": 4, "batch": 4,
@@ -25,6 +29,21 @@ def test_real_six_trial_study(ray_session, sqlite_url, study_name):
         assert 0.0 <= t.values[0] <= 1.0 and t.values[0] == details["score"]
         assert details["steps"] == 4 and not details["diverged"]
         assert t.user_attrs["run"]["timings"]["quality_s"] > 0
+        # the dashboard shows attributes as JSON cut at 1,024 characters: the short form fits
+        short = t.user_attrs["quality_details"]
+        assert short["score"] == details["score"] and "mqar" in short["metrics"]
+        assert len(json.dumps(short)) <= 1024
+    # stored as JSON objects (not Python repr strings), as the dashboard reads them
+    engine = get_engine(sqlite_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT key, value_json FROM trial_user_attributes "
+                                      "WHERE key IN ('run', 'quality_details', 'metrics', 'arch')")).all()
+    assert stored
+    for key, value in stored:
+        decoded = json.loads(value)
+        assert isinstance(decoded, dict), (key, value[:80])
+        if key == "run" and "details" in decoded:
+            assert isinstance(decoded["details"]["quality"]["curve"], list)
     rows = search.pareto_table(study_name, sqlite_url, all=True)
     assert sum(1 for r in rows if r["baseline"]) == 5
     assert search.select_trial(study_name, sqlite_url, "knee")["pareto"]
