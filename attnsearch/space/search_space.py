@@ -76,6 +76,10 @@ AUTO = "auto"
 class SpaceError(ValueError):
     """A space file problem: '<file>: <field>: <what is wrong> (allowed: ...)'."""
 
+    def __init__(self, message: str):
+        # user-chosen keys may hold line breaks; the error must stay one line
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class Infeasible(Exception):
     """A sampled architecture breaks a constraint. ``constraints`` maps every constraint name to
@@ -617,7 +621,7 @@ def _parse_target(raw, src) -> Target:
     vals = {k: _int(raw[k], f"{where}.{k}") for k in _TARGET_REQUIRED}
     batch = _int(raw.get("batch_tokens", vals["context_len"]), f"{where}.batch_tokens")
     dtype = raw.get("dtype", "bf16")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise _err(f"{where}.dtype", f"{dtype!r} is not a dtype", ", ".join(DTYPE_BYTES))
     gpu = raw.get("gpu", "H100")
     if not isinstance(gpu, str) or not gpu:
@@ -706,7 +710,7 @@ def _parse_sampler(raw, seed, src) -> SamplerSpec:
         raw = {"name": raw}
     raw = dict(_mapping(raw, where, ("name", "seed", "population_size", "n_startup_trials")))
     name = raw.pop("name", "tpe")
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise _err(f"{where}.name", f"unknown sampler {name!r}", ", ".join(SAMPLERS))
     s = raw.pop("seed", seed)
     s = None if s is None else _int(s, f"{where}.seed", low=0)
