@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from attnsearch.space.arch import EXPORT_FORMAT, ArchConfig
-from attnsearch.space.catalogue import ConfigError, mechanism
+from attnsearch.space.catalogue import ConfigError, OneLineError, mechanism
 from attnsearch.storage import redact_url
 
 from .worker import software_versions
@@ -59,7 +59,7 @@ LAYER_TYPES = {
 _REQUIRED = ("format", "export_schema_version", "layer_types", "layers", "arch", "provenance")
 
 
-class ExportError(ValueError):
+class ExportError(OneLineError):
     """An export cannot be written or a file is not a valid export (one line naming the field)."""
 
 

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-class ConfigError(ValueError):
+class OneLineError(ValueError):
+    """A user-facing error shown as one line: line breaks that came from user input are escaped."""
+
+    def __init__(self, message="", *args):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
+
+
+class ConfigError(OneLineError):
     """An invalid architecture / layer description; the message names the offending field."""
 
 

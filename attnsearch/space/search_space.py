@@ -59,7 +59,7 @@ from typing import Any, Callable
 import yaml
 
 from .arch import ArchConfig, LayerSpec
-from .catalogue import MECHANISMS, ConfigError, ParamSpec, mechanism
+from .catalogue import MECHANISMS, ConfigError, OneLineError, ParamSpec, mechanism
 
 LAYOUT_MODES = ("per_layer", "pattern")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -73,12 +73,8 @@ BASELINES = ("transformer", "gemma3", "command_a", "jamba", "qwen3_next", "linea
 AUTO = "auto"
 
 
-class SpaceError(ValueError):
+class SpaceError(OneLineError):
     """A space file problem: '<file>: <field>: <what is wrong> (allowed: ...)'."""
-
-    def __init__(self, message: str):
-        # user-chosen keys may hold line breaks; the error must stay one line
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class Infeasible(Exception):
