@@ -225,6 +225,10 @@ def _counted(t) -> bool:
     return False
 
 
+def _has_retry(study, number: int) -> bool:
+    return any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False))
+
+
 def sweep_stale(study, url: str, my_driver_id: str | None, stale_after_s: float = 120.0,
                 fail_kind: str = "stale", only: set[int] | None = None) -> list[int]:
     """Fail the RUNNING trials of dead drivers (or ``only`` these numbers) and re-enqueue each
@@ -250,7 +254,10 @@ def sweep_stale(study, url: str, my_driver_id: str | None, stale_after_s: float 
             if (now - start).total_seconds() < stale_after_s:
                 continue
         attempt = int(t.user_attrs.get("attempt", 1))
-        if attempt < MAX_ATTEMPTS and claim_event(url, study.study_name, f"retry:{t.number}"):
+        # The claim makes the retry happen once across drivers; a driver killed between its claim
+        # and the enqueue leaves a claim with no retry, which the next sweep makes good.
+        if attempt < MAX_ATTEMPTS and (claim_event(url, study.study_name, f"retry:{t.number}")
+                                       or not _has_retry(study, t.number)):
             attrs = {"retry_of": t.number, "lineage": t.user_attrs.get("lineage", t.number),
                      "attempt": attempt + 1}
             if "baseline" in t.user_attrs:
