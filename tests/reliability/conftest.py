@@ -2,7 +2,6 @@
 is printed at the end of the run (``pytest tests/reliability -s`` or in the terminal summary)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -25,19 +24,6 @@ def ray_session():
         ray.shutdown()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
-@pytest.fixture
-def pg_url():
-    url = os.environ.get("ATTNSEARCH_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but ATTNSEARCH_TEST_PG_URL is not: the PostgreSQL fault test must run in CI")
-        pytest.skip("ATTNSEARCH_TEST_PG_URL not set (PostgreSQL tests run in CI)")
-    return url
 
 
 @pytest.fixture

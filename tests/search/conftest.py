@@ -1,7 +1,6 @@
 """Fixtures for the search service tests: one Ray cluster per session, study spaces, storages."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -20,19 +19,6 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
-@pytest.fixture
-def pg_url():
-    url = os.environ.get("ATTNSEARCH_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but ATTNSEARCH_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
-        pytest.skip("ATTNSEARCH_TEST_PG_URL not set (PostgreSQL tests run in CI)")
-    return url
 
 
 @pytest.fixture

@@ -119,17 +119,6 @@ def test_memory_cache_returns_only_new_records_which_the_driver_stores(url):
     assert db.get(key(dtype="fp32")) == BenchStats(4.0, 3.0, 5.0, 7)
 
 
-@pytest.fixture
-def pg_url():
-    import os
-
-    url = os.environ.get("ATTNSEARCH_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but ATTNSEARCH_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
-        pytest.skip("ATTNSEARCH_TEST_PG_URL not set (PostgreSQL tests run in CI)")
-    return url
-
 
 @pytest.mark.postgres
 def test_two_machines_share_the_cache_through_postgres(pg_url):

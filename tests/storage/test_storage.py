@@ -1,4 +1,3 @@
-import os
 import uuid
 
 import pytest
@@ -7,15 +6,6 @@ import sqlalchemy as sa
 from attnsearch import storage
 from attnsearch.storage import tables
 
-
-@pytest.fixture
-def pg_url():
-    url = os.environ.get("ATTNSEARCH_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but ATTNSEARCH_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
-        pytest.skip("ATTNSEARCH_TEST_PG_URL not set (PostgreSQL tests run in CI)")
-    return url
 
 
 def _our_tables(engine):
