@@ -19,6 +19,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .reference import compute_dtype
+
 CONFIG_SPACE = {"softmax_attention": {"block_m": (16, 32, 64, 128, 256)}}
 DEFAULT_BLOCK_M = 64
 
@@ -31,10 +33,6 @@ def validate_config(op: str, config: dict, **ctx) -> None:
     block_m = config.get("block_m")
     if not isinstance(block_m, int) or block_m < 16 or block_m & (block_m - 1):
         raise ValueError(f"softmax_attention torch config block_m must be a power of two >= 16, got {block_m!r}")
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _full_causal(q, k, v, scale):
@@ -131,7 +129,7 @@ def _sliding_window(qh, kh, vh, window, M, scale):
 def softmax_attention_torch(q, k, v, *, window, block_indices, block_size, scale, config):
     B, T, H, D = q.shape
     scale = D ** -0.5 if scale is None else scale
-    dtype = _compute_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     if block_indices is None and (window is None or window >= T):
         return _full_causal(q.to(dtype), k.to(dtype), v.to(dtype), scale).to(q.dtype)
 

@@ -23,6 +23,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .reference import compute_dtype
+
 CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 
 # Per-channel (GLA) gates need exp(G_i - G_j) per channel; within sub-chunks of this many steps
@@ -31,10 +33,6 @@ CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 # c = 8 keeps both small at the usual C = 32..64 (chosen from that count: CPU timings on the
 # shared development machine were too noisy to separate 4 from 8; 16 was clearly slower).
 SUB_CHUNK = 8
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

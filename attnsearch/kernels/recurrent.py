@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .reference import compute_dtype
 
 
 def _check_step(q, k, v, state):
@@ -53,7 +51,7 @@ def _start(q, v, state, dtype):
 def linear_attention_step(q, k, v, g, state, scale=None):
     """-> (o [B, H, V], new_state [B, H, K, V])."""
     _check_step(q, k, v, state)
-    dtype = _compute_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S, state_dtype = _start(q, v, state, dtype)
     decay = _log_decay(g, q, allow_vector=True)
@@ -69,7 +67,7 @@ def delta_rule_step(q, k, v, beta, g, state, scale=None):
     _check_step(q, k, v, state)
     if tuple(beta.shape) != tuple(q.shape[:2]):
         raise ValueError(f"beta must be [B, H] = {tuple(q.shape[:2])}, got {tuple(beta.shape)}")
-    dtype = _compute_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S, state_dtype = _start(q, v, state, dtype)
     decay = _log_decay(g, q, allow_vector=False)

@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the PyTorch paths: float64 stays exact, everything else runs in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def visibility_mask(T: int, window=None, block_indices=None, block_size: int = 64,
                     device=None) -> torch.Tensor:
     """Boolean [B or 1, H or 1, T, T] mask: entry (i, j) says whether key j is visible to query i."""
