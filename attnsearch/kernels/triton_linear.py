@@ -535,12 +535,54 @@ def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, dg_ptr, T, NT, H, K: tl.constexpr
 
 
 @triton.jit(do_not_specialize=['T', 'H'])
-def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
+def _ut_diag_kernel(k_ptr, beta_ptr, b_ptr, d_ptr, T, H, K: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """(I + L_cc)^-1 of one BC x BC diagonal block of the chunk's L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
+    by forward substitution; stored as rows of d ([B*H, T, BC], fp32) for `_wy_fwd_kernel`.
+
+    A launch of its own so that the sequential substitution runs on a 16 x 16 tile in one warp
+    (shuffles, no block-wide barriers) instead of on the masked BT x BT tile of the chunk kernel."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC: tl.constexpr = BT // BC
+    n = pid // NC
+    ic = pid % NC
+    bb = bh // H
+    hh = bh % H
+    r0 = n * BT + ic * BC
+    if r0 < T:
+        rows = r0 + tl.arange(0, BC)
+        rmask = rows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        kk = tl.arange(0, BK)
+        k_c = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :], other=0)
+        beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
+        li = tl.arange(0, BC)
+        strict = li[:, None] > li[None, :]
+        kkt = tl.dot(k_c, tl.trans(k_c), input_precision=PREC)
+        if GATE == 1:
+            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            x = -kkt * beta[:, None] * tl.exp(tl.where(strict, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+        else:
+            x = tl.where(strict, -kkt * beta[:, None], 0)
+        # x_i = -l_i - sum_{j<i} l_ij x_j; rows j < i are final when row i is formed; D^-1 = I + X
+        for i in range(1, BC):
+            sel = li[:, None] == i
+            a = tl.sum(tl.where(sel, x, 0), axis=0)
+            new = a + tl.sum(a[:, None] * x, axis=0)
+            x = tl.where(sel, new[None, :], x)
+        x = x + tl.where(li[:, None] == li[None, :], 1.0, 0.0)
+        tl.store(d_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BC + li[None, :], x, mask=rmask[:, None])
+
+
+@triton.jit(do_not_specialize=['T', 'H'])
+def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr,
                    T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, LOG2NB: tl.constexpr,
                    GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr):
     """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
-    w = Tm (beta exp(b) k), u = Tm (beta v)."""
+    w = Tm (beta exp(b) k), u = Tm (beta v). The inverses of the diagonal blocks come from
+    `_ut_diag_kernel` (d_ptr)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -554,29 +596,23 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, w_ptr, u_ptr, tm_ptr,
     k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
     beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
     ii = tl.arange(0, BT)
-    strict = ii[:, None] > ii[None, :]
-    kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
+    # (I + L)^-1 in two steps. (1) D^-1, the inverse of the block diagonal I + L_blockdiag, is loaded
+    # (formed by `_ut_diag_kernel`). (2) With M = D^-1 L_offdiag (strictly block-lower, M^NB = 0):
+    # (I + L)^-1 = (I + M)^-1 D^-1 = (I - M)(I + M^2)(I + M^4)... D^-1, a few matmuls.
+    same_blk = (ii[:, None] // BC) == (ii[None, :] // BC)
+    tm = tl.load(d_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BC + (ii % BC)[None, :],
+                 mask=rmask[:, None] & same_blk, other=0)
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        lmat = kkt * beta[:, None] * tl.exp(tl.where(strict, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-    else:
-        lmat = tl.where(strict, kkt * beta[:, None], 0)
-    # (I + L)^-1 in two steps. (1) The 16 x 16 diagonal blocks D = I + L_blockdiag are inverted by
-    # forward substitution, all blocks at once (their rows i live in disjoint columns):
-    # x_i = -l_i - sum_{j<i} l_ij x_j, D^-1 = I + X. (2) With M = D^-1 L_offdiag (strictly block-lower,
-    # M^NB = 0): (I + L)^-1 = (I + M)^-1 D^-1 = (I - M)(I + M^2)(I + M^4)... D^-1, a few matmuls.
-    same_blk = (ii[:, None] // BC) == (ii[None, :] // BC)
-    loc = ii % BC
-    x = tl.where(same_blk, -lmat, 0)
-    for i in range(1, BC):
-        sel = loc[:, None] == i
-        a = tl.sum(tl.where(sel, x, 0), axis=0)
-        new = a + tl.sum(a[:, None] * x, axis=0)
-        x = tl.where(sel & same_blk, new[None, :], x)
-    eye = tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
-    tm = x + eye
     if LOG2NB > 0:
-        m = tl.dot(tm, tl.where(same_blk, 0, lmat), input_precision=PREC)
+        kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
+        off = (ii[:, None] // BC) > (ii[None, :] // BC)
+        if GATE == 1:
+            lmat = kkt * beta[:, None] * tl.exp(tl.where(off, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+        else:
+            lmat = tl.where(off, kkt * beta[:, None], 0)
+        eye = tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
+        m = tl.dot(tm, lmat, input_precision=PREC)
         p = eye - m
         for _s in tl.static_range(1, LOG2NB):
             m = tl.dot(m, m, input_precision=PREC)
@@ -967,10 +1003,15 @@ def _wy(k, v, beta, b, BT, store_tm):
     V = v.shape[-1]
     w = torch.empty_like(k)
     u = torch.empty_like(v)
+    gate = 0 if b is None else 1
+    dinv = torch.empty(B * H, T, SUB_BLOCK, dtype=torch.float32, device=k.device)
+    _ut_diag_kernel[(triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)](k, beta, b, dinv, T, H=H, K=K, BT=BT,
+                                                                    BC=SUB_BLOCK, BK=_pow2(K), GATE=gate,
+                                                                    PREC=_prec(k), num_warps=1)
     tm = torch.empty(B * H, T, BT, dtype=torch.float32, device=k.device) if store_tm else None
-    _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, w, u, tm, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K),
-                                                BV=min(64, _pow2(V)), BC=SUB_BLOCK,
-                                                LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=0 if b is None else 1,
+    _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, dinv, w, u, tm, T, H=H, K=K, V=V, BT=BT,
+                                                BK=_pow2(K), BV=min(64, _pow2(V)), BC=SUB_BLOCK,
+                                                LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=gate,
                                                 STORE_TM=store_tm, PREC=_prec(k), num_warps=4)
     return w, u, tm
 
