@@ -58,6 +58,11 @@ CONFIG_SPACE = {
     },
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
+# Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
+# intra-chunk A by one matmul of q exp(b - r) and k exp(r - b), both factors within exp(+-40), so
+# that no product of two of them overflows fp32/bf16; chunks of stronger decay take the sub-block
+# path. `_split_decay` clamps its exponents at 40 (= half of this), which changes nothing on safe chunks.
+GLA_SAFE_SPAN = 80.0
 
 
 def default_config(op: str, device=None) -> dict:
@@ -96,10 +101,12 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
 # kernels
 # --------------------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=['T', 'H'])
-def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H, D: tl.constexpr, BT: tl.constexpr,
-                         BD: tl.constexpr, VEC: tl.constexpr):
-    """b = cumulative sum of g within each chunk, in fp32."""
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: tl.constexpr,
+                         BD: tl.constexpr, VEC: tl.constexpr, FLAG: tl.constexpr, SAFE: tl.constexpr):
+    """b = cumulative sum of g within each chunk, in fp32. FLAG (per-channel gates): flag[bh, n] = 1 when
+    every channel's b spans at most SAFE inside the chunk, so that A can be formed by one matmul of
+    q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2))."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -111,11 +118,34 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, T, H, D: tl.constexpr, BT: tl.constexpr,
         offs = tok[:, None] * D + cols[None, :]
         mask = (rows < T)[:, None] & (cols < D)[None, :]
         g = tl.load(g_ptr + offs, mask=mask, other=0).to(tl.float32)
-        tl.store(b_ptr + offs, tl.cumsum(g, axis=0), mask=mask)
+        b = tl.cumsum(g, axis=0)
+        tl.store(b_ptr + offs, b, mask=mask)
+        if FLAG:
+            span = tl.max(tl.where(mask, b, float("-inf")), axis=0) - tl.min(tl.where(mask, b, float("inf")), axis=0)
+            span = tl.where(cols < D, span, 0)
+            tl.store(flag_ptr + bh.to(tl.int64) * NT + n, (tl.max(span, axis=0) <= SAFE).to(tl.int32))
     else:
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
         tl.store(b_ptr + tok, tl.cumsum(g, axis=0), mask=mask)
+
+
+@triton.jit
+def _split_decay(q, k, b, rmask):
+    """q exp(b - r) and k exp(r - b) with r the middle of each channel's span of b over the valid rows,
+    in the matmul dtype (fp32 for fp32 inputs, else bf16 for its range). Their product gives
+    exp(b_i - b_j) exactly up to rounding; used only on chunks flagged safe (span <= SAFE)."""
+    r = 0.5 * (tl.max(tl.where(rmask[:, None], b, float("-inf")), axis=0)
+               + tl.min(tl.where(rmask[:, None], b, float("inf")), axis=0))
+    # the clamp only matters on unsafe chunks, whose results are discarded (keeps them finite)
+    eq = tl.exp(tl.minimum(b - r[None, :], 40.0))
+    ek = tl.exp(tl.minimum(r[None, :] - b, 40.0))
+    qf = q.to(tl.float32) * eq
+    kf = k.to(tl.float32) * ek
+    if q.dtype != tl.float32:
+        qf = qf.to(tl.bfloat16)
+        kf = kf.to(tl.bfloat16)
+    return qf, kf, eq, ek
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -172,10 +202,11 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
+def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
                     T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """o = scale * ((q * exp(b)) h_n + A v); A is read from a_ptr for per-channel gates."""
+    """o = scale * ((q * exp(b)) h_n + A v). Per-channel gates: A is one matmul of the split-decay
+    factors on chunks flagged safe, else read from a_ptr (`_gla_intra_kernel`)."""
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2)
@@ -198,6 +229,9 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
         if GATE == 2:
             b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
             acc += tl.dot((q_t * tl.exp(b)).to(h_t.dtype), h_t, input_precision=PREC)
+            k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+            qf, kf, _eq, _ek = _split_decay(q_t, k_t, b, rmask)
+            att += tl.dot(qf, tl.trans(kf), input_precision=PREC)
         else:
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
             acc += tl.dot(q_t.to(h_t.dtype), h_t, input_precision=PREC)
@@ -209,8 +243,10 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
         acc = acc * tl.exp(b)[:, None]
         att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     elif GATE == 2:
-        att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
-                      mask=rmask[:, None], other=0)
+        fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+        att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                           mask=rmask[:, None] & ~fast[None, :], other=0)
+        att = tl.where(fast[None, :] & causal, att, att_slow)
     else:
         att = tl.where(causal, att, 0)
     v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
@@ -219,11 +255,12 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, o_ptr, scale,
              mask=rmask[:, None] & vmask[None, :])
 
 
-@triton.jit(do_not_specialize=['T', 'H'])
-def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H, K: tl.constexpr,
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, a_ptr, T, NT, H, K: tl.constexpr,
                       BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Per-channel gate: A[i, j] = sum_c q_ic k_jc exp(b_ic - b_jc) for j <= i, for one sub-block of
-    BC rows; stored as rows of [B*H, T, BT] (fp32)."""
+    BC rows; stored as rows of [B*H, T, BT] (fp32). Only for chunks not flagged safe (strong decay):
+    the others form A by one matmul where it is used."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     NC: tl.constexpr = BT // BC
@@ -232,7 +269,7 @@ def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, a_ptr, T, H, K: tl.constexpr,
     bb = bh // H
     hh = bh % H
     r0 = n * BT + ic * BC
-    if r0 < T:
+    if (r0 < T) & (tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0):
         rows = r0 + tl.arange(0, BC)
         rmask = rows < T
         allrows = n * BT + tl.arange(0, BT)
@@ -337,12 +374,14 @@ def _exclusive_prefix(y, BT: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
-                       dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, scale,
+def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr, flag_ptr,
+                       dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk gradients of linear attention. GATE 2 writes the inter-chunk parts of dq/dk (fp32),
-    the intra-chunk dA and the state term of dg; `_gla_intra_bwd_kernel` adds the intra parts.
+    """Per chunk gradients of linear attention. GATE 2 on chunks flagged safe (see `_split_decay`)
+    writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
+    others it writes the inter-chunk parts of dq/dk (fp32) and the intra-chunk dA, and
+    `_gla_intra_bwd_kernel` adds the intra parts. Both write the state term of dg.
 
     Gate gradient (scalar gate), chunk-local so that nothing large cancels under strong decay:
     dg_s = sum_{i>=s} q_i.dq_inter_i + sum_{i>=s, j<s} dA_ij A_ij + exp(b_last) <h_n, G_n>
@@ -367,8 +406,11 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
-        att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
-                      mask=rmask[:, None], other=0)
+        fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+        qf, kf, eq, ek = _split_decay(q_t, k_t, b, rmask)
+        att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                           mask=rmask[:, None] & ~fast[None, :], other=0)
+        att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
     else:
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
@@ -409,9 +451,24 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     if GATE == 2:
         dq = dq * scale * tl.exp(b)
         dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
-        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_k)
-        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
-        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da, mask=rmask[:, None])
+        # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
+        # (the diagonal carries no gate and is left out of X, where it would only cancel)
+        da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
+        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * eq
+        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * ek
+        qx = q_t.to(tl.float32)
+        kx = k_t.to(tl.float32)
+        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
+        fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :],
+                 tl.where(fast_k[None, :], qx * (dq + dq_off) - kx * dk_off, dq), mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], tl.where(fast_k[None, :], kx * dk, dk), mask=m_k)
+        tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
+                 (dq + dq_off + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
+                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
+                 mask=rmask[:, None] & ~fast[None, :])
         tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
     else:
         if GATE == 1:
@@ -435,15 +492,16 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
 
 
-@triton.jit(do_not_specialize=['T', 'H'])
-def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr,
-                          T, H, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr,
+                          T, NT, H, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           BK: tl.constexpr, PREC: tl.constexpr):
     """Per-channel gate, one sub-block of BC rows: adds the intra-chunk parts
     dq_i += sum_{j<=i} dA_ij exp(b_i - b_j) k_j and dk_j += sum_{i>=j} dA_ij exp(b_i - b_j) q_i to
     the inter-chunk parts. For the gate gradient it overwrites its rows of dqi/dki with
     X = q (dq_inter + dq_offdiag) - k dk_offdiag and Y = k dk_inter (see `_gla_gate_grad_kernel`);
-    the diagonal terms i = j carry no gate and are left out of X, where they would only cancel."""
+    the diagonal terms i = j carry no gate and are left out of X, where they would only cancel.
+    Chunks flagged safe were finished by `_linear_bwd_kernel`."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     NC: tl.constexpr = BT // BC
@@ -452,7 +510,7 @@ def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr,
     bb = bh // H
     hh = bh % H
     r0 = n * BT + ic * BC
-    if r0 < T:
+    if (r0 < T) & (tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0):
         rows = r0 + tl.arange(0, BC)
         rmask = rows < T
         allrows = n * BT + tl.arange(0, BT)
@@ -841,15 +899,20 @@ def _gate_kind(g) -> int:
     return 0 if g is None else (1 if g.dim() == 3 else 2)
 
 
-def _chunk_cumsum(g, BT):
+def _chunk_cumsum(g, BT, flags=False):
+    """Within-chunk cumulative gate (fp32); with flags=True (per-channel gates) also the per-chunk
+    int32 flags [B*H, NT] of chunks safe for the one-matmul A (see GLA_SAFE_SPAN)."""
     if g is None:
-        return None
+        return (None, None) if flags else None
     B, T, H = g.shape[:3]
+    NT = triton.cdiv(T, BT)
     vec = g.dim() == 4
     D = g.shape[3] if vec else 1
     b = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    _chunk_cumsum_kernel[(triton.cdiv(T, BT), B * H)](g, b, T, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec)
-    return b
+    flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if flags else None
+    _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
+                                      FLAG=flags, SAFE=GLA_SAFE_SPAN)
+    return (b, flag) if flags else b
 
 
 def _launch_opts(cfg, bwd=False):
@@ -872,22 +935,23 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
     return h, ht, vnew
 
 
-def _gla_intra(q, k, b, BT):
+def _gla_intra(q, k, b, flag, BT):
     B, T, H, K = q.shape
+    NT = triton.cdiv(T, BT)
     att = torch.empty(B * H, T, BT, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)
-    _gla_intra_kernel[grid](q, k, b, att, T, H=H, K=K, BT=BT, BC=SUB_BLOCK, BK=_pow2(K), PREC=_prec(q))
+    grid = (NT * (BT // SUB_BLOCK), B * H)
+    _gla_intra_kernel[grid](q, k, b, flag, att, T, NT, H=H, K=K, BT=BT, BC=SUB_BLOCK, BK=_pow2(K), PREC=_prec(q))
     return att
 
 
-def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate):
+def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     BK = min(cfg.get("BLOCK_K", 64), _pow2(K))
     BV = min(cfg["BLOCK_V"], _pow2(V))
     o = torch.empty_like(v)
-    _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, o, scale, T, NT, H=H, K=K, V=V,
+    _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V,
                                                      BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                                      **_launch_opts(cfg))
     return o
@@ -915,10 +979,10 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
 
 def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
     gate = _gate_kind(g)
-    b = _chunk_cumsum(g, BT)
+    b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
     h, ht, _ = _state_fwd(k, v, b, None, h0, BT, cfg, gate, False, want_ht)
-    att = _gla_intra(q, k, b, BT) if gate == 2 else None
-    o = _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate)
+    att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
+    o = _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag)
     return o, h, ht
 
 
@@ -927,8 +991,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
-    b = _chunk_cumsum(g, BT)
-    att = _gla_intra(q, k, b, BT) if gate == 2 else None
+    b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
+    att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
     gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     BK = _pow2(K)
     BV = min(cfg["BLOCK_V"], _pow2(V))
@@ -946,13 +1010,15 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     opts = _launch_opts(cfg, bwd=True)
     if gate == 2:  # the per-channel variant holds more tiles; 3 stages there were never measured
         opts["num_stages"] = min(opts["num_stages"], 2)
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, dq_i, dk_i, dv, dg, da, e, scale, T, NT, H,
-                                    K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **opts)
+    dq = dk = None
+    if gate == 2:
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
+                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
     grid = (NT * (BT // SUB_BLOCK), B * H)
-    _gla_intra_bwd_kernel[grid](q, k, b, da, dq_i, dk_i, dq, dk, T, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
+    _gla_intra_bwd_kernel[grid](q, k, b, flag, da, dq_i, dk_i, dq, dk, T, NT, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
                                 PREC=_prec(q))
     # dq_i / dk_i now hold the X / Y terms of the gate gradient
     _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))

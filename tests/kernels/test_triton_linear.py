@@ -146,3 +146,11 @@ def test_config_space_and_defaults_are_consistent(interpreter):
             assert value in interpreter.CONFIG_SPACE[op][key]
         for chunk in interpreter.CHUNK_SIZES:
             interpreter.validate_config(op, cfg, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("span", [-1.0, 9.0])
+def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span):
+    # chunks whose cumulative gate spans more than GLA_SAFE_SPAN take the sub-block path: all of them
+    # (span -1) or a mix of both paths inside one sequence (span 9: flags [[0, 1, 1], [0, 0, 1]] here)
+    monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
+    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=7)
