@@ -42,20 +42,19 @@ import triton.language as tl
 OPS = ("linear_attention", "delta_rule")
 CHUNK_SIZES = (16, 32, 64, 128)
 _TILES = (16, 32, 64, 128, 256)
+_COMMON = {
+    "BLOCK_V": _TILES,              # V tile of the state scans (forward and dh) and the gradient kernels
+    "OUT_BLOCK_K": _TILES,          # K tile of the per-chunk output kernel
+    "OUT_BLOCK_V": _TILES,          # V tile of the per-chunk output kernel
+    "num_warps": (1, 2, 4, 8, 16),  # state scans
+    "out_num_warps": (1, 2, 4, 8, 16),
+    "num_stages": (1, 2, 3, 4),     # forward kernels (software pipelining of the chunk loops)
+    "bwd_num_warps": (2, 4, 8, 16),   # the per-chunk gradient kernels
+    "bwd_num_stages": (1, 2, 3, 4),
+}
 CONFIG_SPACE = {
-    "linear_attention": {
-        "BLOCK_K": _TILES,          # K tile of the state kernels (forward and dh scans)
-        "BLOCK_V": _TILES,          # V tile of all kernels
-        "num_warps": (1, 2, 4, 8, 16),
-        "num_stages": (1, 2, 3, 4),
-        "bwd_num_warps": (2, 4, 8, 16),   # the per-chunk gradient kernels
-    },
-    "delta_rule": {
-        "BLOCK_V": _TILES,
-        "num_warps": (1, 2, 4, 8, 16),
-        "num_stages": (1, 2, 3, 4),
-        "bwd_num_warps": (2, 4, 8, 16),
-    },
+    "linear_attention": {"BLOCK_K": _TILES, **_COMMON},   # BLOCK_K: K tile of the state scans
+    "delta_rule": dict(_COMMON),                          # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -74,8 +73,10 @@ def default_config(op: str, device=None) -> dict:
     # not gradient-checked there, and that compiler has known pipelining miscompiles on Hopper; the
     # tuner (evaluators/), which checks its winner against torch, is the place to pick it up.
     if op == "linear_attention":
-        return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
-    return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 8}
+        return {"BLOCK_K": 64, "BLOCK_V": 64, "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 64, "num_warps": 4,
+                "out_num_warps": 4, "num_stages": 2, "bwd_num_warps": 8, "bwd_num_stages": 2}
+    return {"BLOCK_V": 32, "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 32, "num_warps": 4, "out_num_warps": 4,
+            "num_stages": 2, "bwd_num_warps": 8, "bwd_num_stages": 2}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -93,8 +94,13 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
     if op == "linear_attention" and tile > 128 * 128:
         raise ValueError(f"BLOCK_K * BLOCK_V must be <= {128 * 128} (register budget), got "
                          f"{config['BLOCK_K']} * {config['BLOCK_V']}")
-    if chunk_size == 128 and config.get("BLOCK_V", 64) > 128:
-        raise ValueError("BLOCK_V must be <= 128 with chunk_size=128 (register budget)")
+    for key in ("BLOCK_V", "OUT_BLOCK_V"):
+        if chunk_size == 128 and config.get(key, 64) > 128:
+            raise ValueError(f"{key} must be <= 128 with chunk_size=128 (register budget)")
+    out_tile = config.get("OUT_BLOCK_K", 64) * config.get("OUT_BLOCK_V", 64)
+    if out_tile > 128 * 128:
+        raise ValueError(f"OUT_BLOCK_K * OUT_BLOCK_V must be <= {128 * 128} (register budget), got "
+                         f"{config['OUT_BLOCK_K']} * {config['OUT_BLOCK_V']}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -915,8 +921,11 @@ def _chunk_cumsum(g, BT, flags=False):
     return (b, flag) if flags else b
 
 
-def _launch_opts(cfg, bwd=False):
-    return {"num_warps": cfg["bwd_num_warps"] if bwd else cfg["num_warps"], "num_stages": cfg["num_stages"]}
+def _launch_opts(cfg, kind="scan"):
+    """Launch options of one kernel family: "scan" (state scans), "out" (forward output), "bwd"."""
+    if kind == "bwd":
+        return {"num_warps": cfg["bwd_num_warps"], "num_stages": cfg["bwd_num_stages"]}
+    return {"num_warps": cfg["out_num_warps" if kind == "out" else "num_warps"], "num_stages": cfg["num_stages"]}
 
 
 def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
@@ -948,12 +957,12 @@ def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    BK = min(cfg.get("BLOCK_K", 64), _pow2(K))
-    BV = min(cfg["BLOCK_V"], _pow2(V))
+    BK = min(cfg["OUT_BLOCK_K"], _pow2(K))
+    BV = min(cfg["OUT_BLOCK_V"], _pow2(V))
     o = torch.empty_like(v)
     _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V,
                                                      BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
-                                                     **_launch_opts(cfg))
+                                                     **_launch_opts(cfg, "out"))
     return o
 
 
@@ -1007,7 +1016,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         e = torch.empty(B * H, NT, K, dtype=torch.float32, device=q.device)
     else:
         dq_i, dk_i = torch.empty_like(q), torch.empty_like(k)
-    opts = _launch_opts(cfg, bwd=True)
+    opts = _launch_opts(cfg, "bwd")
     if gate == 2:  # the per-channel variant holds more tiles; 3 stages there were never measured
         opts["num_stages"] = min(opts["num_stages"], 2)
     dq = dk = None
@@ -1102,7 +1111,7 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     BV = min(cfg["BLOCK_V"], _pow2(V))
     dvl = torch.empty_like(do)
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-                                  PREC=_prec(q), **_launch_opts(cfg))
+                                  PREC=_prec(q), **_launch_opts(cfg, "bwd"))
     gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
     del dvl  # folded into dvn; free it before the gradient buffers are allocated (peak memory)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -1112,7 +1121,7 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     if gate:
         dg, db, y = (torch.empty(B, T, H, dtype=torch.float32, device=q.device) for _ in range(3))
         e = torch.empty(B * H, NT, dtype=torch.float32, device=q.device)
-    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, bwd=True))
+    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "bwd"))
     _delta_bwd_dqk_kernel[(NT, B * H)](q, k, b, w, u, h, gs, do, dq, dk_part, db, y, e, scale, T, NT, H, **meta)
     _delta_bwd_wy_kernel[(NT, B * H)](k, v, beta, b, tm, h, dvn, dk_part, db, y, e, dk, dv, dbeta, dg,
                                       T, NT, H, **meta)
