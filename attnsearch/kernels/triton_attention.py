@@ -7,6 +7,7 @@ for the backward; nothing of size T x T is ever allocated.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 
@@ -33,19 +34,31 @@ CONFIG_SPACE = {"softmax_attention": {
     "BLOCK_M_DKV": _TILES, "BLOCK_N_DKV": _TILES, "BLOCK_M_DQ": _TILES, "BLOCK_N_DQ": _TILES,
     "num_warps_dkv": _WARPS, "num_stages_dkv": _STAGES, "num_warps_dq": _WARPS,
     "num_stages_dq": _STAGES,
+    # program order of every kernel: 1 = the same tile of all heads together (heaviest tiles of
+    # every head first), 0 = all tiles of one head together (that head's K/V stay in L2)
+    "heads_inner": (0, 1),
+    # backward: 2 runs the dQ kernel on a side CUDA stream beside the dK/dV kernel, so each fills
+    # the other's tail of idle multiprocessors; 1 runs them one after the other
+    "bwd_streams": (1, 2),
+    # backward: 1 adds dQ from the dK/dV kernel with fp32 atomics (5 matrix products, no dQ
+    # kernel; summation order, hence rounding, varies run to run); 0 runs the dQ kernel
+    "dq_atomic": (0, 1),
 }}
 
 # picked by benchmarks/attention.py --sweep on an H200 (bf16, D=128, full causal T=8192)
 _HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
            "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
-           "num_warps_dkv": 8, "num_stages_dkv": 3, "num_warps_dq": 8, "num_stages_dq": 3}
+           "num_warps_dkv": 8, "num_stages_dkv": 3, "num_warps_dq": 8, "num_stages_dq": 3,
+           "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
 _OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
               "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
-              "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2}
+              "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2,
+              "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
 # the interpreter runs tiles as numpy arrays: small tiles keep tests quick
 _INTERPRETER = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1,
                 "BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32, "BLOCK_M_DQ": 32, "BLOCK_N_DQ": 16,
-                "num_warps_dkv": 4, "num_stages_dkv": 1, "num_warps_dq": 4, "num_stages_dq": 1}
+                "num_warps_dkv": 4, "num_stages_dkv": 1, "num_warps_dq": 4, "num_stages_dq": 1,
+                "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
 
 
 def _interpreting() -> bool:
@@ -203,6 +216,11 @@ class _Plan:
         self.config = config
 
 
+def _grid(n_tiles, n_heads, config):
+    """Axis 0 starts fastest: heads there when config['heads_inner'], else tiles (kernels' order)."""
+    return (n_heads, n_tiles) if config["heads_inner"] else (n_tiles, n_heads)
+
+
 def _forward(q, k, v, plan, lists, counts, scale):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -210,14 +228,13 @@ def _forward(q, k, v, plan, lists, counts, scale):
     lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
     BM, BN = plan.tiles["BLOCK_M"], plan.tiles["BLOCK_N"]
     S = lists.shape[-1]
-    grid = (triton.cdiv(T, BM), B * H)
-    attn_fwd_kernel[grid](
+    attn_fwd_kernel[_grid(triton.cdiv(T, BM), B * H, plan.config)](
         q, k, v, o, lse, lists, counts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, T, lists.shape[2], plan.window, plan.block_size, scale * LOG2E, S,
         HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)), BLOCK_M=BM,
-        BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype),
+        BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype), HEADS_INNER=bool(plan.config["heads_inner"]),
         num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"])
     return o, lse
 
@@ -230,32 +247,60 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
         do.stride(2), H, T, BLOCK_M=64, DV=DV, num_warps=4)
-    dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
+    atomic = bool(cfg["dq_atomic"])
+    # fp32 dQ accumulator of the atomic path ([B, T, H, K], O(T)); a dummy otherwise
+    dqa = torch.zeros((B, T, H, DK) if atomic else (1, 1, 1, 1), dtype=torch.float32,
+                      device=q.device)
     S, ST = lists.shape[-1], tlists.shape[-1]
     NB = lists.shape[2]
     common = dict(HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)),
-                  PREC=_precision(q.dtype))
+                  PREC=_precision(q.dtype), HEADS_INNER=bool(cfg["heads_inner"]))
+    side = _side_stream(q.device) if cfg["bwd_streams"] == 2 and not atomic else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(q.device))  # delta (and inputs) are ready
     BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
-    attn_bwd_dkdv_kernel[(triton.cdiv(T, BN), B * H)](
-        q, k, v, do, dk, dv, lse, delta, lists, tlists, tcounts,
+    attn_bwd_dkdv_kernel[_grid(triton.cdiv(T, BN), B * H, cfg)](
+        q, k, v, do, dk, dv, dqa, lse, delta, lists, tlists, tcounts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        dqa.stride(0), dqa.stride(1), dqa.stride(2),
         H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
         ST_PAD=triton.next_power_of_2(max(ST, 1)), BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV,
-        num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"], **common)
+        DQ_ATOMIC=atomic, num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"],
+        **common)
+    if atomic:
+        return dqa.mul_(scale).to(q.dtype), dk, dv
+    dq = torch.empty_like(q)
     BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
-    attn_bwd_dq_kernel[(triton.cdiv(T, BM), B * H)](
-        q, k, v, do, dq, lse, delta, lists, counts,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
-        BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, num_warps=cfg["num_warps_dq"],
-        num_stages=cfg["num_stages_dq"], **common)
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        attn_bwd_dq_kernel[_grid(triton.cdiv(T, BM), B * H, cfg)](
+            q, k, v, do, dq, lse, delta, lists, counts,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
+            BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, num_warps=cfg["num_warps_dq"],
+            num_stages=cfg["num_stages_dq"], **common)
+    if side is not None:
+        # join: later work on the caller's stream (and freeing dq's inputs) waits for the dQ kernel
+        torch.cuda.current_stream(q.device).wait_stream(side)
     return dq, dk, dv
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device):
+    """One extra CUDA stream per device for the dQ kernel; None off CUDA or under the interpreter."""
+    if device.type != "cuda" or _interpreting():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
 
 
 def _empty_lists(device):

@@ -34,6 +34,23 @@ def _is_listed(lst, blk):
 
 
 @triton.jit
+def _pick(vec, offs, j):
+    """vec[j] of a register vector without a memory load: a load in the tile loop would feed the
+    next tile's K/V addresses and stop the software pipeline from prefetching them."""
+    return tl.sum(tl.where(offs == j, vec, 0), axis=0)
+
+
+@triton.jit
+def _tile_and_head(HEADS_INNER: tl.constexpr):
+    """(tile, batch*head) of this program. Programs start in grid order, axis 0 fastest; the host
+    puts heads on axis 0 when HEADS_INNER (the same tile of all heads together: the heaviest
+    tiles of every head first), else tiles (all tiles of one head together: its K/V stay in L2)."""
+    if HEADS_INNER:
+        return tl.program_id(1), tl.program_id(0)
+    return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
     """[len(rows), len(cols)] visibility of a tile that needs masking."""
     vis = (cols[None, :] <= rows[:, None]) & (cols[None, :] < T)
@@ -140,10 +157,11 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                     H, T, NQB, WINDOW, BS, qk_scale, S,
                     HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, HEADS_INNER: tl.constexpr):
+    n_tiles = tl.cdiv(T, BLOCK_M)
+    tile, bh = _tile_and_head(HEADS_INNER)
     # heaviest (latest) query tiles first: causal work grows with the tile index
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m = n_tiles - 1 - tile
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
     h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M
@@ -176,7 +194,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                                           offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                           qk_scale, False, HAS_BLOCKS, PREC)
         for t in range(0, (count - n_near) * per_block):  # the rest: one flat, pipelined loop
-            n0 = tl.load(lst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            n0 = _pick(lst, offs_s, n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
                                       offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                       qk_scale, False, HAS_BLOCKS, PREC)
@@ -221,12 +239,14 @@ def attn_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, sdo_b, sdo_t, sdo_h, H
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols, offs_m, offs_dk,
-               offs_dv, stride_qt, stride_dot, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
-               MASKED: tl.constexpr, ROW_TAIL: tl.constexpr, HAS_BLOCKS: tl.constexpr,
-               PREC: tl.constexpr):
+def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, m0, cols, offs_m,
+               offs_dk, offs_dv, stride_qt, stride_dot, stride_dqat, T, WINDOW, BS, lst_rows, offs_s,
+               S, kb, qk_scale, MASKED: tl.constexpr, ROW_TAIL: tl.constexpr,
+               HAS_BLOCKS: tl.constexpr, PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr):
     """One query tile against this program's key tile; lst_rows points at the forward lists of
-    this (batch, head), used only by masked tiles to ask whether the query block lists kb."""
+    this (batch, head), used only by masked tiles to ask whether the query block lists kb.
+    DQ_ATOMIC: also add this tile's share of dQ (unscaled, fp32) into dqa_base with atomics, so
+    no separate dQ kernel has to recompute the scores (5 matrix products instead of 7)."""
     rows = m0 + offs_m
     qT_ptrs = q_base + rows[None, :] * stride_qt + offs_dk[:, None]
     do_ptrs = do_base + rows[:, None] * stride_dot + offs_dv[None, :]
@@ -252,21 +272,31 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols, of
     dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
     dsT = pT * (dpT - delta[None, :])
     dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+    if DQ_ATOMIC:
+        dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC)
+        dqa_ptrs = dqa_base + rows[:, None] * stride_dqat + offs_dk[None, :]
+        if ROW_TAIL:
+            tl.atomic_add(dqa_ptrs, dq, mask=rows[:, None] < T, sem="relaxed")
+        else:
+            tl.atomic_add(dqa_ptrs, dq, sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
+def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
                          sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
                          sdo_b, sdo_t, sdo_h, sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
+                         sdqa_b, sdqa_t, sdqa_h,
                          H, T, NB, WINDOW, BS, qk_scale, sm_scale, S, ST,
                          HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, ST_PAD: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DK_: tl.constexpr,
-                         DV_: tl.constexpr, PREC: tl.constexpr):
-    bh = tl.program_id(1)
+                         DV_: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
+                         DQ_ATOMIC: tl.constexpr):
+    # key tile 0 first: it is seen by the most query tiles
+    tile, bh = _tile_and_head(HEADS_INNER)
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
     h = (bh % H).to(tl.int64)
-    n0 = tl.program_id(0) * BLOCK_N
+    n0 = tile * BLOCK_N
     cols = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, DK_)
@@ -281,6 +311,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
     do_base = DO + b * sdo_b + h * sdo_h
     lse_base = LSE + bh * T
     delta_base = DELTA + bh * T
+    dqa_base = DQA + b * sdqa_b + h * sdqa_h
 
     first, a, b_clean, c = _query_ranges(n0, T, WINDOW, BS, BLOCK_M, BLOCK_N, HAS_BLOCKS)
     kb = n0 // BS
@@ -298,26 +329,31 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, LST, TLST, TCNT,
         for slot in range(0, n_near):
             qstart = tl.load(tlst_base + slot) * BS
             for m0 in range(tl.maximum(qstart, c), tl.minimum(qstart + BS, m_end), BLOCK_M):
-                dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
-                                    offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
-                                    offs_s, S, kb, qk_scale, False, True, HAS_BLOCKS, PREC)
+                dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                    dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                                    sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                                    False, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
         for t in range(0, (count - n_near) * per_block):
-            m0 = tl.load(tlst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_M
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
-                                offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
-                                offs_s, S, kb, qk_scale, False, True, HAS_BLOCKS, PREC)
+            m0 = _pick(tlst, offs_st, n_near + t // per_block) * BS + (t % per_block) * BLOCK_M
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                                sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                                False, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
     for m0 in range(first, a, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
-                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
-                            offs_s, S, kb, qk_scale, True, True, HAS_BLOCKS, PREC)
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                            dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                            sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                            True, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
     for m0 in range(a, b_clean, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
-                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
-                            offs_s, S, kb, qk_scale, False, False, HAS_BLOCKS, PREC)
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                            dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                            sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                            False, False, HAS_BLOCKS, PREC, DQ_ATOMIC)
     for m0 in range(b_clean, c, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m0, cols,
-                            offs_m, offs_dk, offs_dv, sq_t, sdo_t, T, WINDOW, BS, lst_rows,
-                            offs_s, S, kb, qk_scale, True, True, HAS_BLOCKS, PREC)
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                            dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                            sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                            True, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
 
     dk = dk * sm_scale
     tl.store(DK + b * sdk_b + h * sdk_h + cols[:, None] * sdk_t + offs_dk[None, :],
@@ -359,9 +395,10 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
                        H, T, NQB, WINDOW, BS, qk_scale, sm_scale, S,
                        HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                       PREC: tl.constexpr):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+                       PREC: tl.constexpr, HEADS_INNER: tl.constexpr):
+    n_tiles = tl.cdiv(T, BLOCK_M)
+    tile, bh = _tile_and_head(HEADS_INNER)
+    pid_m = n_tiles - 1 - tile
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
     h = (bh % H).to(tl.int64)
     m0 = pid_m * BLOCK_M
@@ -395,7 +432,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
                               offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                               HAS_BLOCKS, PREC)
         for t in range(0, (count - n_near) * per_block):
-            n0 = tl.load(lst_base + n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            n0 = _pick(lst, offs_s, n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
             dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
                           offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                           HAS_BLOCKS, PREC)

@@ -136,6 +136,14 @@ def test_tilings_window_and_blocks(config):
     _compare(T, H=1, config=config, window=7)
 
 
+@pytest.mark.parametrize("config", [{"dq_atomic": 1}, {"heads_inner": 1, "bwd_streams": 2}])
+def test_backward_variants(config):
+    """dQ by atomics from the dK/dV kernel, heads-inner program order (streams: CUDA only)."""
+    T, bs = 75, 16
+    _compare(T, H=2, config=config, **masks.random_pattern(T, bs, 2, seed=3, window=9, heads=2))
+    _compare(T, H=2, config=config)
+
+
 def test_block_lists_and_transpose_match_a_direct_construction(ta):
     gen = torch.Generator().manual_seed(0)
     B, H, NB, S = 2, 3, 7, 4
@@ -186,6 +194,8 @@ def test_half_precision_output_dtype():
     ({"BLOCK_Q": 64}, "unknown"),
     ({"BLOCK_M": 48}, "BLOCK_M"),
     ({"num_warps": 3}, "num_warps"),
+    ({"dq_atomic": 2}, "dq_atomic"),
+    ({"bwd_streams": 0}, "bwd_streams"),
     ({"BLOCK_M": 256, "BLOCK_N": 256}, "exceeds"),
     ({"BLOCK_M_DQ": 256, "BLOCK_N_DQ": 256}, "exceeds"),
 ])
