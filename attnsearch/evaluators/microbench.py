@@ -437,6 +437,29 @@ def measure_parts(arch, shape: TargetShape, *, cache=None, timer=None, device="c
     return compose(mixer_ms, dense, head, arch.n_layers, shape.batch, shape.seq_len)
 
 
+def compose_from_cache(arch, shape: TargetShape, cache, environment: dict,
+                       phases=PHASES) -> Composition | None:
+    """The composition of ``arch`` from cached timings alone, or None when any part is missing.
+
+    Pure lookups (no torch, no GPU): the driver uses it to skip a benchmark task when every
+    layer kind of a trial was timed before, under the exact keys ``measure_parts`` writes."""
+    mixer_ms = {p: [] for p in phases}
+    for layer in arch.layers:
+        for p in phases:
+            stats = cache.get(mixer_key(environment, arch, layer, p, shape))
+            if stats is None:
+                return None
+            mixer_ms[p].append(stats.median_ms)
+    dense, head = {}, {}
+    for p in phases:
+        d = cache.get(dense_key(environment, arch, p, shape))
+        h = cache.get(head_key(environment, arch, p, shape))
+        if d is None or h is None:
+            return None
+        dense[p], head[p] = d.median_ms, h.median_ms
+    return compose(mixer_ms, dense, head, arch.n_layers, shape.batch, shape.seq_len)
+
+
 def measure_peak_memory(arch, shape: TargetShape, device="cuda") -> dict:
     """Peak GPU memory of one training step (forward + loss + backward) of the whole model,
     beside the exact decode-state formula and the bytes a filled decode cache really holds."""
@@ -475,31 +498,33 @@ def measure_peak_memory(arch, shape: TargetShape, device="cuda") -> dict:
 
 def measured_throughput(arch, seq_len: int, batch_tokens: int | None = None, gpu_name: str | None = None,
                         dtype: str = "bf16", *, cache=None, timer=None, device="cuda", tune: bool = False,
-                        tune_trials: int = 16, tune_budget_s: float | None = None, measure_memory: bool = False):
+                        tune_trials: int = 16, tune_budget_s: float | None = None, measure_memory: bool = False,
+                        tuned: dict | None = None, environment: dict | None = None):
     """Throughput mode ``measured`` (``evaluators.throughput.evaluate_throughput``): tokens/s
-    composed from per-part GPU timings, optionally after tuning each layer's kernel config."""
+    composed from per-part GPU timings, optionally after tuning each layer's kernel config
+    (``tuned``: configs already chosen per layer signature, applied instead of tuning again)."""
     import torch
 
     from .throughput import ThroughputResult
 
-    if not torch.cuda.is_available():
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("throughput mode 'measured' needs a CUDA GPU on the worker "
                          "(use 'estimated' or 'measured-cpu' without one)")
     shape = TargetShape.from_target(seq_len, batch_tokens, dtype)
-    env = environment_info(device)
+    env = environment or environment_info(device)
     cache = cache if cache is not None else MemoryBenchCache()
     detail: dict = {"gpu": env["gpu"], "versions": env["versions"], "dtype": dtype,
                     "requested_gpu": gpu_name}
     if tune:
         from .tuner import tune_arch
 
-        tuned = tune_arch(arch, seq_len, batch_tokens, dtype, cache=cache, device=device, n_trials=tune_trials,
-                          environment=env, time_budget_s=tune_budget_s)
-        arch = tuned["arch"]
-        detail["kernel_configs"] = tuned["kernel_configs"]
-        detail["tuning"] = {sig: {k: r[k] for k in ("op", "method", "space_size", "speedup", "n_timed",
-                                                    "n_skipped", "best_config")}
-                            for sig, r in tuned["ops"].items()}
+        out = tune_arch(arch, seq_len, batch_tokens, dtype, cache=cache, device=device, n_trials=tune_trials,
+                        environment=env, time_budget_s=tune_budget_s, known=tuned, timer=timer)
+        arch = out["arch"]
+        detail["kernel_configs"] = out["kernel_configs"]
+        detail["tuning"] = {sig: {k: r.get(k) for k in ("op", "method", "space_size", "speedup", "n_timed",
+                                                        "n_skipped", "best_config")}
+                            for sig, r in out["ops"].items()}
     comp = measure_parts(arch, shape, cache=cache, timer=timer, device=device, environment=env)
     detail["composition"] = comp.to_dict()
     if measure_memory:
@@ -535,7 +560,8 @@ def benchmark_task(request: dict) -> dict:
     """What a benchmarking Ray task runs: plain dict in, plain dict out (no database access).
 
     request: {"arch": ArchConfig dict, "seq_len", "batch_tokens", "dtype", "known": cache
-    records, "tune": bool, "measure_memory": bool}. The result carries ``new_records`` for the
+    records, "tune": bool, "tuned": {layer signature: kernel config} already chosen,
+    "measure_memory": bool}. The result carries ``new_records`` for the
     driver to store, the cache hits/misses, and wall-clock start/end (isolation checks).
     """
     from attnsearch.space.arch import ArchConfig
@@ -548,7 +574,8 @@ def benchmark_task(request: dict) -> dict:
                                  tune=bool(request.get("tune", False)),
                                  tune_trials=int(request.get("tune_trials", 16)),
                                  tune_budget_s=request.get("tune_budget_s"),
-                                 measure_memory=bool(request.get("measure_memory", False)))
+                                 measure_memory=bool(request.get("measure_memory", False)),
+                                 tuned=request.get("tuned"))
     return {"result": result.to_dict(), "new_records": cache.new_records(), "hits": cache.hits,
             "misses": cache.misses, "started_at": started, "ended_at": time.time()}
 

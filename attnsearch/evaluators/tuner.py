@@ -376,10 +376,20 @@ def do_bench_timer(warmup_ms: int = 25, rep_ms: int = 100) -> Callable[[Callable
 
 
 def layer_signature(layer) -> str:
-    """Layers with the same mechanism and params share one tuning."""
+    """Layers with the same mechanism, params and space-given kernel settings share one tuning."""
     from attnsearch.storage.bench_cache import canonical_json
 
-    return canonical_json({"mechanism": layer.mechanism, "params": layer.params})
+    sig = {"mechanism": layer.mechanism, "params": layer.params}
+    if layer.kernel_config:
+        sig["kernel_config"] = layer.kernel_config
+    return canonical_json(sig)
+
+
+def restricted_space(space: dict, fixed: dict | None) -> dict:
+    """The config space with the keys the search space already set (fixed or sampled) pinned:
+    the tuner only chooses what was left ``auto``."""
+    fixed = fixed or {}
+    return {k: ([fixed[k]] if k in fixed else list(v)) for k, v in space.items()}
 
 
 def capture_layer_op(arch, layer, batch: int, seq_len: int, dtype, device) -> CapturedOp:
@@ -402,8 +412,12 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
               cache=None, timer=None, device="cuda", exhaustive_limit: int = EXHAUSTIVE_LIMIT,
               n_trials: int = N_TRIALS, seed: int = 0, environment: dict | None = None,
               check: bool = True, progress: Callable[[str], None] | None = None,
-              time_budget_s: float | None = None) -> dict:
+              time_budget_s: float | None = None, known: dict | None = None) -> dict:
     """Tune every distinct layer op of ``arch`` on the GPU at (batch, seq_len).
+
+    Kernel keys a layer already sets (fixed or searched in the space) stay as they are; only the
+    rest is tuned. ``known`` maps layer signatures to configs chosen earlier (a study tunes each
+    layer kind once): those layers take them without tuning.
 
     Returns {"arch": ArchConfig with tuned kernel_config per layer, "kernel_configs": [...],
     "ops": {signature: TuneResult dict}, "batch": B, "seq_len": T}.
@@ -423,8 +437,12 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
     timer = timer or do_bench_timer()
     by_signature: dict[str, dict] = {}
     configs = []
+    known = dict(known or {})
     for layer in arch.layers:
         sig = layer_signature(layer)
+        if sig in known:
+            configs.append(dict(known[sig]))
+            continue
         if sig not in by_signature:
             op = mechanism(layer.mechanism).op
             call = capture_layer_op(arch, layer, batch, seq_len, tdtype, device)
@@ -436,7 +454,10 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
                 return BenchKey(gpu=env["gpu"], versions=env["versions"], op=f"{op}.train",
                                 mechanism=mech, shape=shape, dtype=dtype, config=config)
 
-            result = tune_configs(op_space(op), op_default(op), run_factory=run_factory(call), timer=timer,
+            fixed = dict(layer.kernel_config or {})
+            default = {**op_default(op), **fixed}
+            result = tune_configs(restricted_space(op_space(op), fixed), default, run_factory=run_factory(call),
+                                  timer=timer,
                                   validate=validator(call), cache=cache, key_for=key_for, op=op,
                                   exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed,
                                   time_budget_s=time_budget_s)

@@ -140,7 +140,7 @@ def run_study(space: "SearchSpace | str | Path | dict", study_name: str, storage
               evaluate: Callable[[dict], dict] | None = None, stagnation_trials: int | None = None,
               trial_timeout: float | None = None, allow_space_change: bool = False,
               should_stop: Callable[[], bool] | None = None, stale_after_s: float = 120.0,
-              enqueue_baselines: bool = True) -> RunResult:
+              enqueue_baselines: bool = True, bench_task: Callable[[dict], dict] | None = None) -> RunResult:
     """Create or resume ``study_name`` and run it (see the module docstring)."""
     from attnsearch.storage import resolve_url
 
@@ -154,7 +154,8 @@ def run_study(space: "SearchSpace | str | Path | dict", study_name: str, storage
     url = resolve_url(storage_url)
     driver = Driver(space, study_name, url, workers=workers, device=device, evaluate=evaluate,
                     trial_timeout_s=trial_timeout, stale_after_s=stale_after_s,
-                    allow_space_change=allow_space_change, enqueue_baselines=enqueue_baselines)
+                    allow_space_change=allow_space_change, enqueue_baselines=enqueue_baselines,
+                    bench_task=bench_task)
     return driver.run(n_trials=n_trials, timeout=timeout, stagnation_trials=stagnation_trials,
                       progress_callback=progress_callback, should_stop=should_stop, ray_address=ray_address)
 
@@ -188,6 +189,7 @@ def _row(trial, names: list[str], on_front: set[int]) -> dict:
         "fail_reason": a.get("fail_reason"), "fail_kind": a.get("fail_kind"),
         "reused_from": a.get("reused_from"), "retry_of": a.get("retry_of"),
         "worker": (a.get("run") or {}).get("worker"), "timings": (a.get("run") or {}).get("timings", {}),
+        "kernel_configs": (a.get("run") or {}).get("kernel_configs"),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
     }

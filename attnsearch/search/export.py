@@ -86,17 +86,30 @@ def layer_types(arch: ArchConfig) -> list[str]:
     return [LAYER_TYPES[layer.mechanism] for layer in arch.layers]
 
 
-def _layer_entries(arch: ArchConfig) -> list[dict]:
+def _layer_entries(arch: ArchConfig, tuned: list | None = None) -> list[dict]:
     out = []
     for i, layer in enumerate(arch.layers):
+        if tuned:
+            how = "tuned"            # measured by the study's auto-tuner on its GPU
+        else:
+            # fixed/searched in the space, or left to the kernels' per-GPU defaults
+            how = "space" if layer.kernel_config else "default"
         out.append({
             "index": i, "mechanism": layer.mechanism, "layer_type": LAYER_TYPES[layer.mechanism],
             "op": mechanism(layer.mechanism).op, "params": dict(layer.params),
-            "kernel_config": dict(layer.kernel_config or {}),
-            # fixed/searched in the space, or left to the kernels' per-GPU defaults / benchmark cache
-            "kernel_tuning": "space" if layer.kernel_config else "auto",
+            "kernel_config": dict(layer.kernel_config or {}), "kernel_tuning": how,
         })
     return out
+
+
+def with_tuned_kernels(arch: ArchConfig, kernel_configs: list | None) -> ArchConfig:
+    """``arch`` with the kernel configs a measured study tuned for it (one per layer)."""
+    if not kernel_configs:
+        return arch
+    if len(kernel_configs) != len(arch.layers):
+        raise ExportError(f"trial has {len(kernel_configs)} tuned kernel configs for {len(arch.layers)} layers")
+    return arch.with_layers([{**layer.model_dump(), "kernel_config": {**(layer.kernel_config or {}), **cfg}}
+                             for layer, cfg in zip(arch.layers, kernel_configs)])
 
 
 def _finite(value):
@@ -112,6 +125,8 @@ def build_export(row: dict, *, study_name: str, storage_url: str, study_attrs: d
         raise ExportError(f"trial {row.get('number')} of study {study_name!r} has no recorded architecture")
     arch = ArchConfig.from_dict(row["arch"])
     arch = ArchConfig.from_dict({**arch.to_dict(), "name": f"{study_name}-trial-{row['number']}"})
+    tuned = row.get("kernel_configs")
+    arch = with_tuned_kernels(arch, tuned)
     worker = row.get("worker") or {}
     target = dict(study_attrs.get("target") or {})
     objectives = dict(zip(study_attrs.get("objectives") or [], study_attrs.get("directions") or []))
@@ -123,7 +138,7 @@ def build_export(row: dict, *, study_name: str, storage_url: str, study_attrs: d
         "layout": arch.layout_string(),
         "layer_types": layer_types(arch),
         "target": target,
-        "layers": _layer_entries(arch),
+        "layers": _layer_entries(arch, tuned),
         "metrics": {k: _finite(v) for k, v in (row.get("metrics") or {}).items()},
         "objectives": objectives,
         "selection": {"policy": policy if row.get("selected_by") != "trial" else None,

@@ -80,3 +80,46 @@ def synthetic_evaluate(request: dict, *, sleep_s: float = 0.0, burn_s: float = 0
         return {"metrics": {"quality": float("nan")}, "diverged": True, "reason": "loss became NaN at step 3"}
     quality = float("inf") if kind == "inf" else synthetic_quality(request["arch"])
     return {"metrics": {"quality": quality}, "timings": {"synthetic_s": sleep_s + burn_s}}
+
+
+CPU_BENCH_ENV = {"gpu": "cpu-test", "versions": {"attnsearch": "test"}}
+
+
+def cpu_bench_task(request: dict) -> dict:
+    """``evaluators.microbench.benchmark_task``'s contract on the CPU, for tests of measured mode:
+    a stand-in tuner (``chunk_size`` 32 for every linear-family layer kind not tuned before,
+    the softmax defaults otherwise) and the real per-part timing and composition code, with
+    each part run once and timed by the wall clock."""
+    from attnsearch.evaluators.microbench import measured_throughput
+    from attnsearch.evaluators.tuner import layer_signature
+    from attnsearch.space.arch import ArchConfig
+    from attnsearch.space.catalogue import mechanism
+    from attnsearch.storage.bench_cache import MemoryBenchCache, stats_from_samples
+
+    started = time.time()
+    arch = ArchConfig.from_dict(request["arch"])
+    known = dict(request.get("tuned") or {})
+    configs, tuning = [], {}
+    for layer in arch.layers:
+        sig = layer_signature(layer)
+        if sig not in known:
+            linear = mechanism(layer.mechanism).op != "softmax_attention"
+            known[sig] = {**({"chunk_size": 32} if linear else {}), **(layer.kernel_config or {})}
+            tuning[sig] = {"op": mechanism(layer.mechanism).op, "method": "fixed-for-tests", "speedup": 1.0,
+                           "best_config": known[sig]}
+        configs.append(dict(known[sig]))
+    tuned = arch.with_layers([{**l.model_dump(), "kernel_config": c} for l, c in zip(arch.layers, configs)])
+
+    def timer(fn):
+        t0 = time.perf_counter()
+        fn()
+        return stats_from_samples([(time.perf_counter() - t0) * 1e3])
+
+    cache = MemoryBenchCache(request.get("known", ()))
+    result = measured_throughput(tuned, int(request["seq_len"]), request.get("batch_tokens"),
+                                 dtype=request.get("dtype", "fp32"), cache=cache, timer=timer, device="cpu",
+                                 environment=CPU_BENCH_ENV)
+    out = result.to_dict()
+    out["detail"].update(kernel_configs=configs, tuning=tuning)
+    return {"result": out, "new_records": cache.new_records(), "hits": cache.hits, "misses": cache.misses,
+            "started_at": started, "ended_at": time.time()}

@@ -158,7 +158,8 @@ def evaluate_architecture(request: dict) -> dict:
             out["reason"] = getattr(result, "reason", None) or getattr(result, "diverged_reason", None)
         metrics["quality"] = _quality_score(result)
         extra["quality"] = data
-    if request.get("throughput_mode") == "measured":
+    if request.get("throughput_mode") == "measured" and not request.get("measured_in_driver"):
+        # standalone use; inside a study the driver benchmarks on a GPU of its own (isolation)
         from attnsearch.evaluators.throughput import evaluate_throughput
 
         t0 = time.perf_counter()

@@ -335,6 +335,12 @@ class EvaluationSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.25
     trial_timeout_s: float | None = None
+    tune_kernels: bool = True              # measured mode: tune the ``auto`` kernel parameters
+    tune_trials: int = 16                  # configs per layer kind when the space is too big to try all
+    tune_budget_s: float | None = None     # seconds of tuning per layer kind (None: no limit)
+
+
+_TUNING_DEFAULTS = {"tune_kernels": True, "tune_trials": 16, "tune_budget_s": None}
 
 
 @dataclass(frozen=True)
@@ -394,7 +400,9 @@ class SearchSpace:
             "constraints": self.constraints.to_dict(),
             "objectives": {n: d for n, d in self.objectives},
             "sampler": {"name": self.sampler.name, "seed": self.sampler.seed, **self.sampler.options},
-            "evaluation": dict(self.evaluation.__dict__),
+            # tuning settings only when changed, so that studies made before they existed resume
+            "evaluation": {k: v for k, v in self.evaluation.__dict__.items()
+                           if not (k in _TUNING_DEFAULTS and v == _TUNING_DEFAULTS[k])},
             "seed": self.seed,
         }
         return out
@@ -589,6 +597,12 @@ def _int(value, where, low=1, high=None) -> int:
     return value
 
 
+def _bool(value, where) -> bool:
+    if not isinstance(value, bool):
+        raise _err(where, f"must be true or false, got {value!r}")
+    return value
+
+
 def _number(value, where, positive=True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (positive and value <= 0):
@@ -775,6 +789,10 @@ def _parse_space(data, src) -> SearchSpace:
         gpus_per_trial=_number(eraw.get("gpus_per_trial", 0.25), f"{src}: evaluation.gpus_per_trial"),
         trial_timeout_s=_number(eraw["trial_timeout_s"], f"{src}: evaluation.trial_timeout_s")
         if eraw.get("trial_timeout_s") is not None else None,
+        tune_kernels=_bool(eraw.get("tune_kernels", True), f"{src}: evaluation.tune_kernels"),
+        tune_trials=_int(eraw.get("tune_trials", 16), f"{src}: evaluation.tune_trials", low=1),
+        tune_budget_s=_number(eraw["tune_budget_s"], f"{src}: evaluation.tune_budget_s")
+        if eraw.get("tune_budget_s") is not None else None,
     )
     if evaluation.gpus_per_trial > 1 and not float(evaluation.gpus_per_trial).is_integer():
         raise _err(f"{src}: evaluation.gpus_per_trial", "above 1 it must be a whole number of GPUs")

@@ -1,0 +1,91 @@
+"""Measured mode inside a study: the driver benchmarks each new layer kind once (as its own Ray
+task, before the proxy), composes later trials from the benchmark cache, keeps the tuned kernel
+configs with the trials and the export, and fails a trial whose benchmark fails.
+
+The benchmark task here is ``search.testing.cpu_bench_task``: the real per-part timing and
+composition code on the CPU with a stand-in tuner (real GPU timings run in benchmarks/)."""
+import json
+
+import optuna
+from optuna.trial import TrialState
+
+from attnsearch import search
+from attnsearch.models import build_model
+from attnsearch.search.export import export_trial
+from attnsearch.search.testing import cpu_bench_task, synthetic_evaluate
+from attnsearch.storage.bench_cache import BenchCache
+
+MEASURED_SPACE = {
+    "target": {"d_model": 32, "n_layers": 4, "n_heads": 2, "head_dim": 16, "vocab_size": 64,
+               "context_len": 32, "batch_tokens": 64, "dtype": "fp32", "gpu": "H100"},
+    "layout": {"mode": "pattern", "periods": [1, 2]},
+    "mechanisms": {"full": {}, "sliding_window": {"window": [8, 16]}, "gla": {}},
+    "objectives": ["quality", "throughput"],
+    "evaluation": {"throughput": "measured"},
+    "sampler": {"name": "tpe", "seed": 0},
+}
+
+
+def _study(url, name):
+    return optuna.load_study(study_name=name, storage=search.study.optuna_storage(url))
+
+
+def test_measured_study_caches_tunes_and_exports(ray_session, sqlite_url, study_name, tmp_path):
+    space = search.load_space(MEASURED_SPACE)
+    result = search.run_study(space, study_name, sqlite_url, n_trials=8, workers=2, evaluate=synthetic_evaluate,
+                              bench_task=cpu_bench_task, enqueue_baselines=False)
+    assert result.stop_reason == "budget" and result.complete == 8, result
+    summary = result.measured
+    # 3 layer kinds (+ windows) over 8 trials: most trials come straight from the cache
+    assert summary["trials_benchmarked"] + summary["trials_composed_from_cache"] + result.reused == 8
+    assert 1 <= summary["trials_benchmarked"] < 8 and summary["trials_composed_from_cache"] >= 1
+    assert 0 < summary["hit_rate"] < 1 and summary["gpu"] == "cpu-test"
+    study = _study(sqlite_url, study_name)
+    assert study.user_attrs["measured_speed"]["trials_benchmarked"] == summary["trials_benchmarked"]
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+            and "reused_from" not in t.user_attrs]
+    for t in done:
+        m = t.user_attrs["metrics"]
+        assert m["throughput_mode"] == "measured" and t.values[1] == m["throughput"] > 0
+        assert m["decode_tokens_per_s"] > 0 and m["prefill_tokens_per_s"] > 0
+        assert m["throughput_estimated"] > 0                 # the roofline figure stays beside it
+        configs = t.user_attrs["run"]["kernel_configs"]
+        for layer, cfg in zip(t.user_attrs["arch"]["layers"], configs):
+            assert cfg == ({"chunk_size": 32} if layer["mechanism"] == "gla" else {})
+    sources = {t.user_attrs["metrics"]["bench_source"] for t in done}
+    assert sources == {"cache", "benchmark"}
+    assert len(BenchCache(sqlite_url)) > 0                    # the driver stored the task's records
+    # the export carries the tuned kernels, and build_model builds with them
+    gla = [t for t in done if any(l["mechanism"] == "gla" for l in t.user_attrs["arch"]["layers"])]
+    if gla:
+        doc = export_trial(study_name, sqlite_url, trial_number=gla[0].number)
+        tuned = [l for l in doc["layers"] if l["mechanism"] == "gla"]
+        assert tuned and all(l["kernel_config"] == {"chunk_size": 32} and l["kernel_tuning"] == "tuned"
+                             for l in tuned)
+        path = tmp_path / "best.json"
+        path.write_text(json.dumps(doc))
+        model = build_model(str(path))
+        chunks = {m.chunk_size for m in model.modules() if hasattr(m, "chunk_size")}
+        assert chunks == {32}                                  # every GLA mixer runs the tuned chunk
+
+    # a resumed study starts from the database's cache: nothing is timed again
+    stored = len(BenchCache(sqlite_url))
+    again = search.run_study(space, study_name, sqlite_url, n_trials=12, workers=2, evaluate=synthetic_evaluate,
+                             bench_task=cpu_bench_task, enqueue_baselines=False)
+    assert again.complete == 4, again
+    assert again.measured["part_misses"] == 0 and len(BenchCache(sqlite_url)) == stored
+    assert again.measured["part_hits"] > 0 or again.reused == 4      # (all four may repeat known layouts)
+
+
+def test_failed_benchmark_fails_its_trial_only(ray_session, sqlite_url, study_name):
+    def _failing_bench(request):          # nested: Ray ships it by value (test modules are not importable there)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    space = search.load_space(MEASURED_SPACE)
+    result = search.run_study(space, study_name, sqlite_url, n_trials=3, workers=2, evaluate=synthetic_evaluate,
+                              bench_task=_failing_bench, enqueue_baselines=False)
+    assert result.stop_reason == "budget" and result.failed == 3
+    trials = _study(sqlite_url, study_name).get_trials(deepcopy=False)
+    reasons = [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL]
+    assert len(reasons) == 3, reasons
+    assert all(r.startswith("benchmark: ") and "illegal memory access" in r for r in reasons), reasons
