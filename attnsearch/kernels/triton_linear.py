@@ -42,16 +42,25 @@ import triton.language as tl
 OPS = ("linear_attention", "delta_rule")
 CHUNK_SIZES = (16, 32, 64, 128)
 _TILES = (16, 32, 64, 128, 256)
+# Three kernel families, each with its own keys, so that each can be tuned alone:
+#   scans (state forward, dh backward):  BLOCK_K (linear only), BLOCK_V, num_warps, num_stages
+#   forward output (per chunk):          OUT_BLOCK_K, OUT_BLOCK_V, out_num_warps, out_num_stages
+#   backward per-chunk gradients:        BWD_BLOCK_V, bwd_num_warps, bwd_num_stages
 _COMMON = {
-    "BLOCK_V": _TILES,              # V tile of the state scans (forward and dh) and the gradient kernels
-    "OUT_BLOCK_K": _TILES,          # K tile of the per-chunk output kernel
-    "OUT_BLOCK_V": _TILES,          # V tile of the per-chunk output kernel
-    "num_warps": (1, 2, 4, 8, 16),  # state scans
+    "BLOCK_V": _TILES,
+    "num_warps": (1, 2, 4, 8, 16),
+    "num_stages": (1, 2, 3, 4),     # software pipelining of the chunk loops
+    "OUT_BLOCK_K": _TILES,
+    "OUT_BLOCK_V": _TILES,
     "out_num_warps": (1, 2, 4, 8, 16),
-    "num_stages": (1, 2, 3, 4),     # forward kernels (software pipelining of the chunk loops)
-    "bwd_num_warps": (2, 4, 8, 16),   # the per-chunk gradient kernels
+    "out_num_stages": (1, 2, 3, 4),
+    "BWD_BLOCK_V": _TILES,
+    "bwd_num_warps": (2, 4, 8, 16),
     "bwd_num_stages": (1, 2, 3, 4),
 }
+FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages"),
+            "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages"),
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages")}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON},   # BLOCK_K: K tile of the state scans
     "delta_rule": dict(_COMMON),                          # (the delta rule's scans hold all of K)
@@ -73,10 +82,12 @@ def default_config(op: str, device=None) -> dict:
     # not gradient-checked there, and that compiler has known pipelining miscompiles on Hopper; the
     # tuner (evaluators/), which checks its winner against torch, is the place to pick it up.
     if op == "linear_attention":
-        return {"BLOCK_K": 64, "BLOCK_V": 64, "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 64, "num_warps": 4,
-                "out_num_warps": 4, "num_stages": 2, "bwd_num_warps": 8, "bwd_num_stages": 2}
-    return {"BLOCK_V": 32, "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 32, "num_warps": 4, "out_num_warps": 4,
-            "num_stages": 2, "bwd_num_warps": 8, "bwd_num_stages": 2}
+        return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2,
+                "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
+                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 2}
+    return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2,
+            "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 32, "out_num_warps": 4, "out_num_stages": 2,
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 2}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -94,7 +105,7 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
     if op == "linear_attention" and tile > 128 * 128:
         raise ValueError(f"BLOCK_K * BLOCK_V must be <= {128 * 128} (register budget), got "
                          f"{config['BLOCK_K']} * {config['BLOCK_V']}")
-    for key in ("BLOCK_V", "OUT_BLOCK_V"):
+    for key in ("BLOCK_V", "OUT_BLOCK_V", "BWD_BLOCK_V"):
         if chunk_size == 128 and config.get(key, 64) > 128:
             raise ValueError(f"{key} must be <= 128 with chunk_size=128 (register budget)")
     out_tile = config.get("OUT_BLOCK_K", 64) * config.get("OUT_BLOCK_V", 64)
@@ -925,7 +936,9 @@ def _launch_opts(cfg, kind="scan"):
     """Launch options of one kernel family: "scan" (state scans), "out" (forward output), "bwd"."""
     if kind == "bwd":
         return {"num_warps": cfg["bwd_num_warps"], "num_stages": cfg["bwd_num_stages"]}
-    return {"num_warps": cfg["out_num_warps" if kind == "out" else "num_warps"], "num_stages": cfg["num_stages"]}
+    if kind == "out":
+        return {"num_warps": cfg["out_num_warps"], "num_stages": cfg["out_num_stages"]}
+    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
 def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
@@ -1004,7 +1017,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
     gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     BK = _pow2(K)
-    BV = min(cfg["BLOCK_V"], _pow2(V))
+    BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
     dv = torch.empty_like(v)
     db = None
     dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate else None
@@ -1108,7 +1121,7 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     b = _chunk_cumsum(g, BT)
     w, u, tm = _wy(k, v, beta, b, BT, True)
     BK = _pow2(K)
-    BV = min(cfg["BLOCK_V"], _pow2(V))
+    BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
     dvl = torch.empty_like(do)
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
                                   PREC=_prec(q), **_launch_opts(cfg, "bwd"))

@@ -104,7 +104,9 @@ def test_strong_decay_is_exact_and_finite(op, gate):
                                              ("linear", None, 70, 64)])
 def test_larger_chunks_and_tiles(op, gate, T, chunk):
     # several 16-row sub-blocks per chunk (per-channel gate, UT block inverse) and split K/V tiles
-    config = {"BLOCK_V": 16} if op == "delta" else {"BLOCK_K": 16, "BLOCK_V": 16}
+    config = {"BLOCK_V": 16, "OUT_BLOCK_K": 16, "OUT_BLOCK_V": 16, "BWD_BLOCK_V": 16}
+    if op == "linear":
+        config["BLOCK_K"] = 16
     _compare(op, gate, T=T, K=32, V=32, chunk=chunk, config=config, seed=5)
 
 
@@ -123,6 +125,8 @@ def test_output_final_state_false_returns_none():
     ("linear_attention", {"BLOCK_K": 48}, 64),
     ("linear_attention", {"num_warps": 3}, 64),
     ("linear_attention", {"BLOCK_K": 256, "BLOCK_V": 256}, 64),
+    ("linear_attention", {"OUT_BLOCK_K": 256, "OUT_BLOCK_V": 128}, 64),
+    ("delta_rule", {"BWD_BLOCK_V": 256}, 128),
     ("linear_attention", {"tile": 64}, 64),
     ("linear_attention", {}, 256),
     ("delta_rule", {"BLOCK_K": 64}, 64),
