@@ -12,6 +12,14 @@ T not a multiple of the chunk, it compares o, the final state and the gradients 
 bfloat16 inputs to 3e-2.
 
   python benchmarks/linear_gradcheck.py [out.json] [--small] [--bf16-only]
+  python benchmarks/linear_gradcheck.py out.json --bench-shape [--only linear:BTHK,delta:none]
+         [--configs configs.json]
+
+--bench-shape checks the benchmark's head size (K=V=128, chunk 64) in fp32 and bf16 with mild,
+strong (-20) and, for the per-channel gate, mixed decay (chunks on both sides of GLA_SAFE_SPAN);
+--configs gives the kernel config per op ({"linear_attention": {...}, "delta_rule": {...}}), so that
+tuned configs are checked with the compiler that will run them. --only runs a subset of op:gate cases
+(one process per subset compiles in parallel).
 """
 from __future__ import annotations
 
@@ -49,18 +57,20 @@ def make_inputs(op, gate, B, T, H, K, V, dtype, device, gmin, seed):
             if x is not None}
 
 
-def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0):
+def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0, config=None):
     x = make_inputs(op, gate, B, T, H, K, V, dtype, device, gmin, seed)
     ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
     ref = {n: t.detach().double().requires_grad_(True) for n, t in x.items()}
     t0 = time.time()
     if op == "delta":
         o, s = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=chunk,
-                                  initial_state=ours["h0"], output_final_state=True, backend="triton")
+                                  initial_state=ours["h0"], output_final_state=True, backend="triton",
+                                  config=config)
         ro, rs = delta_rule_ref(ref["q"], ref["k"], ref["v"], ref["beta"], ref.get("g"), None, ref["h0"], True)
     else:
         o, s = kernels.linear_attention(ours["q"], ours["k"], ours["v"], ours.get("g"), chunk_size=chunk,
-                                        initial_state=ours["h0"], output_final_state=True, backend="triton")
+                                        initial_state=ours["h0"], output_final_state=True, backend="triton",
+                                        config=config)
         ro, rs = linear_attention_ref(ref["q"], ref["k"], ref["v"], ref.get("g"), None, ref["h0"], True)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     wo = torch.randn(ro.shape, generator=gen).to(device)
@@ -75,7 +85,7 @@ def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0):
     ok = finite and worst <= TOL[dtype]
     return {"op": op, "gate": gate, "B": B, "T": T, "H": H, "K": K, "V": V, "chunk": chunk,
             "dtype": str(dtype).replace("torch.", ""), "gmin": gmin, "errors": errs, "worst": worst,
-            "finite": finite, "ok": ok, "seconds": round(time.time() - t0, 2)}
+            "finite": finite, "ok": ok, "seconds": round(time.time() - t0, 2), "config": config}
 
 
 def cases(small: bool):
@@ -98,16 +108,44 @@ def cases(small: bool):
             yield op, gate, 1, 2048, 2, 128, 128, 64, torch.bfloat16, -0.5
 
 
+def bench_shape_cases(K=128, V=128, T=333, long_T=2048):
+    """The benchmark's head size and chunk, every gate kind, fp32 and bf16; mild, strong (-20) and,
+    for the per-channel gate, mixed decay (gmin -2.5: chunks on both sides of GLA_SAFE_SPAN)."""
+    gates = {"linear": ("none", "H", "BTH", "BTHK"), "delta": ("none", "H", "BTH")}
+    for op, gs in gates.items():
+        for gate in gs:
+            gmins = {"none": (0.0,), "BTHK": (-0.05, -2.5, -20.0)}.get(gate, (-1.0, -20.0))
+            for dtype in (torch.float32, torch.bfloat16):
+                for gmin in gmins:
+                    yield op, gate, 1, T, 2, K, V, 64, dtype, gmin
+            if (op, gate) in (("linear", "BTH"), ("linear", "BTHK"), ("delta", "BTH"), ("delta", "none")):
+                yield op, gate, 1, long_T, 2, K, V, 64, torch.bfloat16, -0.5 if gate == "BTH" else -0.05
+
+
+def _arg(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
 def main(argv):
     small = "--small" in argv
     bf16_only = "--bf16-only" in argv  # the benchmark's own kernels (bf16, K=V=128, chunk 64) only
-    paths = [a for a in argv if not a.startswith("--")]
+    configs = {}
+    if _arg(argv, "--configs"):
+        with open(_arg(argv, "--configs")) as f:
+            configs = json.load(f)
+    only = set(_arg(argv, "--only").split(",")) if _arg(argv, "--only") else None
+    values = {_arg(argv, n) for n in ("--configs", "--only")}
+    paths = [a for a in argv if not a.startswith("--") and a not in values]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
-    for op, gate, B, T, H, K, V, chunk, dtype, gmin in cases(small):
+    todo = bench_shape_cases() if "--bench-shape" in argv else cases(small)
+    for op, gate, B, T, H, K, V, chunk, dtype, gmin in todo:
         if bf16_only and dtype != torch.bfloat16:
             continue
-        r = check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin)
+        if only is not None and f"{op}:{gate}" not in only:
+            continue
+        config = configs.get("delta_rule" if op == "delta" else "linear_attention")
+        r = check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, config=config)
         results.append(r)
         flag = "ok " if r["ok"] else "BAD"
         print(f"{flag} {op:6s} g={gate:4s} gmin={gmin:5.1f} {r['dtype']:8s} B{B} T{T} H{H} K{K} V{V} C{chunk} "
