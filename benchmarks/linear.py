@@ -65,20 +65,9 @@ def ours_fn(op, x, config=None, chunk_size=64):
 
 
 def sweep_configs(op):
-    """A few configs around the default, tried by --sweep (the tuner in evaluators/ does the real search)."""
-    if op in ("delta", "gated_delta"):
-        grid = [{"BLOCK_V": 32, "num_warps": 4, "num_stages": 2}, {"BLOCK_V": 64, "num_warps": 4, "num_stages": 2},
-                {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3}, {"BLOCK_V": 32, "num_warps": 8, "num_stages": 2},
-                {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4},
-                {"BLOCK_V": 16, "num_warps": 2, "num_stages": 2}]
-    else:
-        grid = [{"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2},
-                {"BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 4, "num_stages": 2},
-                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3},
-                {"BLOCK_K": 128, "BLOCK_V": 64, "num_warps": 8, "num_stages": 2},
-                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
-                {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2, "bwd_num_warps": 4}]
-    return [(64, c) for c in grid]
+    """The candidates of benchmarks/linear_h200.py (one kernel family varied at a time), for --sweep."""
+    from linear_h200 import OP_GROUP, candidates
+    return [(64, c) for _, c in candidates(OP_GROUP[op])]
 
 
 def warm(who, ops, sweep, B, H, K, V):
@@ -120,12 +109,14 @@ def run_sweep(report, ops, T, B, H, K, V, save):
         del x
 
 
-def run_breakdown(report, ops, T, B, H, K, V, save):
-    """Per-stage times of our kernels (forward and backward pieces), to see where time goes."""
+def run_breakdown(report, ops, T, B, H, K, V, save, configs=None):
+    """Per-stage times of our kernels (forward and backward pieces), to see where time goes.
+    configs: {"linear_attention": cfg, "delta_rule": cfg} (full configs; default: the defaults)."""
     from triton.testing import do_bench
 
     from attnsearch.kernels import triton_linear as tlin
-    cfgs = {op: tlin.default_config("delta_rule" if "delta" in op else "linear_attention") for op in ops}
+    group = lambda op: "delta_rule" if "delta" in op else "linear_attention"  # noqa: E731
+    cfgs = {op: (configs or {}).get(group(op)) or tlin.default_config(group(op)) for op in ops}
     BT = 64
     for op in ops:
         x = make_inputs(op, B, T, H, K, V, "cuda")
@@ -136,7 +127,7 @@ def run_breakdown(report, ops, T, B, H, K, V, save):
         if op == "retention":
             g = x["g_head"].view(1, 1, H).expand(B, T, H).contiguous()
         gate = tlin._gate_kind(g)
-        b = tlin._chunk_cumsum(g, BT)
+        b, flag = tlin._chunk_cumsum(g, BT, flags=True) if gate == 2 else (tlin._chunk_cumsum(g, BT), None)
         do = torch.randn_like(v)
         stages = {}
         bench = lambda f: do_bench(f, warmup=10, rep=50, return_mode="median")  # noqa: E731
@@ -146,6 +137,7 @@ def run_breakdown(report, ops, T, B, H, K, V, save):
             beta = x["beta"]
             w, u, tm = tlin._wy(k, v, beta, b, BT, True)
             stages["wy"] = bench(lambda: tlin._wy(k, v, beta, b, BT, False))
+            stages["wy_store_tm"] = bench(lambda: tlin._wy(k, v, beta, b, BT, True))
             h, ht, vnew = tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False)
             stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False))
             stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate))
@@ -154,10 +146,11 @@ def run_breakdown(report, ops, T, B, H, K, V, save):
         else:
             h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False)
             stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False))
-            att = tlin._gla_intra(q, k, b, BT) if gate == 2 else None
+            att = tlin._gla_intra(q, k, b, flag, BT) if gate == 2 else None
             if gate == 2:
-                stages["gla_intra"] = bench(lambda: tlin._gla_intra(q, k, b, BT))
-            stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate))
+                stages["gla_intra"] = bench(lambda: tlin._gla_intra(q, k, b, flag, BT))
+                stages["gla_safe_chunks"] = flag.float().mean().item()
+            stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag))
             stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg, gate,
                                                                 False, False))
             stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, do, None, scale, BT, cfg,
@@ -193,7 +186,7 @@ def sdpa_fn(x):
     return run
 
 
-def timed(fn, x, backward):
+def timed(fn, x, backward, warmup=25, rep=100):
     """Median ms of fwd (no grad) or fwd+bwd (grads of every float input)."""
     from triton.testing import do_bench
     leaves = [t for n, t in x.items() if n != "g_head"]
@@ -201,7 +194,7 @@ def timed(fn, x, backward):
         def run():
             with torch.no_grad():
                 fn()
-        return do_bench(run, warmup=25, rep=100, return_mode="median")
+        return do_bench(run, warmup=warmup, rep=rep, return_mode="median")
     for t in leaves:
         t.requires_grad_(True)
     try:
@@ -211,7 +204,7 @@ def timed(fn, x, backward):
         def run():
             o = fn()
             torch.autograd.grad(o, leaves, do)
-        return do_bench(run, warmup=25, rep=100, return_mode="median")
+        return do_bench(run, warmup=warmup, rep=rep, return_mode="median")
     finally:
         for t in leaves:
             t.requires_grad_(False)

@@ -155,14 +155,12 @@ def _split_decay(q, k, b, rmask):
     r = 0.5 * (tl.max(tl.where(rmask[:, None], b, float("-inf")), axis=0)
                + tl.min(tl.where(rmask[:, None], b, float("inf")), axis=0))
     # the clamp only matters on unsafe chunks, whose results are discarded (keeps them finite)
-    eq = tl.exp(tl.minimum(b - r[None, :], 40.0))
-    ek = tl.exp(tl.minimum(r[None, :] - b, 40.0))
-    qf = q.to(tl.float32) * eq
-    kf = k.to(tl.float32) * ek
+    qf = q.to(tl.float32) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+    kf = k.to(tl.float32) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
     if q.dtype != tl.float32:
         qf = qf.to(tl.bfloat16)
         kf = kf.to(tl.bfloat16)
-    return qf, kf, eq, ek
+    return qf, kf, r
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -247,7 +245,7 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
             b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
             acc += tl.dot((q_t * tl.exp(b)).to(h_t.dtype), h_t, input_precision=PREC)
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
-            qf, kf, _eq, _ek = _split_decay(q_t, k_t, b, rmask)
+            qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
             att += tl.dot(qf, tl.trans(kf), input_precision=PREC)
         else:
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
@@ -424,7 +422,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
         fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
-        qf, kf, eq, ek = _split_decay(q_t, k_t, b, rmask)
+        qf, kf, r = _split_decay(q_t, k_t, b, rmask)
         att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
                            mask=rmask[:, None] & ~fast[None, :], other=0)
         att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
@@ -471,8 +469,9 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
         # (the diagonal carries no gate and is left out of X, where it would only cancel)
         da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
-        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * eq
-        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * ek
+        # the factors are recomputed rather than kept live through the V loop (registers)
+        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
         qx = q_t.to(tl.float32)
         kx = k_t.to(tl.float32)
         da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
