@@ -38,38 +38,29 @@ CANDIDATES = {
         "scan": [dict(BLOCK_K=64, BLOCK_V=64, num_warps=4, num_stages=3),
                  dict(BLOCK_K=32, BLOCK_V=64, num_warps=4, num_stages=3),
                  dict(BLOCK_K=64, BLOCK_V=32, num_warps=4, num_stages=3),
-                 dict(BLOCK_K=32, BLOCK_V=32, num_warps=2, num_stages=3),
-                 dict(BLOCK_K=32, BLOCK_V=32, num_warps=4, num_stages=2),
-                 dict(BLOCK_K=64, BLOCK_V=64, num_warps=8, num_stages=3)],
+                 dict(BLOCK_K=32, BLOCK_V=32, num_warps=4, num_stages=2)],
         "out": [dict(OUT_BLOCK_K=64, OUT_BLOCK_V=64, out_num_warps=4, out_num_stages=3),
                 dict(OUT_BLOCK_K=128, OUT_BLOCK_V=64, out_num_warps=4, out_num_stages=2),
                 dict(OUT_BLOCK_K=128, OUT_BLOCK_V=64, out_num_warps=8, out_num_stages=2),
-                dict(OUT_BLOCK_K=128, OUT_BLOCK_V=128, out_num_warps=8, out_num_stages=2),
-                dict(OUT_BLOCK_K=64, OUT_BLOCK_V=128, out_num_warps=8, out_num_stages=2),
-                dict(OUT_BLOCK_K=128, OUT_BLOCK_V=32, out_num_warps=4, out_num_stages=2)],
+                dict(OUT_BLOCK_K=128, OUT_BLOCK_V=128, out_num_warps=8, out_num_stages=2)],
         "bwd": [dict(BWD_BLOCK_V=64, bwd_num_warps=8, bwd_num_stages=3),
                 dict(BWD_BLOCK_V=32, bwd_num_warps=8, bwd_num_stages=2),
                 dict(BWD_BLOCK_V=64, bwd_num_warps=4, bwd_num_stages=2),
-                dict(BWD_BLOCK_V=128, bwd_num_warps=8, bwd_num_stages=2),
-                dict(BWD_BLOCK_V=32, bwd_num_warps=4, bwd_num_stages=3)],
+                dict(BWD_BLOCK_V=128, bwd_num_warps=8, bwd_num_stages=2)],
     },
     "delta_rule": {
         "scan": [dict(BLOCK_V=32, num_warps=4, num_stages=3),
                  dict(BLOCK_V=64, num_warps=4, num_stages=2),
-                 dict(BLOCK_V=64, num_warps=8, num_stages=3),
                  dict(BLOCK_V=16, num_warps=4, num_stages=3),
-                 dict(BLOCK_V=16, num_warps=2, num_stages=2),
                  dict(BLOCK_V=32, num_warps=8, num_stages=2)],
         "out": [dict(OUT_BLOCK_K=64, OUT_BLOCK_V=32, out_num_warps=4, out_num_stages=3),
                 dict(OUT_BLOCK_K=128, OUT_BLOCK_V=64, out_num_warps=4, out_num_stages=2),
                 dict(OUT_BLOCK_K=128, OUT_BLOCK_V=64, out_num_warps=8, out_num_stages=2),
-                dict(OUT_BLOCK_K=128, OUT_BLOCK_V=128, out_num_warps=8, out_num_stages=2),
                 dict(OUT_BLOCK_K=64, OUT_BLOCK_V=64, out_num_warps=4, out_num_stages=2)],
         "bwd": [dict(BWD_BLOCK_V=32, bwd_num_warps=8, bwd_num_stages=3),
                 dict(BWD_BLOCK_V=64, bwd_num_warps=8, bwd_num_stages=2),
                 dict(BWD_BLOCK_V=32, bwd_num_warps=4, bwd_num_stages=2),
-                dict(BWD_BLOCK_V=16, bwd_num_warps=4, bwd_num_stages=2),
-                dict(BWD_BLOCK_V=64, bwd_num_warps=4, bwd_num_stages=3)],
+                dict(BWD_BLOCK_V=16, bwd_num_warps=4, bwd_num_stages=2)],
     },
 }
 
@@ -256,8 +247,8 @@ def main():
     for group, ops in GROUPS.items():
         cands = [c for _, c in candidates(group)]
         for op in ops:
-            for i in range(0, len(cands), 6):
-                spec = dict(who="ours", ops=[op], configs=cands[i:i + 6], B=1, H=2, K=K, T=256)
+            for i in range(0, len(cands), 7):
+                spec = dict(who="ours", ops=[op], configs=cands[i:i + 7], B=1, H=2, K=K, T=256)
                 tasks.append((f"ours {op} {i}", [__file__, "--task", json.dumps(spec)]))
     if report["fla"] and not dry:
         for op in GROUPS["linear_attention"] + GROUPS["delta_rule"]:
