@@ -566,7 +566,10 @@ def benchmark_task(request: dict) -> dict:
     """
     from attnsearch.space.arch import ArchConfig
 
+    from attnsearch.kernels.compile_clock import compile_seconds
+
     started = time.time()
+    compiled0 = compile_seconds()
     cache = MemoryBenchCache(request.get("known", ()))
     arch = ArchConfig.from_dict(request["arch"])
     result = measured_throughput(arch, int(request["seq_len"]), request.get("batch_tokens"),
@@ -576,8 +579,10 @@ def benchmark_task(request: dict) -> dict:
                                  tune_budget_s=request.get("tune_budget_s"),
                                  measure_memory=bool(request.get("measure_memory", False)),
                                  tuned=request.get("tuned"))
+    compiled1 = compile_seconds()
     return {"result": result.to_dict(), "new_records": cache.new_records(), "hits": cache.hits,
-            "misses": cache.misses, "started_at": started, "ended_at": time.time()}
+            "misses": cache.misses, "started_at": started, "ended_at": time.time(),
+            "compile_s": None if compiled0 is None or compiled1 is None else compiled1 - compiled0}
 
 
 def run_isolated(fn: Callable[[dict], dict], request: dict, gpu: bool = True) -> dict:

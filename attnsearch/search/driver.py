@@ -88,6 +88,7 @@ class RunResult:
     hypervolume: float | None = None
     driver_id: str = ""
     overhead_s: list[float] = field(default_factory=list)  # per-trial driver time (ask..dispatch + tell)
+    measured: dict | None = None      # measured mode: benchmark cache use, tuned layer kinds, GPU time
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -143,59 +144,98 @@ def _set_trial_attrs(study, trial_id: int, attrs: dict, constraints: dict[str, f
     """A trial's user attributes (and constraint values, see :func:`_constraint_attr`) in one
     database transaction.
 
-    Optuna's ``set_trial_user_attr`` looks the trial up and commits once per key, which is most
-    of the cost of a small write (a driver writes five or six keys per trial). Here: the same
-    "trial still updatable" check once, then one multi-row upsert per table into Optuna's own
-    attribute tables (same rows, same ``json.dumps`` values), one commit. Other databases use
-    Optuna's per-key upsert in the same transaction; a storage that is not the RDBStorage this
-    relies on gets one public call per key."""
+    Optuna's ``set_trial_user_attr`` loads the trial through the ORM and commits once per key,
+    which is most of the cost of a small write (a driver writes five or six keys per trial).
+    Here, on Optuna's own engine, one Core transaction: the trial's state (a finished trial
+    cannot be updated: ``UpdateFinishedTrialError``, as Optuna raises), then one multi-row
+    upsert per table into Optuna's attribute tables (the rows and ``json.dumps`` values Optuna
+    writes itself), one commit: four statements, one round trip each on PostgreSQL. A database
+    without ``INSERT ... ON CONFLICT`` (SQLite < 3.24) or a storage that is not Optuna's
+    RDBStorage gets one public call per key."""
     system = _constraint_attr(constraints)
     storage = study._storage
     rdb = getattr(storage, "_backend", storage)
-    write = getattr(rdb, "_set_trial_attr_without_commit", None)
-    scoped = getattr(rdb, "scoped_session", None)
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-    except ImportError:
-        write = None
-    if write is None or scoped is None:
+    insert = _upsert_insert(rdb)
+    if insert is None:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         for key, value in system.items():
             storage.set_trial_system_attr(trial_id, key, value)
         return
+    from optuna.storages._rdb import models
 
-    dialect = rdb.engine.name
+    trials = models.TrialModel.__table__
+    writes = [(models.TrialUserAttributeModel.__table__, attrs), (models.TrialSystemAttributeModel.__table__, system)]
 
     def once():
-        with _create_scoped_session(scoped, True) as s:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, s)
-            rdb.check_trial_is_updatable(trial_id, trial.state)
-            for model_cls, items in ((models.TrialUserAttributeModel, attrs),
-                                     (models.TrialSystemAttributeModel, system)):
+        with rdb.engine.begin() as conn:
+            row = conn.execute(sa.select(trials.c.number, trials.c.state)
+                               .where(trials.c.trial_id == trial_id)).one_or_none()
+            if row is None:
+                raise KeyError(f"no trial with id {trial_id}")
+            state = TrialState[row.state] if isinstance(row.state, str) else TrialState(row.state)
+            if state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"Trial#{row.number} has already finished and can not be updated.")
+            for table, items in writes:
                 if items:
-                    _upsert_attrs(s, dialect, model_cls, trial_id, items, write)
+                    stmt = insert(table).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                                 for k, v in items.items()])
+                    conn.execute(stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
+                                                            set_={"value_json": stmt.excluded.value_json}))
 
-    # a lost PostgreSQL connection rolls the transaction back: run it again on a fresh session
-    with_reconnect(once, on_retry=scoped.remove)()
+    # a lost PostgreSQL connection rolls the transaction back: run it again on a fresh connection
+    with_reconnect(once)()
 
 
-def _upsert_attrs(s, dialect: str, model_cls, trial_id: int, items: dict, write) -> None:
+def _upsert_insert(rdb):
+    """The dialect's ``insert`` (with ``on_conflict_do_update``) for Optuna's engine, or None
+    when the storage is not an RDBStorage or the database cannot upsert."""
     import sqlite3
 
-    if dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0)):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(model_cls).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                                         for k, v in items.items()])
-        s.execute(stmt.on_conflict_do_update(index_elements=[model_cls.trial_id, model_cls.key],
-                                             set_={"value_json": stmt.excluded.value_json}))
-        return
-    for key, value in items.items():
-        write(s, model_cls, trial_id, key, value)
+    engine = getattr(rdb, "engine", None)
+    name = getattr(engine, "name", None)
+    try:
+        from optuna.storages._rdb import models  # noqa: F401 - the tables written to
+    except ImportError:
+        return None
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        return insert
+    if name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+        return insert
+    return None
+
+
+def _ask_owned(study, owner_attrs: dict) -> optuna.trial.Trial:
+    """``study.ask()`` with ``owner_attrs`` (the driver id) on the trial from its first moment.
+
+    A new trial is created from a template that carries the attributes, so they are written in
+    the transaction that inserts the trial row: one commit per ask instead of two, and no instant
+    in which another driver could see the trial RUNNING without an owner. A trial popped from the
+    queue (a baseline or a retry) already exists: it gets the attributes in a write of their own,
+    as before. The steps are those of ``Study.ask`` (drop the per-trial cache, pop the queue,
+    else create); where this Optuna lacks the internals, it is ``ask()`` plus one write."""
+    pop = getattr(study, "_pop_waiting_trial_id", None)
+    local = getattr(study, "_thread_local", None)
+    if pop is None or local is None or not hasattr(local, "cached_all_trials"):
+        trial = study.ask()
+        _set_trial_attrs(study, trial._trial_id, owner_attrs)
+        return trial
+    local.cached_all_trials = None          # what ask() does: the trial cache is per trial
+    trial_id = pop()
+    if trial_id is not None:
+        _set_trial_attrs(study, trial_id, owner_attrs)
+    else:
+        from datetime import datetime
+
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=dict(owner_attrs),
+            system_attrs={}, intermediate_values={}, trial_id=-1)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.trial.Trial(study, trial_id)
 
 
 # optuna-dashboard cuts every attribute at 1,024 characters of JSON: the full proxy result
@@ -289,6 +329,10 @@ class _InFlight:
     cancelled: str | None = None
     overhead: float = 0.0
     constraints: dict = field(default_factory=dict)
+    arch_obj: object = None      # the ArchConfig (measured mode benchmarks it)
+    request: dict | None = None  # what the proxy task gets
+    measured: dict | None = None  # measured mode: {"metrics", "kernel_configs"} once known
+    bench_s: float = 0.0         # GPU benchmark time spent for this trial
 
 
 class Driver:
@@ -296,7 +340,7 @@ class Driver:
                  device: str = "cpu", evaluate: Callable[[dict], dict] | None = None,
                  trial_timeout_s: float | None = None, stale_after_s: float = 120.0,
                  heartbeat_s: float = 5.0, sweep_every_s: float = 30.0, allow_space_change: bool = False,
-                 enqueue_baselines: bool = True):
+                 enqueue_baselines: bool = True, bench_task: Callable[[dict], dict] | None = None):
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         if device not in ("cpu", "cuda"):
@@ -324,6 +368,17 @@ class Driver:
         self._inflight: dict[object, _InFlight] = {}      # ref -> entry
         self._by_hash: dict[str, _InFlight] = {}
         self.result = RunResult(study_name, storage_url, "budget", driver_id=self.driver_id)
+        self.measured = None
+        if space.evaluation.throughput == "measured":
+            from .measured import MeasuredSpeed
+
+            ev = space.evaluation
+            self.measured = MeasuredSpeed(storage_url, space.target, tune=ev.tune_kernels,
+                                          tune_trials=ev.tune_trials, tune_budget_s=ev.tune_budget_s,
+                                          gpu=device == "cuda", **({"task": bench_task} if bench_task else {}))
+        self._bench_wait: list[_InFlight] = []      # measured mode: trials waiting for their speed
+        self._bench_ref = None                      # the one benchmark task in flight
+        self._bench_entry: _InFlight | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     @with_reconnect
@@ -342,6 +397,9 @@ class Driver:
                     s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
                               .values(heartbeat_at=utcnow()))
                     s.commit()
+                # a driver that joined the study is noticed here (at most heartbeat_s late; the
+                # budget stays exact meanwhile, see _may_be_over_budget)
+                self._shared = self._other_drivers()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -433,22 +491,23 @@ class Driver:
         return self.refresh()
 
     def _refresh_before_ask(self):
-        """Re-read the study before asking, unless this driver was alone on it at its last ask:
-        then its own counts, front and dedup table are exact and re-reading every trial is
-        wasted work (the largest avoidable per-trial cost on SQLite). A driver that joins is
-        seen at the next ask (``_other_drivers``), whose budget check reads the trials itself."""
-        if self._shared is not False or time.monotonic() - self._last_refresh >= REFRESH_ALONE_S:
+        """Re-read the study before asking, unless this driver was alone on it when last looked
+        (at the previous heartbeat): then its own counts, front and dedup table are exact and
+        re-reading every trial is wasted work (the largest avoidable per-trial cost on SQLite).
+        A driver that joins is seen at the next heartbeat; until then a trial numbered past the
+        budget still gets the exact check (``_may_be_over_budget``), so the budget holds."""
+        if self._shared is None:
+            self._shared = self._other_drivers()
+        if self._shared or time.monotonic() - self._last_refresh >= REFRESH_ALONE_S:
             self.refresh()
 
     # ------------------------------------------------------------------ ask / dispatch / tell
     def _ask_one(self, remote) -> str:
         """Ask one trial and start it. Returns 'dispatched' | 'parked' | 'done' (reused) | 'pruned'."""
         t0 = time.perf_counter()
-        trial = self.study.ask()
-        # the owner is written first: it is what tells a dead driver's trial from a live one's
-        _set_trial_attrs(self.study, trial._trial_id, {"driver_id": self.driver_id})
-        self._shared = self._other_drivers()
-        if self.n_trials is not None and self._shared and self._over_budget(trial):
+        # the owner comes with the trial: it is what tells a dead driver's trial from a live one's
+        trial = _ask_owned(self.study, {"driver_id": self.driver_id})
+        if self._may_be_over_budget(trial) and self._over_budget(trial):
             return "over"
         try:
             arch = self.space.suggest(trial, throughput_fn=self._throughput)
@@ -478,24 +537,83 @@ class Driver:
             self._by_hash[h].twins.append(entry)
             entry.overhead = time.perf_counter() - t0
             return "parked"
-        request = {"trial_number": trial.number, "arch": arch_d, "proxy": self.space.proxy,
-                   "objectives": self.names, "metrics": metrics, "target": self.space.target.to_dict(),
-                   "throughput_mode": self.space.evaluation.throughput, "device": self.device,
-                   "seed": self.space.seed}
-        entry.ref = remote.remote(self.evaluate, request)
-        entry.started = time.monotonic()
-        entry.overhead = time.perf_counter() - t0
-        self._inflight[entry.ref] = entry
+        entry.arch_obj = arch
+        entry.request = self._request(trial.number, arch_d, metrics)
         self._by_hash[h] = entry
+        if self.measured is not None:                # speed first (GPU alone), then the proxy
+            self._bench_wait.append(entry)
+            entry.overhead = time.perf_counter() - t0
+            return "dispatched"
+        self._dispatch(entry, remote)
+        entry.overhead = time.perf_counter() - t0
         return "dispatched"
+
+    def _request(self, number: int, arch_d: dict, metrics: dict) -> dict:
+        return {"trial_number": number, "arch": arch_d, "proxy": self.space.proxy,
+                "objectives": self.names, "metrics": metrics, "target": self.space.target.to_dict(),
+                "throughput_mode": self.space.evaluation.throughput, "device": self.device,
+                "seed": self.space.seed, "measured_in_driver": self.measured is not None}
+
+    def _dispatch(self, entry: _InFlight, remote):
+        entry.ref = remote.remote(self.evaluate, entry.request)
+        entry.started = time.monotonic()
+        self._inflight[entry.ref] = entry
+
+    # ------------------------------------------------------------------ measured throughput
+    def _pump_measured(self, remote):
+        """Measured mode: serve waiting trials from the benchmark cache; start one benchmark task
+        for the first that needs the GPU (and hold back proxy training until it has run);
+        once none needs one, hand the waiting trials to the proxy workers."""
+        if self.measured is None or self._bench_ref is not None:
+            return
+        for entry in self._bench_wait:
+            if entry.measured is None:
+                entry.measured = self.measured.compose(entry.arch_obj)
+        need = [e for e in self._bench_wait if e.measured is None]
+        if need:
+            self._bench_entry = need[0]
+            self._bench_started = time.monotonic()
+            self._bench_ref = self.measured.submit(need[0].arch_obj)
+            return
+        waiting, self._bench_wait = self._bench_wait, []
+        for entry in waiting:
+            entry.metrics.update(entry.measured["metrics"])
+            self._dispatch(entry, remote)
+
+    def _bench_done(self, remote):
+        import ray
+
+        ref, entry = self._bench_ref, self._bench_entry
+        self._bench_ref = self._bench_entry = None
+        entry.bench_s += time.monotonic() - self._bench_started
+        try:
+            entry.measured = self.measured.absorb(entry.arch_obj, ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - a failed benchmark fails its trial, not the study
+            failure = self._ray_failure(exc, entry)
+            failure["reason"] = f"benchmark: {failure['reason']}"
+            self._bench_wait.remove(entry)
+            self._by_hash.pop(entry.arch_hash, None)
+            self._finish(entry, failure)
+        self._pump_measured(remote)
 
     def _other_drivers(self) -> bool:
         """Whether another driver is registered on this study (one small query): alone, the
-        budget check before asking is exact and the per-trial recount can be skipped."""
+        loop's own count is exact and the per-trial recount can be skipped. Asked with each
+        heartbeat and whenever a trial may be over the budget, not on every ask."""
         with session(self.url) as s:
             return s.scalar(sa.select(sa.func.count()).select_from(DriverRecord).where(
                 DriverRecord.study_name == self.study_name, DriverRecord.stopped_at.is_(None),
                 DriverRecord.driver_id != self.driver_id)) > 0
+
+    def _may_be_over_budget(self, trial) -> bool:
+        """Whether ``trial`` needs the exact budget check. Trial numbers are unique and given out
+        in order, so at most ``number + 1`` trials are numbered up to this one: below the budget
+        it cannot be over it, whoever else is asking. Past that, only another driver can have
+        taken the budget (alone, the loop stops asking at its own exact count)."""
+        if self.n_trials is None or trial.number < self.n_trials:
+            return False
+        self._shared = self._other_drivers()
+        return self._shared
 
     def _over_budget(self, trial) -> bool:
         """Exact budget with several drivers: trial numbers are given out in order, so a trial is
@@ -526,6 +644,10 @@ class Driver:
                "worker": result.get("worker") or {}}
         if result.get("extra"):
             run["details"] = result["extra"]
+        if entry.measured and entry.measured.get("kernel_configs"):
+            run["kernel_configs"] = entry.measured["kernel_configs"]    # what export / build_model use
+        if entry.bench_s:
+            run["timings"]["bench_s"] = entry.bench_s
         if entry.constraints:
             run["constraints"] = entry.constraints
         attrs = {"layout": entry.layout, "arch": entry.arch, "metrics": metrics, "run": run}
@@ -573,7 +695,7 @@ class Driver:
         twins, entry.twins = entry.twins, []
         for twin in twins:
             if result.get("status") == "ok":
-                self._finish(twin, {"status": "ok", "metrics": result.get("metrics") or {}, "timings": {},
+                self._finish(twin, {"status": "ok", "metrics": metrics, "timings": {},
                                     "worker": {}, "reused_from": trial.number})
             else:
                 self._pending_twins.append(twin)       # the original failed: evaluate the twin itself
@@ -597,7 +719,7 @@ class Driver:
         self.progress_callback(Progress(
             study_name=self.study_name, n_trials=self.n_trials, counted=counted,
             complete=self.result.complete, failed=self.result.failed, pruned=self.result.pruned,
-            reused=self.result.reused, running=len(self._inflight) + sum(len(e.twins) for e in self._inflight.values()),
+            reused=self.result.reused, running=self._busy(),
             elapsed_s=elapsed, eta_s=eta, front_size=len(self._front), hypervolume=self.hypervolume(),
             last=self._last))
 
@@ -645,8 +767,10 @@ class Driver:
         self._shared, self._last_refresh = None, 0.0     # unknown yet: the first fill re-reads
         owns_ray = False
         if not ray.is_initialized():
+            # a local cluster gets one benchmarking slot per GPU node (measured mode's isolation)
+            extra = {} if ray_address or os.environ.get("RAY_ADDRESS") else {"resources": {"bench_slot": 1}}
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, **extra)
             owns_ray = True
         if self.device == "cuda" and not ray.cluster_resources().get("GPU"):
             # Ray would wait forever for a GPU that never comes: say so instead of hanging
@@ -681,6 +805,8 @@ class Driver:
             try:
                 self._abandon_inflight(stop_reason)
                 self._flush_history(force=True)
+                if self.measured is not None:
+                    self.study.set_user_attr("measured_speed", self.measured.summary())
                 self._unregister(stop_reason)
             except Exception as exc:
                 # the database cannot be written: the next driver sweeps our trials as stale
@@ -695,23 +821,33 @@ class Driver:
         self.result.wall_s = time.monotonic() - self._t_start
         self.result.front_size = len(self._front)
         self.result.hypervolume = self.hypervolume()
+        if self.measured is not None:
+            self.result.measured = self.measured.summary()
         return self.result
 
     def _abandon_inflight(self, reason: str):
         """Cancel what is still running and hand its trials back to the study (re-enqueued)."""
         import ray
 
-        entries = list(self._inflight.values())
+        entries = self._inflight_entries()
         numbers = set()
         for e in entries:
             numbers.add(e.trial.number)
             numbers.update(t.trial.number for t in e.twins)
             try:
-                ray.cancel(e.ref, force=True)
+                if e.ref is not None:
+                    ray.cancel(e.ref, force=True)
             except Exception:
                 pass
+        if self._bench_ref is not None:
+            try:
+                ray.cancel(self._bench_ref, force=True)
+            except Exception:
+                pass
+            self._bench_ref = self._bench_entry = None
         numbers.update(t.trial.number for t in self._pending_twins)
         self._inflight.clear()
+        self._bench_wait.clear()
         if numbers:
             sweep_stale(self.study, self.url, self.driver_id, self.stale_after_s,
                         fail_kind="interrupted", only=numbers)
@@ -756,15 +892,20 @@ class Driver:
                     # finished without a worker (reused or infeasible): the stop conditions may
                     # have been met without any Ray task to wait for
                     stop = self._stop_reason(timeout, stagnation_trials)
-            if not self._inflight:
+            self._pump_measured(remote)
+            if not self._inflight and not self._bench_wait:
                 if stop:
                     return stop
                 if self.n_trials is not None and self.counted_trials() >= self.n_trials:
                     # others' trials may still be running; the budget is met once they end
                     return "budget"
                 continue
-            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=0.5)
+            refs = list(self._inflight) + ([self._bench_ref] if self._bench_ref is not None else [])
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
             for ref in ready:
+                if ref is self._bench_ref:
+                    self._bench_done(remote)
+                    continue
                 entry = self._inflight.pop(ref)
                 self._by_hash.pop(entry.arch_hash, None)
                 try:
@@ -777,7 +918,7 @@ class Driver:
             if time.monotonic() - self._last_sweep >= self.sweep_every_s:
                 with_reconnect(sweep_stale)(self.study, self.url, self.driver_id, self.stale_after_s)
                 self._last_sweep = time.monotonic()
-            if stop and not self._inflight:
+            if stop and not self._inflight and not self._bench_wait:
                 return stop
 
     def _stop_reason(self, timeout, stagnation_trials) -> str | None:
@@ -789,19 +930,26 @@ class Driver:
         return None
 
     def _busy(self) -> int:
-        """Worker slots in use: tasks in flight and twins parked behind them (bounded, so a
-        sampler that keeps proposing one layout cannot pile up RUNNING trials)."""
-        return len(self._inflight) + sum(len(e.twins) for e in self._inflight.values())
+        """Worker slots in use: tasks in flight, trials waiting for their measured speed, and
+        twins parked behind them (bounded, so a sampler that keeps proposing one layout cannot
+        pile up RUNNING trials)."""
+        waiting = self._inflight_entries()
+        return len(waiting) + sum(len(e.twins) for e in waiting)
+
+    def _inflight_entries(self) -> list[_InFlight]:
+        return list(self._inflight.values()) + self._bench_wait
 
     def _redispatch(self, entry: _InFlight, remote):
-        request = {"trial_number": entry.trial.number, "arch": entry.arch, "proxy": self.space.proxy,
-                   "objectives": self.names, "metrics": entry.metrics, "target": self.space.target.to_dict(),
-                   "throughput_mode": self.space.evaluation.throughput, "device": self.device,
-                   "seed": self.space.seed}
-        entry.ref = remote.remote(self.evaluate, request)
-        entry.started = time.monotonic()
-        self._inflight[entry.ref] = entry
+        entry.request = self._request(entry.trial.number, entry.arch, entry.metrics)
         self._by_hash.setdefault(entry.arch_hash, entry)
+        if self.measured is not None:
+            if entry.arch_obj is None:
+                from attnsearch.space.arch import ArchConfig
+
+                entry.arch_obj = ArchConfig.from_dict(entry.arch)
+            self._bench_wait.append(entry)
+            return
+        self._dispatch(entry, remote)
 
     def _check_timeouts(self):
         import ray

@@ -51,6 +51,7 @@ class MeasuredSpeed:
         self.part_hits = 0                     # part timings found in the cache
         self.part_misses = 0                   # part timings that had to be made on a GPU
         self.bench_s = 0.0                     # wall time of benchmark tasks (GPU held)
+        self.compile_s = 0.0                   # Triton compilation inside them (part of bench_s)
         self.intervals: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------------ cache-only path
@@ -111,6 +112,8 @@ class MeasuredSpeed:
         self.part_hits += int(out.get("hits", 0))
         self.part_misses += int(out.get("misses", 0))
         self.trials_benchmarked += 1
+        if out.get("compile_s"):
+            self.compile_s += float(out["compile_s"])
         if out.get("started_at") and out.get("ended_at"):
             self.intervals.append((out["started_at"], out["ended_at"]))
             self.bench_s += out["ended_at"] - out["started_at"]
@@ -140,5 +143,6 @@ class MeasuredSpeed:
         return {"trials_composed_from_cache": self.trials_composed,
                 "trials_benchmarked": self.trials_benchmarked, "part_hits": self.part_hits,
                 "part_misses": self.part_misses, "hit_rate": self.hit_rate, "bench_s": round(self.bench_s, 3),
+                "bench_compile_s": round(self.compile_s, 3),
                 "gpu": (self.env or {}).get("gpu"), "tuned_layer_kinds": len(self.tuned),
                 "tuning": self.tuning, "at": time.time()}

@@ -81,9 +81,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
+def _compile_seconds(request: dict) -> float | None:
+    """Triton compile time so far in this process; GPU trials only (CPU trials run torch)."""
+    if request.get("device") != "cuda":
+        return None
+    from attnsearch.kernels.compile_clock import compile_seconds
+
+    return compile_seconds()
+
+
 def run_evaluation(fn: Callable[[dict], dict], request: dict) -> dict:
     """Run ``fn(request)`` and turn whatever happens into a plain result dict."""
     info = worker_info(request)
+    compiled0 = _compile_seconds(request)
     t0 = time.perf_counter()
     try:
         out = fn(request) or {}
@@ -96,6 +106,9 @@ def run_evaluation(fn: Callable[[dict], dict], request: dict) -> dict:
                 "metrics": {}, "timings": {"evaluate_s": time.perf_counter() - t0}, "worker": info}
     metrics = dict(out.get("metrics", out))
     timings = {"evaluate_s": time.perf_counter() - t0, **out.get("timings", {})}
+    compiled1 = _compile_seconds(request)
+    if compiled0 is not None and compiled1 is not None:
+        timings["compile_s"] = compiled1 - compiled0      # Triton JIT inside this trial
     result = {"status": "ok", "metrics": metrics, "timings": timings, "worker": info,
               "extra": out.get("extra", {})}
     if out.get("diverged") or metrics.get("diverged"):
