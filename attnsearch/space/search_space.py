@@ -33,6 +33,8 @@ A space file is YAML (read with the safe loader, so it never runs code) or JSON:
     objectives: [quality, throughput]          # or {name: direction}; state_bytes optional 3rd
     sampler: {name: tpe, seed: 0}              # tpe (default) | nsga2 | gp | random
     evaluation: {throughput: estimated, cpus_per_trial: 1, gpus_per_trial: 0.25, trial_timeout_s: 1800}
+    # throughput: estimated | measured-cpu | measured (GPU microbenchmarks; then also
+    # tune_kernels: true, tune_trials: 16, tune_budget_s: null for the auto kernel parameters)
     seed: 0
 
 Kernel tunables (``chunk_size`` and the op backends' tile sizes) never change what the model
