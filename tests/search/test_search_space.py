@@ -94,6 +94,9 @@ T = TEST_SPACE["target"]
     (_space(constraints={"min_throughput": 1e12}), "min_throughput: the fastest possible layout", None),
     (_space(constraints={"max_full": 1}), "constraints.max_full: unknown field", "min_full_layers"),
     (_space(evaluation={"throughput": "guess"}), "evaluation.throughput", "estimated"),
+    (_space(evaluation={"tune_kernels": "yes"}), "evaluation.tune_kernels: must be true or false", None),
+    (_space(evaluation={"tune_trials": 0}), "evaluation.tune_trials: must be an integer >= 1", None),
+    (_space(evaluation={"tune_budget_s": -5}), "evaluation.tune_budget_s: must be a positive number", None),
     (_space(proxy={"stepz": 1}), "proxy.stepz", None),
     (_space(seed=-1), "seed: must be an integer >= 0", None),
 ])
