@@ -113,6 +113,18 @@ def time_split(study, result, wall_s: float) -> dict:
             "note": "proxy seconds are summed over concurrent tasks; microbenchmarks hold the GPU alone"}
 
 
+def isolation(study, measured: dict) -> dict:
+    """Benchmark tasks against proxy tasks, by their wall-clock intervals: no overlap allowed."""
+    proxies = []
+    for t in study.get_trials(deepcopy=False):
+        timings = (t.user_attrs.get("run") or {}).get("timings") or {}
+        if "task_started_at" in timings:
+            proxies.append((timings["task_started_at"], timings["task_ended_at"]))
+    benches = [tuple(iv) for iv in measured.get("intervals") or []]
+    overlaps = sum(1 for b in benches for p in proxies if b[0] < p[1] and p[0] < b[1])
+    return {"benchmark_tasks": len(benches), "proxy_tasks": len(proxies), "overlaps": overlaps}
+
+
 def tuning_table(measured: dict) -> list[dict]:
     rows = []
     for sig, r in sorted((measured.get("tuning") or {}).items()):
@@ -159,7 +171,9 @@ def markdown(report: dict) -> str:
              f"benchmark cache seeded with {report['cache_seeded_records']} records, knee: {report.get('knee')}",
              "", f"- wall {report['wall_s']:.0f} s, **{report['trials_per_hour']:.0f} trials/hour**",
              f"- GPU busy fraction (nvidia-smi, mean over GPUs and samples): {report['gpu_busy_fraction']}",
-             f"- benchmark cache: {report['measured']}", "", "## Time split", ""]
+             f"- benchmark cache: {report['measured']}",
+             f"- isolation (wall-clock intervals of benchmark vs proxy tasks): {report['isolation']}",
+             "", "## Time split", ""]
     for k, v in report["time_split"].items():
         lines.append(f"- {k}: {v if isinstance(v, str) else round(v, 1)}")
     lines += ["", "## Pareto table (all completed trials; * = on the front)", "",
@@ -262,14 +276,15 @@ def main(argv=None):
         "reused": result.reused, "trials_per_hour": finished / wall * 3600 if wall else None,
         "gpu_busy_fraction": gpu.busy_fraction(), "gpu_samples": len(gpu.samples),
         "time_split": time_split(study, result, wall), "measured": {k: v for k, v in (result.measured or {}).items()
-                                                                   if k != "tuning"},
+                                                                   if k not in ("tuning", "intervals")},
         "tuning": tuning_table(result.measured or {}), "table": table,
+        "isolation": isolation(study, result.measured or {}),
         "failures": [{"number": t.number, "layout": t.user_attrs.get("layout"), "reason": t.user_attrs.get("fail_reason")}
                      for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"],
         "driver_overhead_median_ms": 1e3 * statistics.median(result.overhead_s) if result.overhead_s else None,
     }
     try:
-        report["memory"] = front_memory(front, study_name, url, args.smoke) if args.memory else []
+        report["memory"] = front_memory(front[:4], study_name, url, args.smoke) if args.memory else []
     except Exception as exc:   # the figures above still get written
         report["memory_error"] = f"{type(exc).__name__}: {exc}"
     try:

@@ -145,4 +145,4 @@ class MeasuredSpeed:
                 "part_misses": self.part_misses, "hit_rate": self.hit_rate, "bench_s": round(self.bench_s, 3),
                 "bench_compile_s": round(self.compile_s, 3),
                 "gpu": (self.env or {}).get("gpu"), "tuned_layer_kinds": len(self.tuned),
-                "tuning": self.tuning, "at": time.time()}
+                "tuning": self.tuning, "intervals": [list(iv) for iv in self.intervals], "at": time.time()}

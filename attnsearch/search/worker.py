@@ -94,6 +94,7 @@ def run_evaluation(fn: Callable[[dict], dict], request: dict) -> dict:
     """Run ``fn(request)`` and turn whatever happens into a plain result dict."""
     info = worker_info(request)
     compiled0 = _compile_seconds(request)
+    started_at = time.time()
     t0 = time.perf_counter()
     try:
         out = fn(request) or {}
@@ -105,7 +106,8 @@ def run_evaluation(fn: Callable[[dict], dict], request: dict) -> dict:
         return {"status": "fail", "fail_kind": kind, "reason": _one_line(exc), "traceback": tb[-4000:],
                 "metrics": {}, "timings": {"evaluate_s": time.perf_counter() - t0}, "worker": info}
     metrics = dict(out.get("metrics", out))
-    timings = {"evaluate_s": time.perf_counter() - t0, **out.get("timings", {})}
+    timings = {"evaluate_s": time.perf_counter() - t0, **out.get("timings", {}),
+               "task_started_at": started_at, "task_ended_at": time.time()}   # wall clock: isolation checks
     compiled1 = _compile_seconds(request)
     if compiled0 is not None and compiled1 is not None:
         timings["compile_s"] = compiled1 - compiled0      # Triton JIT inside this trial
