@@ -49,11 +49,12 @@ def make_sampler(space: SearchSpace, workers: int = 1):
                 population_size=spec.options.get("population_size", nsga2_population(workers)), seed=seed)
         if spec.name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.options.get("n_startup_trials", 10))
-        # TPE: multivariate + group handles the conditional per-mechanism parameters. No constant
-        # liar: it re-reads the running trials for every parameter group (tens of ms per trial
-        # on a database), and a point proposed twice in parallel costs nothing here because
-        # the driver parks the twin and reuses the first one's result.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=False,
+        # TPE as the space file documents it: multivariate (+ group, for the conditional
+        # per-mechanism parameters), constant liar for parallel workers (running trials count
+        # as bad points, so parallel asks spread out). With one worker there is nothing running
+        # to lie about, and the liar's re-read of the running trials would only cost time.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=max(1, int(workers)) > 1,
                                           n_startup_trials=spec.options.get("n_startup_trials", 10))
 
 
