@@ -4,14 +4,22 @@ Layout follows DESIGN.md: q, k [B, T, H, K], v [B, T, H, V], states [B, H, K, V]
 cut into chunks of BT steps; chunk n's entering state is h_n.
 
 Forward (linear attention)
-  1. `_chunk_cumsum_kernel`: b = within-chunk cumulative log gate (fp32; [B,T,H] or [B,T,H,K]).
+  1. `_chunk_cumsum_kernel`: b = within-chunk cumulative log gate (fp32; [B,T,H] or [B,T,H,K]); for
+     per-channel gates also a per-chunk flag: does b span at most GLA_SAFE_SPAN in every channel.
   2. `_state_fwd_kernel` (sequential over chunks, parallel over K/V tiles and B*H): stores h_n
      [B, H, NT, K, V] and the final state.
   3. `_out_fwd_kernel` (parallel over chunks): o = scale * ((q * exp(b)) h_n + A v) where A is the
-     causal intra-chunk attention with decay exp(b_i - b_j). For per-channel gates A is built by
+     causal intra-chunk attention with decay exp(b_i - b_j). For per-channel gates A is one matmul
+     of q exp(b - r) and k exp(r - b) on flagged chunks (r: the middle of each channel's span, so
+     both factors stay within exp(+-40)); only chunks of stronger decay have A built by
      `_gla_intra_kernel` from sub-blocks of 16 rows (below).
-Delta rule: `_wy_fwd_kernel` first solves (I + tril(beta K K^T * decay)) for w and u per chunk
-(UT transform); the state scan then uses v_new = u - w h_n and the output kernel runs on v_new.
+Delta rule: the UT transform first solves (I + tril(beta K K^T * decay)) for w and u per chunk:
+`_ut_diag_kernel` inverts the 16 x 16 diagonal blocks by forward substitution (one warp per block),
+`_wy_fwd_kernel` combines them with a few matmuls (block Neumann product) and forms w, u; the state
+scan then uses v_new = u - w h_n and the output kernel runs on v_new.
+
+Tunables come in three families (scans, forward output, backward gradients; FAMILIES), each with its
+own tiles, warps and stages, so that each can be tuned alone and the winners combined.
 
 Backward mirrors this: `_state_bwd_kernel` scans dh backwards and stores, per chunk, the
 gradient G_n of the state *leaving* chunk n; then one parallel kernel per chunk produces
@@ -20,8 +28,8 @@ cumulative gates, A, w, u and v_new are recomputed.
 
 Numerics: gates are log-decays (<= 0). Only non-positive differences are exponentiated:
 exp(b_i), exp(b_last - b_j), exp(b_i - b_j) for j <= i (masked to -inf otherwise). For
-per-channel gates, exp(b_i - b_j) does not factorise safely over a whole chunk, so rows are
-taken in sub-blocks of 16: between sub-blocks the product is split at the sub-block boundary r
+per-channel gates, exp(b_i - b_j) factorises safely over a whole chunk only while the gate's span
+is bounded (the flagged chunks above); otherwise rows are taken in sub-blocks of 16: between sub-blocks the product is split at the sub-block boundary r
 (exp(b_i - b_r) * exp(b_r - b_j), both factors <= 1), inside the 16 x 16 diagonal block it is
 formed elementwise. A gate of -20 per step therefore underflows to 0 instead of overflowing.
 
@@ -76,18 +84,19 @@ GLA_SAFE_SPAN = 80.0
 def default_config(op: str, device=None) -> dict:
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    # These defaults are the configs gradient-checked on the H200 (Triton 3.6). The sweep there
-    # (benchmarks/linear.py --sweep; bf16, B=2, H=16, K=V=128, T=32768) found num_stages=3 faster
-    # (ungated fwd 0.98 -> 0.78 ms, fwd+bwd 2.74 -> 2.24 ms; delta fwd+bwd 9.96 -> 9.05 ms) but it was
-    # not gradient-checked there, and that compiler has known pipelining miscompiles on Hopper; the
-    # tuner (evaluators/), which checks its winner against torch, is the place to pick it up.
+    # Winners of the H200 sweep (benchmarks/linear_h200.py, results/linear_h200.json; bf16, B=2, H=16,
+    # K=V=128, T=32768, Triton 3.6): one kernel family varied at a time around the former defaults
+    # (all families at 2 stages, output tiles 64 x 64 / 64 x 32). Against those: linear fwd 0.98 -> 0.78 ms,
+    # fwd+bwd 2.74 -> 2.22 ms; delta fwd 2.15 -> 1.69 ms, fwd+bwd 8.14 -> 6.89 ms.
+    # Gradient-checked on the H200 with these configs (fp32 and bf16, g down to -20): the per-channel gate
+    # and the ungated delta rule. fp32 inputs run every family at <= 2 stages (see `_prepare`).
     if op == "linear_attention":
-        return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2,
-                "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 2}
-    return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 2,
-            "OUT_BLOCK_K": 64, "OUT_BLOCK_V": 32, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 2}
+        return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
+                "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
+                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3}
+    return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
+            "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -1066,6 +1075,11 @@ class _LinearAttention(torch.autograd.Function):
 def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     cfg = dict(config)
+    if q.dtype == torch.float32:
+        # fp32 tiles take twice the shared memory of bf16 ones: with 3 stages the backward kernels asked
+        # for 279-295 KB on the H200 (limit 227 KB) and failed to launch
+        for key in ("num_stages", "out_num_stages", "bwd_num_stages"):
+            cfg[key] = min(cfg[key], 2)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
