@@ -10,6 +10,7 @@ memory of forward+backward (above the inputs) at the largest T, ours beside fla.
   python benchmarks/linear.py out.json [--T 8192,32768] [--ops linear,retention,...]
 
 Needs CUDA and, for the comparison, fla-core 0.6 (wheels via ../shared/device/wheels.sh).
+benchmarks/linear_h200.py runs the whole tune / gradient-check / compare flow in one GPU call.
 The JSON is rewritten after every measurement, so a run cut short still leaves its numbers.
 """
 from __future__ import annotations

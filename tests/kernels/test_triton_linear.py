@@ -158,3 +158,13 @@ def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span):
     # (span -1) or a mix of both paths inside one sequence (span 9: flags [[0, 1, 1], [0, 0, 1]] here)
     monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
     _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=7)
+
+
+def test_fp32_inputs_cap_pipeline_stages(interpreter):
+    # 3 stages of fp32 tiles overflowed the H200's shared memory (279-295 KB of 227 KB); bf16 keeps them
+    cfg = interpreter.default_config("linear_attention")
+    x32, x16 = torch.zeros(1, 4, 1, 16), torch.zeros(1, 4, 1, 16, dtype=torch.bfloat16)
+    for x, most in ((x32, 2), (x16, 3)):
+        used = interpreter._prepare(x, x, x, None, None, None, 64, {**cfg, "num_stages": 3, "out_num_stages": 3,
+                                                                    "bwd_num_stages": 3})[-1]
+        assert used["num_stages"] == used["out_num_stages"] == used["bwd_num_stages"] == most
