@@ -1,19 +1,22 @@
 """Time our Triton block-sparse softmax attention beside SDPA (cuDNN, flash), compiled
 FlexAttention with the same mask and fla's parallel_attn, in one run on one GPU.
 
-    python benchmarks/attention.py OUT.json [--sweep] [--quick]
+    python benchmarks/attention.py OUT.json [--sweep] [--quick] [--only WORDS]
 
 Cases (issue 6): bf16, B=2, H=16, D=128, causal: full at T=8192 and 32768, window 1024 at 8192
 and 32768, random block-sparse (8 of 64 earlier 128-blocks per query block + own block) at 8192,
 and dynamic top-k (8 blocks by pooled q.k) at 8192. Forward and forward+backward medians of
 triton.testing.do_bench; ms, tokens/s and TFLOP/s counting visible (query, key) pairs only
 (forward 4*D flops a pair, forward+backward 3.5x that); ratios to FlexAttention and cuDNN;
-peak memory of forward+backward at T=32768. Before timing, a GPU correctness check of our
-kernel (bf16 D=128, fp32 D=64) against the fp32/fp64 reference on a small shape
-(--fast-correctness: bf16 only). With --sweep, a few backward tile configs are timed first
-(backward only, full causal T=8192, the dK/dV and dQ kernels varied separately) and the best
-are added to every case as an "ours_tuned" row. The JSON is rewritten after every step, so a
-run cut short still leaves what it measured.
+peak memory of forward+backward at T=32768.
+
+Before timing, worker processes compile in parallel: a GPU correctness check of our kernel
+(bf16 D=128 and fp32 D=64, default config and the backward variants, T=336 so no tile divides
+it) against the fp32/fp64 reference, FlexAttention and fla of every case, and with --sweep every
+candidate of benchmarks/attention_sweep.py. --sweep then times those candidates, adds the
+winner to every case as an "ours_tuned" row and checks it against the fp32 reference at the
+sweep shape (B=1). The JSON is rewritten after every step, so a run cut short still leaves what
+it measured.
 """
 from __future__ import annotations
 
@@ -33,9 +36,18 @@ from attnsearch.kernels.reference import softmax_attention_ref  # noqa: E402
 from attnsearch.kernels import triton_attention as ta  # noqa: E402
 from attnsearch.kernels.ops import softmax_attention  # noqa: E402
 
-B, H, D = 2, 16, 128
-DTYPE = torch.bfloat16
+# ATTN_BENCH_SMOKE=1 (with TRITON_INTERPRET=1): the whole script on the CPU at tiny shapes in
+# fp32, one call per timing; it checks the script's plumbing and measures nothing
+SMOKE = os.environ.get("ATTN_BENCH_SMOKE", "0") == "1"
+DEV = "cpu" if SMOKE else "cuda"
+B, H, D = (1, 2, 16) if SMOKE else (2, 16, 128)
+DTYPE = torch.float32 if SMOKE else torch.bfloat16
 T0 = time.time()
+
+
+def sync():
+    if not SMOKE:
+        sync()
 
 
 def log(msg: str) -> None:
@@ -69,14 +81,18 @@ def flops(pairs: int, backward: bool) -> float:
 # ------------------------------------------------------------------------------ methods
 
 def bench(fn, grad_to_none=None, rep=200):
+    if SMOKE:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
     from triton.testing import do_bench
     return do_bench(fn, warmup=50, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
 def make_inputs(T, layout):
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEV).manual_seed(0)
     shape = (B, T, H, D) if layout == "bthd" else (B, H, T, D)
-    q, k, v, do = (torch.randn(shape, device="cuda", dtype=DTYPE, generator=g) for _ in range(4))
+    q, k, v, do = (torch.randn(shape, device=DEV, dtype=DTYPE, generator=g) for _ in range(4))
     return [x.requires_grad_() for x in (q, k, v)], do
 
 
@@ -112,6 +128,8 @@ _FLEX = {}
 
 
 def flex(T, window, block_indices, block_size):
+    if SMOKE:
+        raise RuntimeError("FlexAttention is not run in a smoke run")
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     if "fn" not in _FLEX:
         import torch._dynamo as dynamo  # (a bare `import torch._dynamo` would shadow torch here)
@@ -123,22 +141,22 @@ def flex(T, window, block_indices, block_size):
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
     if block_indices is not None:
         nb = block_indices.shape[2]
-        listed = torch.zeros(B, H, nb, nb + 1, dtype=torch.bool, device="cuda")
+        listed = torch.zeros(B, H, nb, nb + 1, dtype=torch.bool, device=DEV)
         listed.scatter_(3, block_indices.clamp(min=-1).masked_fill(block_indices < 0, nb), True)
         listed = listed[..., :nb].contiguous()
 
         def mask_mod(b, h, qi, ki):
             qb, kb = qi // block_size, ki // block_size
             return (ki <= qi) & ((qb == kb) | listed[b, h, qb, kb])
-        mask = create_block_mask(mask_mod, B, H, T, T, device="cuda", BLOCK_SIZE=128)
+        mask = create_block_mask(mask_mod, B, H, T, T, device=DEV, BLOCK_SIZE=128)
     elif window is not None:
         def mask_mod(b, h, qi, ki):
             return (ki <= qi) & (qi - ki < window)
-        mask = create_block_mask(mask_mod, None, None, T, T, device="cuda", BLOCK_SIZE=128)
+        mask = create_block_mask(mask_mod, None, None, T, T, device=DEV, BLOCK_SIZE=128)
     else:
         def mask_mod(b, h, qi, ki):
             return ki <= qi
-        mask = create_block_mask(mask_mod, None, None, T, T, device="cuda", BLOCK_SIZE=128)
+        mask = create_block_mask(mask_mod, None, None, T, T, device=DEV, BLOCK_SIZE=128)
     fn = _FLEX["fn"]
     return lambda q, k, v: fn(q, k, v, block_mask=mask)
 
@@ -150,80 +168,78 @@ def fla_parallel(window):
 
 # ------------------------------------------------------------------------------ correctness
 
-def gpu_correctness(results, fast=False):
-    """Our kernel in bf16/fp16/fp32 vs the reference (fp32 / fp64) on a small awkward shape."""
-    T, bs = 336, 64          # T is not a multiple of any tile
+CORRECTNESS_CONFIGS = ({}, {"dq_atomic": 1}, {"heads_inner": 1, "bwd_streams": 2})
+
+
+def correctness_rows(dtype_name, d, config):
+    """Our kernel (one dtype, head dim, config) vs the reference (fp32 for 16-bit inputs, fp64
+    for fp32) on a small awkward shape, every pattern; max abs errors of o, dq, dk, dv."""
+    dtype = getattr(torch, dtype_name)
+    T, bs = (80, 16) if SMOKE else (336, 64)  # T is not a multiple of any tile
     torch.manual_seed(0)
     out = []
-    bi = masks.random_block_indices(T, bs, 2, seed=1, batch=2, heads=4, device="cuda")
+    bi = masks.random_block_indices(T, bs, 2, seed=1, batch=2, heads=4, device=DEV)
     cases = [("full", None, None), ("window", 100, None), ("blocks", None, bi), ("window+blocks", 40, bi)]
-    dtypes = ((torch.bfloat16, 128),) if fast else ((torch.bfloat16, 128), (torch.float32, 64))
-    for dtype, d in dtypes:
-        ref_dtype = torch.float64 if dtype == torch.float32 else torch.float32
-        for name, window, idx in cases:
-            q, k, v, do = (torch.randn(2, T, 4, d, device="cuda", dtype=ref_dtype) for _ in range(4))
-            ref_in = [x.clone().requires_grad_() for x in (q, k, v)]
-            ref = softmax_attention_ref(*ref_in, window=window, block_indices=idx, block_size=bs)
-            ref.backward(do)
-            ours_in = [x.to(dtype).requires_grad_() for x in (q, k, v)]
-            o = softmax_attention(*ours_in, window=window, block_indices=idx, block_size=bs,
-                                  backend="triton")
-            o.backward(do.to(dtype))
-            errs = [(o.to(ref_dtype) - ref).abs().max().item()]
-            errs += [(a.grad.to(ref_dtype) - b.grad).abs().max().item() for a, b in zip(ours_in, ref_in)]
-            tol = 1e-4 if dtype == torch.float32 else 6e-2
-            ok = all(e < tol for e in errs)
-            out.append({"dtype": str(dtype), "D": d, "T": T, "case": name, "max_abs_err_o_dq_dk_dv": errs,
-                        "tol": tol, "ok": ok})
-            log(f"correctness {str(dtype):15s} D={d:3d} {name:14s} errs={['%.1e' % e for e in errs]} "
-                f"{'ok' if ok else 'FAIL'}")
-    results["correctness"] = out
+    ref_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+    for name, window, idx in cases:
+        q, k, v, do = (torch.randn(2, T, 4, d, device=DEV, dtype=ref_dtype) for _ in range(4))
+        ref_in = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref = softmax_attention_ref(*ref_in, window=window, block_indices=idx, block_size=bs)
+        ref.backward(do)
+        ours_in = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+        o = softmax_attention(*ours_in, window=window, block_indices=idx, block_size=bs,
+                              backend="triton", config=config)
+        o.backward(do.to(dtype))
+        errs = [(o.to(ref_dtype) - ref).abs().max().item()]
+        errs += [(a.grad.to(ref_dtype) - b.grad).abs().max().item() for a, b in zip(ours_in, ref_in)]
+        tol = 1e-4 if dtype == torch.float32 else 6e-2
+        ok = all(e < tol for e in errs)
+        out.append({"dtype": dtype_name, "D": d, "T": T, "case": name, "config": config,
+                    "max_abs_err_o_dq_dk_dv": errs, "tol": tol, "ok": ok})
+    return out
 
 
-# ------------------------------------------------------------------------------ sweep
+def correctness_jobs(fast):
+    dtypes = (("bfloat16", 128),) if fast else (("bfloat16", 128), ("float32", 64))
+    if SMOKE:  # the interpreter does not emulate bf16 arithmetic
+        dtypes = (("float32", 32),)
+    return [{"kind": "call", "fn": "correctness_rows", "args": (name, d, cfg)}
+            for name, d in dtypes for cfg in CORRECTNESS_CONFIGS]
 
-DKV_SWEEP = [dict(BLOCK_M_DKV=m, BLOCK_N_DKV=n, num_warps_dkv=w, num_stages_dkv=s) for m, n, w, s in (
-    (64, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (128, 64, 8, 2))]
-DQ_SWEEP = [dict(BLOCK_M_DQ=m, BLOCK_N_DQ=n, num_warps_dq=w, num_stages_dq=s) for m, n, w, s in (
-    (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2))]
 
-
-def sweep(results):
-    """Backward-only time (delta + dK/dV + dQ kernels) on full causal T=8192: vary the dK/dV
-    kernel's tiles with dQ's at default, then dQ's with dK/dV's at default; keep the best of each."""
-    T = 8192
-    (q, k, v), do = make_inputs(T, "bthd")
-    q, k, v = q.detach(), k.detach(), v.detach()
-    default = ta.default_config("softmax_attention")
-    scale = D ** -0.5
-    lists, counts = ta._empty_lists(q.device)
-    o, lse = ta._forward(q, k, v, ta._Plan(T, None, None, 64, default), lists, counts, scale)
-    rows, best = [], {}
-    for part, space in (("dkv", DKV_SWEEP), ("dq", DQ_SWEEP)):
-        timings = []
-        for cfg in space:
-            plan = ta._Plan(T, None, None, 64, {**default, **cfg})
-            try:
-                ms = bench(lambda: ta._backward(q, k, v, o, lse, do, plan, lists, counts, lists, counts,
-                                                scale), rep=100)
-                timings.append((ms, cfg))
-                rows.append({"part": part, **cfg, "bwd_ms": ms})
-                log(f"sweep {part} {cfg} backward {ms:.3f} ms")
-            except Exception as exc:  # a config may not fit shared memory for D=128
-                rows.append({"part": part, **cfg, "error": repr(exc)[:200]})
-                log(f"sweep {part} {cfg} failed: {repr(exc)[:120]}")
-        best.update(min(timings, key=lambda t: t[0])[1])
-    tuned = {**default, **best}
-    results["sweep"] = {"shape": f"backward only, full causal B={B} H={H} T={T} D={D} bf16",
-                        "rows": rows, "best": tuned}
-    log(f"sweep best {tuned}")
-    return tuned
+def tuned_correctness(tuned):
+    """The tuned config at the sweep shape (B=1, H=16, T=8192, bf16, D=128) vs the fp32 torch
+    reference on the same bf16-rounded inputs: relative L2 errors of o, dq, dk, dv."""
+    out = []
+    import attention_sweep
+    T, bs = attention_sweep.T_SWEEP, 128
+    for pattern, window in (("full", None), ("window", 1024), ("random", None)):
+        g = torch.Generator(device=DEV).manual_seed(1)
+        x = [torch.randn(1, T, H, D, device=DEV, dtype=DTYPE, generator=g) for _ in range(4)]
+        idx = (masks.random_block_indices(T, bs, max(1, (T // bs) // 8), seed=0, batch=1, heads=H,
+                                          device=DEV) if pattern == "random" else None)
+        ref_in = [t.float().clone().requires_grad_() for t in x[:3]]
+        ref = softmax_attention_ref(*ref_in, window=window, block_indices=idx, block_size=bs)
+        ref.backward(x[3].float())
+        ours_in = [t.detach().clone().requires_grad_() for t in x[:3]]
+        o = softmax_attention(*ours_in, window=window, block_indices=idx, block_size=bs,
+                              backend="triton", config=tuned)
+        o.backward(x[3])
+        rel = [((a.float() - b).norm() / b.norm()).item() for a, b in
+               ((o, ref), *((p.grad, r.grad) for p, r in zip(ours_in, ref_in)))]
+        ok = all(e < 1e-2 for e in rel)
+        out.append({"pattern": pattern, "rel_err_o_dq_dk_dv": rel, "ok": ok})
+        log(f"tuned correctness {pattern:7s} rel errs {['%.1e' % e for e in rel]} {'ok' if ok else 'FAIL'}")
+        del ref, ref_in, o, ours_in
+        if not SMOKE:
+            torch.cuda.empty_cache()
+    return out
 
 
 # ------------------------------------------------------------------------------ table
 
 def cases(quick):
-    T1, T2 = (2048, 4096) if quick else (8192, 32768)
+    T1, T2 = (256, 384) if SMOKE else (2048, 4096) if quick else (8192, 32768)
     return [
         {"name": f"random 12.5% of 128-blocks T={T1}", "T": T1, "window": None, "blocks": "random"},
         {"name": f"full causal T={T1}", "T": T1, "window": None, "blocks": None},
@@ -234,19 +250,27 @@ def cases(quick):
     ]
 
 
+def case_block_indices(case, x_bthd):
+    """The case's block_indices [B, H, NB, S] (None without blocks); top-k from x_bthd's q, k."""
+    T, bs = case["T"], 128
+    if case["blocks"] == "random":
+        return masks.random_block_indices(T, bs, max(1, (T // bs) // 8), seed=0, batch=B, heads=H,
+                                           device=DEV)
+    if case["blocks"] == "topk":
+        return masks.topk_block_indices(x_bthd[0].detach(), x_bthd[1].detach(), bs, 8)
+    return None
+
+
 def run_case(case, tuned, results):
     T, window = case["T"], case["window"]
     bs = 128
     rep = 400 if T > 16384 else 200
     x_bthd, do_bthd = make_inputs(T, "bthd")
     x_bhtd, do_bhtd = make_inputs(T, "bhtd")
-    idx = None
     row = {"T": T, "window": window, "pattern": case["blocks"] or ("window" if window else "full")}
-    if case["blocks"] == "random":
-        idx = masks.random_block_indices(T, bs, (T // bs) // 8, seed=0, batch=B, heads=H, device="cuda")
-    elif case["blocks"] == "topk":
+    idx = case_block_indices(case, x_bthd)
+    if case["blocks"] == "topk":
         q, k = x_bthd[0].detach(), x_bthd[1].detach()
-        idx = masks.topk_block_indices(q, k, bs, 8)
         row["topk_builder_ms"] = bench(lambda: masks.topk_block_indices(q, k, bs, 8), rep=100)
         log(f"{case['name']}: topk_block_indices on GPU {row['topk_builder_ms']:.3f} ms")
     pairs = visible_pairs(T, window, idx, bs)
@@ -272,7 +296,7 @@ def run_case(case, tuned, results):
                 fn = fla_parallel(window)
             methods[name] = (fn, layout)
             fn(*inputs).backward(do)  # compile / warm
-            torch.cuda.synchronize()
+            sync()
             first = time.time() - t
             fwd, both = timed(fn, inputs, do, rep)
             m = {"fwd_ms": fwd, "fwd_bwd_ms": both, "first_call_s": first,
@@ -299,18 +323,18 @@ def run_case(case, tuned, results):
 
 def peak_memory(row, methods, x_bthd, do_bthd, x_bhtd, do_bhtd):
     out = {}
-    for name in ("ours", "flex", "sdpa_cudnn"):
+    for name in ("ours", "ours_tuned", "flex", "sdpa_cudnn"):
         if name not in methods or "error" in row["methods"].get(name, {"error": 1}):
             continue
         fn = methods[name][0]
         inputs, do = (x_bthd, do_bthd) if methods[name][1] == "bthd" else (x_bhtd, do_bhtd)
         for x in inputs:
             x.grad = None
-        torch.cuda.synchronize()
+        sync()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         fn(*inputs).backward(do)
-        torch.cuda.synchronize()
+        sync()
         out[name] = {"peak_above_inputs": torch.cuda.max_memory_allocated() - base}
         for x in inputs:
             x.grad = None
@@ -341,38 +365,93 @@ def print_table(results):
                   f"{m['fwd_bwd_tflops']:.0f} | {m['fwd_bwd_tokens_per_s']:.3g} | {ratio_flex} | {ratio_cudnn} |")
 
 
+def warm_fla(T, window):
+    """Run fla's parallel_attn once (its autotuning compiles kernels into the shared cache)."""
+    x, do = make_inputs(T, "bthd")
+    fla_parallel(window)(*x).backward(do)
+    sync()
+    return True
+
+
+def precompile_all(args, results, default):
+    """Correctness checks, FlexAttention, fla and (with --sweep) every sweep candidate, compiled
+    by parallel worker processes; correctness rows go to results."""
+    import attention_sweep
+    flex_cases = [c for c in cases(args.quick) if _selected(c, args)]
+    jobs = [] if args.skip_correctness else correctness_jobs(args.fast_correctness)
+    n_corr = len(jobs)
+    jobs += [{"kind": "flex", "case": c} for c in flex_cases]
+    jobs += [{"kind": "call", "fn": "warm_fla", "args": (c["T"], c["window"])}
+             for c in flex_cases if c["blocks"] is None]
+    if args.sweep:
+        jobs += [j for j in attention_sweep.warm_jobs(default, []) if j["kind"] == "ours"]
+    t = time.time()
+    log(f"precompiling {len(jobs)} jobs in {args.workers} worker processes")
+    done = attention_sweep.precompile(jobs, workers=args.workers)
+    failed = [(j.get("fn") or j["kind"], r.get("error")) for j, r in zip(jobs, done) if not r["ok"]]
+    log(f"precompile done in {time.time() - t:.0f} s; {len(failed)} failed: {failed[:8]}")
+    results["precompile"] = {"jobs": len(jobs), "seconds": time.time() - t,
+                             "failed": [str(f)[:300] for f in failed]}
+    rows = []
+    for j, r in zip(jobs[:n_corr], done[:n_corr]):
+        if r["ok"]:
+            rows += r["result"]
+        else:
+            rows.append({"args": j["args"], "error": r.get("error"), "trace": r.get("trace")})
+    for row in rows:
+        if "error" in row:
+            log(f"correctness {row['args']} failed: {row['error']}")
+        else:
+            log(f"correctness {row['dtype']:9s} D={row['D']:3d} {row['case']:14s} {row['config']} "
+                f"errs={['%.1e' % e for e in row['max_abs_err_o_dq_dk_dv']]} {'ok' if row['ok'] else 'FAIL'}")
+    results["correctness"] = rows
+
+
+def _selected(case, args):
+    words = [w for w in args.only.split(",") if w]
+    return not words or any(w in case["name"] for w in words)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="JSON file to write")
-    parser.add_argument("--sweep", action="store_true", help="time a few configs, add ours_tuned")
+    parser.add_argument("--sweep", action="store_true", help="time candidate configs, add ours_tuned")
     parser.add_argument("--quick", action="store_true", help="short sequences (smoke run)")
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--fast-correctness", action="store_true", help="bf16 only (fp32 compiles slowly)")
     parser.add_argument("--only", default="", help="comma-separated words; run the cases whose name has one")
+    parser.add_argument("--workers", type=int, default=12, help="processes compiling ahead")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not SMOKE:
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
     import triton
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    default = ta.default_config("softmax_attention")
+    results = {"device": "smoke (cpu)" if SMOKE else torch.cuda.get_device_name(), "torch": torch.__version__,
                "triton": triton.__version__, "shape": {"B": B, "H": H, "D": D, "dtype": "bfloat16"},
-               "default_config": ta.default_config("softmax_attention"), "cases": {}}
+               "default_config": default, "cases": {}}
 
     def save():
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=1)
 
     try:
-        if not args.skip_correctness:
-            gpu_correctness(results, fast=args.fast_correctness)
-            save()
-        tuned = sweep(results) if args.sweep else None
+        precompile_all(args, results, default)
         save()
-        words = [w for w in args.only.split(",") if w]
-        for case in cases(args.quick):
-            if words and not any(w in case["name"] for w in words):
-                continue
-            run_case(case, tuned, results)
+        tuned = None
+        if args.sweep:
+            import attention_sweep
+            tuned = attention_sweep.sweep(results)
             save()
+            try:
+                results["tuned_correctness"] = tuned_correctness(tuned)
+            except Exception:  # still time the cases; the JSON says what broke
+                results["tuned_correctness"] = {"error": traceback.format_exc()[-1500:]}
+                log(f"tuned correctness failed: {traceback.format_exc()[-300:]}")
+            save()
+        for case in cases(args.quick):
+            if _selected(case, args):
+                run_case(case, tuned, results)
+                save()
     except Exception:
         results["fatal"] = traceback.format_exc()
         save()

@@ -260,7 +260,9 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, m0
         do = tl.load(do_ptrs)
         lse = tl.load(lse_base + rows)
         delta = tl.load(delta_base + rows)
+    # both score-sized products first: the tensor cores compute dP while exp2 runs on S
     sT = tl.dot(k, qT, input_precision=PREC)
+    dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
     pT = tl.math.exp2(sT * qk_scale - lse[None, :])
     if MASKED:
         listed = False
@@ -269,7 +271,6 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, m0
             listed = _is_listed(lst, kb)
         pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS), pT, 0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
-    dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
     dsT = pT * (dpT - delta[None, :])
     dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
     if DQ_ATOMIC:
