@@ -14,7 +14,8 @@ and the benchmark slot, and composes the rest from the benchmark cache).
 Written to OUT (``--tag`` prefixes the names): ``TAG.json`` (figures: trials per hour, GPU busy
 fraction sampled with nvidia-smi every 0.5 s, time split, cache hit rate, the tuned-vs-default
 speed-up per layer kind, the Pareto table with baselines marked, peak training memory of the
-front beside the state-bytes formula), ``TAG.md`` (the same as tables) and ``TAG_knee.json``
+front beside the state-bytes formula), ``TAG.md`` with ``--markdown`` (the same as tables; always
+printed) and ``TAG_knee.json``
 (the exported knee point). ``--smoke`` runs the same code on the CPU at a tiny target with the
 test benchmark task (to check the script, not to measure anything).
 """
@@ -223,6 +224,7 @@ def main(argv=None):
                     help="storage URL whose benchmark cache seeds this study's (a warm start)")
     ap.add_argument("--no-export", action="store_true", help="do not write the knee export")
     ap.add_argument("--memory", action="store_true", help="measure peak training memory of the front")
+    ap.add_argument("--markdown", action="store_true", help="also write TAG.md (always printed)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny target, test benchmark task")
     args = ap.parse_args(argv)
 
@@ -284,26 +286,30 @@ def main(argv=None):
         "driver_overhead_median_ms": 1e3 * statistics.median(result.overhead_s) if result.overhead_s else None,
     }
     try:
-        report["memory"] = front_memory(front[:4], study_name, url, args.smoke) if args.memory else []
-    except Exception as exc:   # the figures above still get written
-        report["memory_error"] = f"{type(exc).__name__}: {exc}"
-    try:
         knee = export_trial(study_name, url, policy="knee")
         report["knee"] = {"trial": knee["provenance"]["trial"], "layout": knee["layout"]}
-        if args.no_export:
-            raise StopIteration
-        with open(os.path.join(args.out_dir, f"{args.tag}_knee.json"), "w") as fh:
-            json.dump(knee, fh, indent=1)
-    except StopIteration:
-        pass
+        if not args.no_export:
+            with open(os.path.join(args.out_dir, f"{args.tag}_knee.json"), "w") as fh:
+                json.dump(knee, fh, indent=1)
     except Exception as exc:
         report["knee_error"] = f"{type(exc).__name__}: {exc}"
+    write_report(report, args)               # first without memory: a time limit may stop what follows
+    if args.memory:
+        try:
+            report["memory"] = front_memory(front[:3], study_name, url, args.smoke)
+        except Exception as exc:
+            report["memory_error"] = f"{type(exc).__name__}: {exc}"
+        write_report(report, args)
     ray.shutdown()
+
+
+def write_report(report: dict, args) -> None:
     with open(os.path.join(args.out_dir, f"{args.tag}.json"), "w") as fh:
         json.dump(report, fh, indent=1, default=str)
     md = markdown(report)
-    with open(os.path.join(args.out_dir, f"{args.tag}.md"), "w") as fh:
-        fh.write(md)
+    if args.markdown:
+        with open(os.path.join(args.out_dir, f"{args.tag}.md"), "w") as fh:
+            fh.write(md)
     print(md, flush=True)
 
 
