@@ -1,6 +1,6 @@
 """Driver overhead per trial: ask, suggest, dispatch, tell and user attributes (no evaluation work).
 
-    python benchmarks/driver_overhead.py [--trials 40] [--pg postgresql+psycopg://...]
+    python benchmarks/driver_overhead.py [--trials 80] [--rounds 3] [--pg postgresql+psycopg://...] [--out F.json]
 
 Runs a study whose evaluation returns at once (synthetic), with SQLite (a temp file) and, when a
 PostgreSQL URL is given (or ATTNSEARCH_TEST_PG_URL is set), with PostgreSQL. The driver times
@@ -9,18 +9,24 @@ anchor measured in the same run: bare Optuna ask + tell with a RandomSampler on 
 storage (the floor any driver on that database pays), and Optuna alone doing ask + suggest of the
 same space with the same TPE sampler + tell (what the sampler and the parameter writes cost
 without our driver, Ray and attributes). The load average is printed because the
-figures scale with it on a shared machine.
+figures scale with it on a shared machine. ``--rounds N`` repeats the whole measurement (each round
+prints its own line and load average; ``--out`` writes every row as JSON).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # runs from a checkout without install
 
 
 def optuna_floor(url: str, n: int) -> float:
@@ -71,30 +77,37 @@ def measure(url: str, n: int, label: str) -> dict:
     floor = optuna_floor(url, 20)
     same = optuna_same_space(url, n)
     search.delete_study(name, url)
-    row = {"storage": label, "trials": len(per_trial), "median_ms": 1e3 * statistics.median(per_trial),
+    row = {"storage": label, "load_avg_1min": os.getloadavg()[0], "trials": len(per_trial), "median_ms": 1e3 * statistics.median(per_trial),
            "p90_ms": 1e3 * per_trial[int(0.9 * (len(per_trial) - 1))],
            "optuna_ask_tell_floor_ms": 1e3 * floor, "optuna_same_space_ms": 1e3 * same, "wall_s": result.wall_s}
     print(f"{label:10s} trials={row['trials']} median={row['median_ms']:.1f} ms p90={row['p90_ms']:.1f} ms "
           f"(anchors in the same run: bare Optuna ask+tell {row['optuna_ask_tell_floor_ms']:.1f} ms; "
-          f"Optuna alone on the same space/sampler ask+suggest+tell {row['optuna_same_space_ms']:.1f} ms)", flush=True)
+          f"Optuna alone on the same space/sampler ask+suggest+tell {row['optuna_same_space_ms']:.1f} ms; "
+          f"load {row['load_avg_1min']:.2f})", flush=True)
     return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=80)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--pg", default=os.environ.get("ATTNSEARCH_TEST_PG_URL"))
+    parser.add_argument("--out", help="write every row (all rounds) to this JSON file")
     args = parser.parse_args()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        measure(f"sqlite:///{tmp}/overhead.db", args.trials, "sqlite")
-    if args.pg:
-        measure(args.pg, args.trials, "postgresql")
+    rows = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}: load average {os.getloadavg()}, cpus: {os.cpu_count()}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(measure(f"sqlite:///{tmp}/overhead.db", args.trials, "sqlite"))
+        if args.pg:
+            rows.append(measure(args.pg, args.trials, "postgresql"))
     print(f"load average after: {os.getloadavg()}", flush=True)
     ray.shutdown()
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
