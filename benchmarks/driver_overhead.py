@@ -7,8 +7,8 @@ PostgreSQL URL is given (or ATTNSEARCH_TEST_PG_URL is set), with PostgreSQL. The
 its own work per trial (RunResult.overhead_s: from ask to dispatch plus the whole tell). As an
 anchor measured in the same run: bare Optuna ask + tell with a RandomSampler on the same
 storage (the floor any driver on that database pays), and Optuna alone doing ask + suggest of the
-same space with the same TPE sampler + tell (what the sampler and the parameter writes cost
-without our driver, Ray and attributes). The load average is printed because the
+same space with the same TPE sampler + tell of the same objective values (what the sampler and the
+parameter writes cost without our driver, Ray and attributes). The load average is printed because the
 figures scale with it on a shared machine. ``--rounds N`` repeats the whole measurement (each round
 prints its own line and load average; ``--out`` writes every row as JSON).
 """
@@ -46,9 +46,12 @@ def optuna_floor(url: str, n: int) -> float:
 
 
 def optuna_same_space(url: str, n: int) -> float:
-    """Optuna alone on the same space, sampler and storage: ask, suggest the layout, tell."""
+    """Optuna alone on the same space, sampler and storage: ask, suggest the layout, tell the
+    objective values the driver's synthetic evaluation gives that layout (TPE's work depends on
+    the values: how the trials split, ties on the front)."""
     from attnsearch import search
     from attnsearch.search.study import make_sampler
+    from attnsearch.search.testing import synthetic_quality
     from attnsearch.storage import optuna_storage
 
     space = search.default_space()
@@ -56,11 +59,11 @@ def optuna_same_space(url: str, n: int) -> float:
     study = optuna.create_study(storage=optuna_storage(url), study_name=f"same-{uuid.uuid4().hex[:8]}",
                                 sampler=make_sampler(space), directions=space.directions)
     times = []
-    for i in range(n):
+    for _ in range(n):
         t0 = time.perf_counter()
         trial = study.ask()
         arch = space.suggest(trial, throughput_fn=fn)
-        study.tell(trial, [0.5 + 0.001 * i, fn(arch)])
+        study.tell(trial, [synthetic_quality(arch.to_dict()), fn(arch)])
         times.append(time.perf_counter() - t0)
     optuna.delete_study(study_name=study.study_name, storage=optuna_storage(url))
     return statistics.median(times)
@@ -72,17 +75,23 @@ def measure(url: str, n: int, label: str) -> dict:
 
     space = search.default_space()
     name = f"overhead-{uuid.uuid4().hex[:8]}"
+    # the Optuna-alone anchor runs just before and just after the driver (the load of a shared
+    # machine drifts within a round); its figure is the mean of the two medians
+    same_before = optuna_same_space(url, n)
     result = search.run_study(space, name, url, n_trials=n, workers=1, evaluate=synthetic_evaluate)
     per_trial = sorted(result.overhead_s)
+    same_after = optuna_same_space(url, n)
     floor = optuna_floor(url, 20)
-    same = optuna_same_space(url, n)
+    same = (same_before + same_after) / 2
     search.delete_study(name, url)
     row = {"storage": label, "load_avg_1min": os.getloadavg()[0], "trials": len(per_trial), "median_ms": 1e3 * statistics.median(per_trial),
            "p90_ms": 1e3 * per_trial[int(0.9 * (len(per_trial) - 1))],
-           "optuna_ask_tell_floor_ms": 1e3 * floor, "optuna_same_space_ms": 1e3 * same, "wall_s": result.wall_s}
+           "optuna_ask_tell_floor_ms": 1e3 * floor, "optuna_same_space_ms": 1e3 * same,
+           "optuna_same_space_before_after_ms": [1e3 * same_before, 1e3 * same_after], "wall_s": result.wall_s}
     print(f"{label:10s} trials={row['trials']} median={row['median_ms']:.1f} ms p90={row['p90_ms']:.1f} ms "
           f"(anchors in the same run: bare Optuna ask+tell {row['optuna_ask_tell_floor_ms']:.1f} ms; "
-          f"Optuna alone on the same space/sampler ask+suggest+tell {row['optuna_same_space_ms']:.1f} ms; "
+          f"Optuna alone on the same space/sampler/values ask+suggest+tell {row['optuna_same_space_ms']:.1f} ms "
+          f"(before {1e3 * same_before:.1f}, after {1e3 * same_after:.1f}); "
           f"load {row['load_avg_1min']:.2f})", flush=True)
     return row
 
