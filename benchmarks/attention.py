@@ -1,7 +1,7 @@
 """Time our Triton block-sparse softmax attention beside SDPA (cuDNN, flash), compiled
 FlexAttention with the same mask and fla's parallel_attn, in one run on one GPU.
 
-    python benchmarks/attention.py OUT.json [--sweep] [--quick] [--only WORDS]
+    python benchmarks/attention.py OUT.json [--sweep | --tuned JSON] [--quick] [--only WORDS]
 
 Cases (issue 6): bf16, B=2, H=16, D=128, causal: full at T=8192 and 32768, window 1024 at 8192
 and 32768, random block-sparse (8 of 64 earlier 128-blocks per query block + own block) at 8192,
@@ -15,7 +15,7 @@ Before timing, worker processes compile in parallel: a GPU correctness check of 
 it) against the fp32/fp64 reference, FlexAttention and fla of every case, and with --sweep every
 candidate of benchmarks/attention_sweep.py. --sweep then times those candidates, adds the
 winner to every case as an "ours_tuned" row and checks it against the fp32 reference at the
-sweep shape (B=1). The JSON is rewritten after every step, so a run cut short still leaves what
+sweep shape (B=1); --tuned times a given config (merged over the default) as that row instead. The JSON is rewritten after every step, so a run cut short still leaves what
 it measured.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ T0 = time.time()
 
 def sync():
     if not SMOKE:
-        sync()
+        torch.cuda.synchronize()
 
 
 def log(msg: str) -> None:
@@ -168,7 +168,8 @@ def fla_parallel(window):
 
 # ------------------------------------------------------------------------------ correctness
 
-CORRECTNESS_CONFIGS = ({}, {"dq_atomic": 1}, {"heads_inner": 1, "bwd_streams": 2})
+CORRECTNESS_CONFIGS = ({}, {"dq_atomic": 1},
+                       {"heads_inner": 1, "heads_inner_bwd": 0, "bwd_streams": 2})
 
 
 def correctness_rows(dtype_name, d, config):
@@ -421,6 +422,7 @@ def main():
     parser.add_argument("--fast-correctness", action="store_true", help="bf16 only (fp32 compiles slowly)")
     parser.add_argument("--only", default="", help="comma-separated words; run the cases whose name has one")
     parser.add_argument("--workers", type=int, default=12, help="processes compiling ahead")
+    parser.add_argument("--tuned", default="", help="JSON config to time as ours_tuned (no sweep)")
     args = parser.parse_args()
     if not torch.cuda.is_available() and not SMOKE:
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
@@ -437,10 +439,12 @@ def main():
     try:
         precompile_all(args, results, default)
         save()
-        tuned = None
+        tuned = {**default, **json.loads(args.tuned)} if args.tuned else None
+        results["tuned_config"] = tuned
         if args.sweep:
             import attention_sweep
             tuned = attention_sweep.sweep(results)
+            results["tuned_config"] = tuned
             save()
             try:
                 results["tuned_correctness"] = tuned_correctness(tuned)

@@ -5,8 +5,9 @@ Shape: bf16, B=2, H=16, D=128, T=8192, three patterns (full causal, window 1024,
   fwd   forward tiles/warps/stages;
   dkv   backward-only time, dK/dV kernel tiles varied (dQ kernel at the default);
   dq    backward-only time, dQ kernel tiles varied;
-  order forward + backward time of program order (heads_inner), dQ on a side stream
-        (bwd_streams) and dQ by atomics (dq_atomic, with a few dK/dV tiles of its own).
+  order forward + backward time of program order (heads_inner for the forward kernel,
+        heads_inner_bwd for the backward ones), dQ on a side stream (bwd_streams) and dQ by
+        atomics (dq_atomic, with a few dK/dV tiles of its own).
 Winner of a stage: the smallest mean over patterns of time / best time of that pattern, so
 every pattern counts the same. Candidates that fail to compile (shared memory) are skipped.
 
@@ -39,7 +40,8 @@ DKV_GRID = [dict(BLOCK_M_DKV=m, BLOCK_N_DKV=n, num_warps_dkv=w, num_stages_dkv=s
 DQ_GRID = [dict(BLOCK_M_DQ=m, BLOCK_N_DQ=n, num_warps_dq=w, num_stages_dq=s) for m, n, w, s in (
     (128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (128, 32, 8, 3), (64, 64, 4, 3),
     (128, 128, 8, 2), (64, 128, 4, 2))]
-ORDER_GRID = [dict(heads_inner=hi, bwd_streams=st, dq_atomic=0) for hi in (0, 1) for st in (1, 2)]
+ORDER_GRID = [dict(heads_inner=hi, heads_inner_bwd=hb, bwd_streams=st, dq_atomic=0)
+              for hi in (0, 1) for hb in (0, 1) for st in (1, 2)]
 ATOMIC_DKV = [dict(BLOCK_M_DKV=m, BLOCK_N_DKV=n, num_warps_dkv=w, num_stages_dkv=s) for m, n, w, s in (
     (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3))]
 
@@ -69,9 +71,11 @@ def candidates(default):
     winners, so all its combinations over the tile grids are compiled too (dq_atomic only with
     ATOMIC_DKV tiles)."""
     out = [{**default, **c} for c in FWD_GRID + DKV_GRID + DQ_GRID]
-    out += [{**default, **c, "heads_inner": 1} for c in DKV_GRID + DQ_GRID]
-    out += [{**default, **c, "dq_atomic": 1, "heads_inner": hi} for c in ATOMIC_DKV for hi in (0, 1)]
-    out += [{**default, **c, "heads_inner": 1} for c in FWD_GRID]
+    flip = {"heads_inner": 1 - default["heads_inner"],
+            "heads_inner_bwd": 1 - default["heads_inner_bwd"]}   # the other program order
+    out += [{**default, **c, **flip} for c in FWD_GRID + DKV_GRID + DQ_GRID]
+    out += [{**default, **c, "dq_atomic": 1, "heads_inner_bwd": hb} for c in ATOMIC_DKV
+            for hb in (0, 1)]
     return out
 
 
@@ -226,8 +230,8 @@ def sweep(results):
     best = _stage("dq", cases, best, DQ_GRID, Case.bwd_ms, rows)
     both = (lambda case, cfg: case.fwd_ms(cfg) + case.bwd_ms(cfg))
     order = list(ORDER_GRID)
-    order += [{**c, "heads_inner": hi, "bwd_streams": 1, "dq_atomic": 1}
-              for c in ATOMIC_DKV for hi in (0, 1)]
+    order += [{**c, "heads_inner_bwd": hb, "bwd_streams": 1, "dq_atomic": 1}
+              for c in ATOMIC_DKV for hb in (0, 1)]
     # the order variants must all carry the same keys for the table and the winner print
     keys = set().union(*order)
     order = [{**{k: best[k] for k in keys}, **o} for o in order]

@@ -34,9 +34,10 @@ CONFIG_SPACE = {"softmax_attention": {
     "BLOCK_M_DKV": _TILES, "BLOCK_N_DKV": _TILES, "BLOCK_M_DQ": _TILES, "BLOCK_N_DQ": _TILES,
     "num_warps_dkv": _WARPS, "num_stages_dkv": _STAGES, "num_warps_dq": _WARPS,
     "num_stages_dq": _STAGES,
-    # program order of every kernel: 1 = the same tile of all heads together (heaviest tiles of
-    # every head first), 0 = all tiles of one head together (that head's K/V stay in L2)
-    "heads_inner": (0, 1),
+    # program order of the forward kernel (heads_inner) and of the two backward kernels
+    # (heads_inner_bwd): 1 = the same tile of all heads together (the heaviest tiles of every
+    # head first), 0 = all tiles of one head together (that head's K/V stay in L2)
+    "heads_inner": (0, 1), "heads_inner_bwd": (0, 1),
     # backward: 2 runs the dQ kernel on a side CUDA stream beside the dK/dV kernel, so each fills
     # the other's tail of idle multiprocessors; 1 runs them one after the other
     "bwd_streams": (1, 2),
@@ -45,20 +46,27 @@ CONFIG_SPACE = {"softmax_attention": {
     "dq_atomic": (0, 1),
 }}
 
-# picked by benchmarks/attention.py --sweep on an H200 (bf16, D=128, full causal T=8192)
-_HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
+# from benchmarks/attention.py --sweep on an H200 (bf16, B=2, H=16, D=128, T=8192; full causal,
+# window 1024 and random 12.5% block-sparse; 2026-11-28): a 64x64 forward with 4 warps, 3 stages
+# was the fastest forward on all three (full 1.134 ms vs 1.219 for 128x64/8/3); heads-inner order
+# cut forward+backward by 7% (full) / 4% (window) / 2% (random), but a heads-inner forward was
+# slower on full causal (64x64: 1.348 ms at T=8192, 20.68 at T=32768, vs 18.26 for the
+# heads-outer 128x64 forward), hence heads-inner for the backward kernels only. dQ by atomics
+# was 1.1-1.6x slower at D=128; a side stream for dQ gained 3% heads-outer, none heads-inner.
+_HOPPER = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
            "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
            "num_warps_dkv": 8, "num_stages_dkv": 3, "num_warps_dq": 8, "num_stages_dq": 3,
-           "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
+           "heads_inner": 0, "heads_inner_bwd": 1, "bwd_streams": 1, "dq_atomic": 0}
 _OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
               "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
               "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2,
-              "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
+              "heads_inner": 0, "heads_inner_bwd": 0, "bwd_streams": 1,
+              "dq_atomic": 0}
 # the interpreter runs tiles as numpy arrays: small tiles keep tests quick
 _INTERPRETER = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1,
                 "BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32, "BLOCK_M_DQ": 32, "BLOCK_N_DQ": 16,
                 "num_warps_dkv": 4, "num_stages_dkv": 1, "num_warps_dq": 4, "num_stages_dq": 1,
-                "heads_inner": 0, "bwd_streams": 1, "dq_atomic": 0}
+                "heads_inner": 0, "heads_inner_bwd": 0, "bwd_streams": 1, "dq_atomic": 0}
 
 
 def _interpreting() -> bool:
@@ -216,9 +224,9 @@ class _Plan:
         self.config = config
 
 
-def _grid(n_tiles, n_heads, config):
-    """Axis 0 starts fastest: heads there when config['heads_inner'], else tiles (kernels' order)."""
-    return (n_heads, n_tiles) if config["heads_inner"] else (n_tiles, n_heads)
+def _grid(n_tiles, n_heads, heads_inner):
+    """Axis 0 starts fastest: heads there when heads_inner, else tiles (as the kernels read it)."""
+    return (n_heads, n_tiles) if heads_inner else (n_tiles, n_heads)
 
 
 def _forward(q, k, v, plan, lists, counts, scale):
@@ -228,13 +236,14 @@ def _forward(q, k, v, plan, lists, counts, scale):
     lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
     BM, BN = plan.tiles["BLOCK_M"], plan.tiles["BLOCK_N"]
     S = lists.shape[-1]
-    attn_fwd_kernel[_grid(triton.cdiv(T, BM), B * H, plan.config)](
+    heads_inner = bool(plan.config["heads_inner"])
+    attn_fwd_kernel[_grid(triton.cdiv(T, BM), B * H, heads_inner)](
         q, k, v, o, lse, lists, counts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, T, lists.shape[2], plan.window, plan.block_size, scale * LOG2E, S,
         HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)), BLOCK_M=BM,
-        BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype), HEADS_INNER=bool(plan.config["heads_inner"]),
+        BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype), HEADS_INNER=heads_inner,
         num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"])
     return o, lse
 
@@ -256,12 +265,12 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     S, ST = lists.shape[-1], tlists.shape[-1]
     NB = lists.shape[2]
     common = dict(HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)),
-                  PREC=_precision(q.dtype), HEADS_INNER=bool(cfg["heads_inner"]))
+                  PREC=_precision(q.dtype), HEADS_INNER=bool(cfg["heads_inner_bwd"]))
     side = _side_stream(q.device) if cfg["bwd_streams"] == 2 and not atomic else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(q.device))  # delta (and inputs) are ready
     BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
-    attn_bwd_dkdv_kernel[_grid(triton.cdiv(T, BN), B * H, cfg)](
+    attn_bwd_dkdv_kernel[_grid(triton.cdiv(T, BN), B * H, cfg["heads_inner_bwd"])](
         q, k, v, do, dk, dv, dqa, lse, delta, lists, tlists, tcounts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -276,7 +285,7 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     dq = torch.empty_like(q)
     BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-        attn_bwd_dq_kernel[_grid(triton.cdiv(T, BM), B * H, cfg)](
+        attn_bwd_dq_kernel[_grid(triton.cdiv(T, BM), B * H, cfg["heads_inner_bwd"])](
             q, k, v, do, dq, lse, delta, lists, counts,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),

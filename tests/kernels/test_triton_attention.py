@@ -136,7 +136,10 @@ def test_tilings_window_and_blocks(config):
     _compare(T, H=1, config=config, window=7)
 
 
-@pytest.mark.parametrize("config", [{"dq_atomic": 1}, {"heads_inner": 1, "bwd_streams": 2}])
+@pytest.mark.parametrize("config", [
+    {"dq_atomic": 1},
+    {"heads_inner": 1, "heads_inner_bwd": 1, "bwd_streams": 2},
+])
 def test_backward_variants(config):
     """dQ by atomics from the dK/dV kernel, heads-inner program order (streams: CUDA only)."""
     T, bs = 75, 16
