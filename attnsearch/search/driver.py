@@ -397,8 +397,8 @@ class Driver:
                     s.execute(sa.update(DriverRecord).where(DriverRecord.driver_id == self.driver_id)
                               .values(heartbeat_at=utcnow()))
                     s.commit()
-                # a driver that joined the study is noticed here (at most heartbeat_s late; the
-                # budget stays exact meanwhile, see _may_be_over_budget)
+                # a driver that joined the study is noticed here, at most heartbeat_s late (the
+                # budget does not depend on it: see _may_be_over_budget)
                 self._shared = self._other_drivers()
             except Exception as exc:
                 if not is_transient(exc):
@@ -494,8 +494,8 @@ class Driver:
         """Re-read the study before asking, unless this driver was alone on it when last looked
         (at the previous heartbeat): then its own counts, front and dedup table are exact and
         re-reading every trial is wasted work (the largest avoidable per-trial cost on SQLite).
-        A driver that joins is seen at the next heartbeat; until then a trial numbered past the
-        budget still gets the exact check (``_may_be_over_budget``), so the budget holds."""
+        A driver that joins is seen at the next heartbeat; the budget holds meanwhile because
+        every trial numbered past it gets the exact check (``_may_be_over_budget``)."""
         if self._shared is None:
             self._shared = self._other_drivers()
         if self._shared or time.monotonic() - self._last_refresh >= REFRESH_ALONE_S:
@@ -598,22 +598,20 @@ class Driver:
 
     def _other_drivers(self) -> bool:
         """Whether another driver is registered on this study (one small query): alone, the
-        loop's own count is exact and the per-trial recount can be skipped. Asked with each
-        heartbeat and whenever a trial may be over the budget, not on every ask."""
+        per-ask re-read of the trials can be skipped. Asked with each heartbeat, not on every
+        ask (the budget does not depend on it, see ``_may_be_over_budget``)."""
         with session(self.url) as s:
             return s.scalar(sa.select(sa.func.count()).select_from(DriverRecord).where(
                 DriverRecord.study_name == self.study_name, DriverRecord.stopped_at.is_(None),
                 DriverRecord.driver_id != self.driver_id)) > 0
 
     def _may_be_over_budget(self, trial) -> bool:
-        """Whether ``trial`` needs the exact budget check. Trial numbers are unique and given out
-        in order, so at most ``number + 1`` trials are numbered up to this one: below the budget
-        it cannot be over it, whoever else is asking. Past that, only another driver can have
-        taken the budget (alone, the loop stops asking at its own exact count)."""
-        if self.n_trials is None or trial.number < self.n_trials:
-            return False
-        self._shared = self._other_drivers()
-        return self._shared
+        """Whether ``trial`` needs the exact budget check (which reads the trials). Trial numbers
+        are unique and given out in order, so at most ``number + 1`` trials are numbered up to
+        this one: below the budget it cannot be over it, whoever else is asking. Past that it is
+        always checked, even when this driver believes it is alone: another driver may have come,
+        used part of the budget and gone between two heartbeats, unseen by this driver's count."""
+        return self.n_trials is not None and trial.number >= self.n_trials
 
     def _over_budget(self, trial) -> bool:
         """Exact budget with several drivers: trial numbers are given out in order, so a trial is

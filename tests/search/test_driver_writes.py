@@ -69,12 +69,25 @@ class _FakeTrial:
 
 def test_only_trials_numbered_past_the_budget_need_the_exact_check(sqlite_url, study_name):
     driver = Driver(search.default_space(), study_name, sqlite_url, enqueue_baselines=False)
-    asked = []
-    driver._other_drivers = lambda: asked.append(1) or True
     driver.n_trials = 5
-    assert not driver._may_be_over_budget(_FakeTrial(4)) and not asked    # at most 5 trials numbered <= 4
-    assert driver._may_be_over_budget(_FakeTrial(5)) and asked == [1]      # another driver: check it
-    driver._other_drivers = lambda: False
-    assert not driver._may_be_over_budget(_FakeTrial(7))                   # alone: the loop's count is exact
+    assert not driver._may_be_over_budget(_FakeTrial(4))      # at most 5 trials are numbered <= 4
+    assert driver._may_be_over_budget(_FakeTrial(5))          # checked even by a driver that seems alone
     driver.n_trials = None
     assert not driver._may_be_over_budget(_FakeTrial(100))
+
+
+def test_past_the_budget_the_count_includes_a_driver_that_came_and_went(sqlite_url, study_name):
+    """A driver that believes it is alone still fails a trial numbered past the budget when
+    another driver's trials (that driver gone meanwhile) used the budget up."""
+    space = search.default_space()
+    driver = Driver(space, study_name, sqlite_url, enqueue_baselines=False)
+    driver.n_trials, driver._shared = 3, False
+    study = driver.study
+    for value in (0.1, 0.2, 0.3):                             # "another driver" completed 3 trials
+        t = study.ask()
+        space.suggest(t)
+        study.tell(t, [value, 1.0])
+    trial = _ask_owned(study, {"driver_id": driver.driver_id})
+    assert trial.number == 3 and driver._may_be_over_budget(trial) and driver._over_budget(trial)
+    frozen = study.get_trials()[3]
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_kind"] == "over_budget"
