@@ -50,6 +50,25 @@ def _run(preset_name: str, factor: float, seed: int, threads: int, proxy_overrid
     return out
 
 
+def rescore(run: dict, proxy_overrides: dict) -> None:
+    """Task scores and score of a stored run recomputed from its held-out losses (in place)."""
+    from attnsearch.evaluators import tasks as T
+    from attnsearch.evaluators.corpus import load_corpus
+    from attnsearch.evaluators.quality import ProxySpec, task_score
+
+    if run["diverged"]:
+        return
+    proxy = ProxySpec(**proxy_overrides)
+    bits = None
+    if any(isinstance(spec, T.LMSpec) for spec in proxy.tasks.values()):
+        bits = load_corpus(proxy.corpus, proxy.corpus_max_bytes).unigram_bits()
+    for name, m in run["metrics"].items():
+        m["score"] = task_score(proxy.tasks[name], m["loss"], bits)
+    total = sum(proxy.weight(n) for n in proxy.tasks)
+    run["score"] = sum(proxy.weight(n) * run["metrics"][n]["score"] for n in proxy.tasks) / total
+    run["rescored"] = True
+
+
 def _key(r):
     return f"{r['preset']}|{r['factor']}|{r['seed']}"
 
@@ -67,6 +86,9 @@ def main(argv=None):
     ap.add_argument("--budgets", choices=("both", "short", "long"), default="both",
                     help="run only the default-budget runs, only the long ones, or both")
     ap.add_argument("--merge", nargs="*", default=[], help="other result files whose runs count as done")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute every stored run's task scores and score from its stored held-out losses "
+                         "with the current scoring code (no training; for a change of the score definition)")
     args = ap.parse_args(argv)
 
     overrides = json.loads(args.proxy)
@@ -77,6 +99,9 @@ def main(argv=None):
         done = {_key(r): r for r in json.loads(out_path.read_text())["runs"]}
     for other in args.merge:
         done.update({_key(r): r for r in json.loads(Path(other).read_text())["runs"]})
+    if args.rescore:
+        for r in done.values():
+            rescore(r, overrides)
     factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
     # short runs first (a partial file already has every layout's default score), then long ones
     todo = [(name, f, s) for f in factors for name in args.layouts for s in args.seeds

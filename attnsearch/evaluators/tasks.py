@@ -177,6 +177,19 @@ def make_noisy_recall(spec: NoisyRecallSpec, batch: int, generator):
     return inputs, targets, mask
 
 
+def context_candidates(spec) -> int:
+    """How many distinct answers a sequence's context offers at most: a model that has learnt
+    which tokens answer but not which one belongs to the query guesses among these (the
+    plateau every layout reaches before it recalls; the zero point of a recall task's score)."""
+    if isinstance(spec, MQARSpec):
+        return min(spec.num_kv_pairs, spec.num_values)
+    if isinstance(spec, NoisyRecallSpec):
+        return min(spec.num_keys, spec.num_values)
+    if isinstance(spec, SelectiveCopySpec):
+        return min(spec.num_tokens, spec.num_values)
+    raise ValueError(f"context_candidates: {spec!r} is not a recall task; allowed kinds: {', '.join(SYNTHETIC_KINDS)}")
+
+
 _MAKERS = {"mqar": make_mqar, "selective_copy": make_selective_copy, "noisy_recall": make_noisy_recall}
 
 

@@ -7,7 +7,7 @@ import pytest
 from attnsearch.evaluators import ranking
 from attnsearch.evaluators import tasks as T
 from attnsearch.evaluators.proxy import pick_layers, proxy_arch, scale_params
-from attnsearch.evaluators.quality import ProxySpec, QualityResult, evaluate_quality, lr_at
+from attnsearch.evaluators.quality import ProxySpec, QualityResult, evaluate_quality, lr_at, task_score
 from attnsearch.space.arch import ArchConfig
 from attnsearch.space.presets import preset
 
@@ -137,6 +137,27 @@ def test_task_weights_weight_the_score(tiny_corpus):
     r = evaluate_quality(arch, tiny_proxy(tiny_corpus, task_weights={"mqar": 0, "selective_copy": 0,
                                                                     "noisy_recall": 0, "lm": 1}))
     assert r.score == pytest.approx(r.metrics["lm"]["score"])
+
+
+def test_recall_score_is_zero_at_the_guess_among_context_values_and_one_when_certain():
+    mqar = T.MQARSpec(seq_len=32, num_kv_pairs=4, num_values=16)
+    assert task_score(mqar, math.log(4)) == pytest.approx(0.0)       # the plateau: no recall yet
+    assert task_score(mqar, math.log(256)) == 0.0                     # worse than the plateau: clipped
+    assert task_score(mqar, 0.0) == 1.0
+    assert task_score(mqar, 0.5 * math.log(4)) == pytest.approx(0.5)
+    assert task_score(mqar, float("nan")) == 0.0
+    lm = T.LMSpec(seq_len=32)
+    assert task_score(lm, 4.0 * math.log(2), unigram_bits=4.0) == pytest.approx(0.0)   # unigram bpb
+    assert task_score(lm, 2.0 * math.log(2), unigram_bits=4.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unigram_bits"):
+        task_score(lm, 1.0)
+
+
+def test_default_proxy_spec_is_the_measured_budget():
+    # benchmarks/results/proxy_fidelity.json was measured at these; change both together
+    p = ProxySpec()
+    assert (p.d_model, p.n_layers, p.steps, p.batch, p.lr) == (32, 4, 150, 8, 1e-2)
+    assert {n: s.seq_len for n, s in p.tasks.items()} == {"mqar": 32, "noisy_recall": 32, "lm": 64}
 
 
 # ----------------------------------------------------------------------------- rank correlation

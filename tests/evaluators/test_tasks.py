@@ -127,3 +127,18 @@ def test_make_batch_checks_arguments():
         T.make_batch(T.LMSpec(seq_len=16), 2, _gen())
     with pytest.raises(ValueError, match="batch"):
         T.make_batch(T.MQARSpec(), 0, _gen())
+
+
+def test_context_candidates_count_the_answers_a_context_offers():
+    mqar = T.MQARSpec(seq_len=32, num_kv_pairs=4, num_values=16)
+    assert T.context_candidates(mqar) == 4
+    assert T.context_candidates(T.MQARSpec(seq_len=32, num_kv_pairs=8, num_values=3)) == 3
+    assert T.context_candidates(T.NoisyRecallSpec(seq_len=32, num_keys=4)) == 4
+    assert T.context_candidates(T.SelectiveCopySpec(seq_len=32, num_tokens=5)) == 5
+    # and no answer lies outside them: every MQAR target is one of its sequence's context values
+    inputs, targets, mask = T.make_batch(mqar, 16, torch.Generator().manual_seed(0))
+    for row in range(16):
+        values = set(inputs[row, 1:2 * mqar.num_kv_pairs:2].tolist())
+        assert set(targets[row][mask[row]].tolist()) <= values and len(values) <= T.context_candidates(mqar)
+    with pytest.raises(ValueError, match="not a recall task"):
+        T.context_candidates(T.LMSpec(seq_len=32))
