@@ -41,6 +41,21 @@ def _pick(vec, offs, j):
 
 
 @triton.jit
+def _log2_int(x):
+    """log2 of a power-of-two scalar (exact in fp32), once per program: the flat loops then split
+    their counter with a shift and a mask instead of a division by a runtime value."""
+    return tl.math.log2(x.to(tl.float32)).to(tl.int32)
+
+
+@triton.jit
+def _tile_start(lst, offs, first, t, BS, shift, TILE: tl.constexpr):
+    """Start row of flat tile t over listed blocks lst[first:]: tile t % per_block of block
+    lst[first + t // per_block], per_block = BS // TILE = 1 << shift."""
+    blk = _pick(lst, offs, first + (t >> shift))
+    return tl.multiple_of(blk * BS + (t & ((1 << shift) - 1)) * TILE, TILE)
+
+
+@triton.jit
 def _tile_and_head(HEADS_INNER: tl.constexpr):
     """(tile, batch*head) of this program. Programs start in grid order, axis 0 fastest; the host
     puts heads on axis 0 when HEADS_INNER (the same tile of all heads together: the heaviest
@@ -193,8 +208,9 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
                                           offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                           qk_scale, False, HAS_BLOCKS, PREC)
+        shift = _log2_int(per_block)
         for t in range(0, (count - n_near) * per_block):  # the rest: one flat, pipelined loop
-            n0 = _pick(lst, offs_s, n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            n0 = _tile_start(lst, offs_s, n_near, t, BS, shift, BLOCK_N)
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
                                       offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                       qk_scale, False, HAS_BLOCKS, PREC)
@@ -334,8 +350,20 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
                                     dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                                     sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
                                     False, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
-        for t in range(0, (count - n_near) * per_block):
+        # only the last query block can end past T: when it is listed (the last entry, lists
+        # being ascending) it gets a row-masked loop of its own, so the flat loop loads whole
+        # tiles without masks (fewer instructions in the hot loop)
+        last_block = _pick(tlst, offs_st, count - 1)
+        tail = ((count > n_near) & (last_block == NB - 1) & (T % BS != 0)).to(tl.int32)
+        for t in range(0, (count - n_near - tail) * per_block):
+            # a division here, not _tile_start's shift: the shift version spills (ptxas, sm_90)
             m0 = _pick(tlst, offs_st, n_near + t // per_block) * BS + (t % per_block) * BLOCK_M
+            m0 = tl.multiple_of(m0, BLOCK_M)  # lets the row-statistics loads vectorise
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
+                                sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
+                                False, False, HAS_BLOCKS, PREC, DQ_ATOMIC)
+        for m0 in range((NB - 1) * BS, (NB - 1) * BS + tail * (m_end - (NB - 1) * BS), BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                                 dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                                 sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
@@ -432,8 +460,9 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
                 dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
                               offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                               HAS_BLOCKS, PREC)
+        shift = _log2_int(per_block)
         for t in range(0, (count - n_near) * per_block):
-            n0 = _pick(lst, offs_s, n_near + t // per_block) * BS + (t % per_block) * BLOCK_N
+            n0 = _tile_start(lst, offs_s, n_near, t, BS, shift, BLOCK_N)
             dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
                           offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                           HAS_BLOCKS, PREC)

@@ -110,6 +110,13 @@ def test_window_reaching_into_listed_blocks():
     _compare(T, window=21, block_indices=idx, block_size=bs)
 
 
+def test_partial_last_query_block_listing_a_key_block():
+    """The dK/dV kernel walks a listed, partial last query block in a row-masked loop of its own."""
+    T, bs = 90, 32
+    idx = masks.global_block_indices(T, bs, 1, batch=1, heads=2)  # every block lists block 0
+    _compare(T, H=2, block_indices=idx, block_size=bs, config={"BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32})
+
+
 def test_messy_block_indices():
     """Duplicates, future blocks, the own block and -1 slots are all harmless."""
     T, bs = 66, 16
