@@ -42,9 +42,9 @@ def _pick(vec, offs, j):
 
 @triton.jit
 def _log2_int(x):
-    """log2 of a power-of-two scalar (exact in fp32), once per program: the flat loops then split
-    their counter with a shift and a mask instead of a division by a runtime value."""
-    return tl.math.log2(x.to(tl.float32)).to(tl.int32)
+    """log2 of a power-of-two int32 scalar, in integers, once per program: the flat loops then
+    split their counter with a shift and a mask instead of a division by a runtime value."""
+    return tl.sum(((x >> tl.arange(0, 32)) > 1).to(tl.int32), axis=0)
 
 
 @triton.jit
