@@ -15,8 +15,9 @@ Before timing, worker processes compile in parallel: a GPU correctness check of 
 it) against the fp32/fp64 reference, FlexAttention and fla of every case, and with --sweep every
 candidate of benchmarks/attention_sweep.py. --sweep then times those candidates, adds the
 winner to every case as an "ours_tuned" row and checks it against the fp32 reference at the
-sweep shape (B=1); --tuned times a given config (merged over the default) as that row instead. The JSON is rewritten after every step, so a run cut short still leaves what
-it measured.
+sweep shape (B=1); --tuned times a given config (merged over the default) as that row
+instead. The JSON is rewritten after every step, so a run cut short still leaves what it
+measured.
 """
 from __future__ import annotations
 
