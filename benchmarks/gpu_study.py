@@ -57,7 +57,8 @@ def space_dict(args) -> dict:
         "objectives": ["quality", "throughput"],
         "sampler": {"name": "tpe", "seed": args.seed},
         "evaluation": {"throughput": "measured", "gpus_per_trial": round(args.gpus / args.workers, 4),
-                       "cpus_per_trial": 1, "tune_trials": args.tune_trials, "tune_budget_s": args.tune_budget_s,
+                       "cpus_per_trial": 1, "tune_kernels": not args.no_tune, "tune_trials": args.tune_trials,
+                       "tune_budget_s": args.tune_budget_s,
                        "trial_timeout_s": 1800},
         "seed": args.seed,
     }
@@ -157,7 +158,7 @@ def front_memory(rows, study_name, url, smoke: bool) -> list[dict]:
         except Exception as exc:           # e.g. out of memory at this context: say so
             return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 
-    task = ray.remote(measure).options(**mb.bench_task_options(gpu=True))
+    task = mb.bench_remote(measure, gpu=True)
     out = []
     for row in rows:
         arch = with_tuned_kernels(ArchConfig.from_dict(row["arch"]), row.get("kernel_configs"))
@@ -216,6 +217,7 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--workers", type=int, default=8, help="proxy trials in flight (each holds gpus/workers)")
     ap.add_argument("--timeout", type=float, default=None, help="stop the study after this many seconds")
+    ap.add_argument("--no-tune", action="store_true", help="kernel defaults, no tuning (tune_kernels: false)")
     ap.add_argument("--tune-trials", type=int, default=6)
     ap.add_argument("--tune-budget-s", type=float, default=12.0)
     ap.add_argument("--storage", default=None, help="default: a fresh SQLite file under /tmp")

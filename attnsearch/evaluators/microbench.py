@@ -556,6 +556,15 @@ def bench_task_options(gpu: bool = True, cluster_resources: dict | None = None) 
     return opts
 
 
+def bench_remote(fn: Callable, gpu: bool = True):
+    """``fn`` as a Ray remote function with the benchmark options. ``max_calls=1``: every
+    benchmark runs in a fresh process, so a kernel that faults (a CUDA error leaves the process's
+    GPU context unusable) cannot fail the benchmarks after it."""
+    import ray
+
+    return ray.remote(max_calls=1)(fn).options(**bench_task_options(gpu))
+
+
 def benchmark_task(request: dict) -> dict:
     """What a benchmarking Ray task runs: plain dict in, plain dict out (no database access).
 
@@ -591,7 +600,7 @@ def run_isolated(fn: Callable[[dict], dict], request: dict, gpu: bool = True) ->
 
     if not ray.is_initialized():
         raise ValueError("run_isolated needs a running Ray cluster (ray.init() first)")
-    return ray.get(ray.remote(fn).options(**bench_task_options(gpu)).remote(request))
+    return ray.get(bench_remote(fn, gpu).remote(request))
 
 
 class MeasuredThroughputService:

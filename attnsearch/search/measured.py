@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from attnsearch.evaluators.microbench import (TargetShape, bench_task_options, benchmark_task,
+from attnsearch.evaluators.microbench import (TargetShape, bench_remote, benchmark_task,
                                               compose_from_cache)
 from attnsearch.evaluators.tuner import layer_signature
 from attnsearch.storage.bench_cache import BenchCache, BenchKey, BenchStats, MemoryBenchCache
@@ -85,11 +85,9 @@ class MeasuredSpeed:
     # ------------------------------------------------------------------ benchmark tasks
     def submit(self, arch):
         """Start a benchmark task for ``arch`` (a Ray ObjectRef)."""
-        import ray
-
         request = {**self.request, "arch": arch.to_dict(), "known": self.records,
                    "tuned": dict(self.tuned)}
-        return ray.remote(self.task).options(**bench_task_options(self.gpu)).remote(request)
+        return bench_remote(self.task, self.gpu).remote(request)
 
     def absorb(self, arch, out: dict) -> dict:
         """Take a finished benchmark task's output: store its records, learn the environment and

@@ -76,6 +76,31 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
+_FATAL_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure",
+               "misaligned address", "illegal instruction")
+
+
+def _is_fatal_cuda(exc: BaseException) -> bool:
+    """A CUDA error after which this process's GPU context cannot be used again."""
+    text = str(exc).lower()
+    return any(s in text for s in _FATAL_CUDA)
+
+
+def _exit_after_reply(delay_s: float = 2.0) -> None:
+    """Leave the Ray worker process shortly after this task's result has gone back: a faulted
+    CUDA context would fail every later trial that Ray sends to the same process."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+            return                      # not a Ray worker (inline evaluation): nothing to protect
+    except Exception:
+        return
+    import threading
+
+    threading.Timer(delay_s, os._exit, args=(1,)).start()
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
@@ -103,6 +128,8 @@ def run_evaluation(fn: Callable[[dict], dict], request: dict) -> dict:
             raise
         kind = "oom" if _is_oom(exc) else "exception"
         tb = traceback.format_exc(limit=8)
+        if request.get("device") == "cuda" and _is_fatal_cuda(exc):
+            _exit_after_reply()
         return {"status": "fail", "fail_kind": kind, "reason": _one_line(exc), "traceback": tb[-4000:],
                 "metrics": {}, "timings": {"evaluate_s": time.perf_counter() - t0}, "worker": info}
     metrics = dict(out.get("metrics", out))

@@ -89,3 +89,33 @@ def test_failed_benchmark_fails_its_trial_only(ray_session, sqlite_url, study_na
     reasons = [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL]
     assert len(reasons) == 3, reasons
     assert all(r.startswith("benchmark: ") and "illegal memory access" in r for r in reasons), reasons
+
+
+def test_a_faulted_cuda_worker_leaves_after_replying(ray_session):
+    """A CUDA fault poisons the process's GPU context: the trial fails with the reason, and the
+    Ray worker process exits right after replying so no later trial lands in it."""
+    import time
+
+    import psutil
+
+    from attnsearch.search.worker import run_evaluation
+
+    def faulting(request):          # nested: Ray ships it by value
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def fine(request):
+        return {"metrics": {"quality": 0.5}}
+
+    remote = ray_session.remote(run_evaluation).options(num_cpus=1, max_retries=0)
+    bad = ray_session.get(remote.remote(faulting, {"device": "cuda"}), timeout=60)
+    assert bad["status"] == "fail" and "illegal memory access" in bad["reason"]
+    good = ray_session.get(remote.remote(fine, {"device": "cpu"}), timeout=60)
+    assert good["status"] == "ok"
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(bad["worker"]["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(bad["worker"]["pid"])
+    # a CPU trial's exception (no GPU context to lose) keeps its worker
+    kept = ray_session.get(remote.remote(faulting, {"device": "cpu"}), timeout=60)
+    time.sleep(3)
+    assert psutil.pid_exists(kept["worker"]["pid"])
