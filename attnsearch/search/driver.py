@@ -211,12 +211,16 @@ def _upsert_insert(rdb):
 def _ask_owned(study, owner_attrs: dict) -> optuna.trial.Trial:
     """``study.ask()`` with ``owner_attrs`` (the driver id) on the trial from its first moment.
 
-    A new trial is created from a template that carries the attributes, so they are written in
-    the transaction that inserts the trial row: one commit per ask instead of two, and no instant
-    in which another driver could see the trial RUNNING without an owner. A trial popped from the
-    queue (a baseline or a retry) already exists: it gets the attributes in a write of their own,
-    as before. The steps are those of ``Study.ask`` (drop the per-trial cache, pop the queue,
-    else create); where this Optuna lacks the internals, it is ``ask()`` plus one write."""
+    The steps of ``Study.ask`` (drop the per-trial cache, pop the queue, else create), with two
+    savings. A new trial is created from a template that carries the attributes, so they are
+    written in the transaction that inserts the trial row: one commit instead of two, and no
+    instant in which another driver could see the trial RUNNING without an owner. And the queue
+    is looked at with one small query for WAITING trial ids instead of Optuna's re-read of every
+    unfinished and newly finished trial (with their parameters and attributes), which the
+    sampler does again right after for its own use: only when something waits does Optuna's own
+    pop (read, claim, skip what another driver claimed first) run. A popped trial (a baseline or
+    a retry) already exists: it gets the attributes in a write of their own. Where this Optuna
+    lacks the internals, it is ``ask()`` plus one write."""
     pop = getattr(study, "_pop_waiting_trial_id", None)
     local = getattr(study, "_thread_local", None)
     if pop is None or local is None or not hasattr(local, "cached_all_trials"):
@@ -224,7 +228,7 @@ def _ask_owned(study, owner_attrs: dict) -> optuna.trial.Trial:
         _set_trial_attrs(study, trial._trial_id, owner_attrs)
         return trial
     local.cached_all_trials = None          # what ask() does: the trial cache is per trial
-    trial_id = pop()
+    trial_id = pop() if _may_have_waiting(study) else None
     if trial_id is not None:
         _set_trial_attrs(study, trial_id, owner_attrs)
     else:
@@ -236,6 +240,27 @@ def _ask_owned(study, owner_attrs: dict) -> optuna.trial.Trial:
             system_attrs={}, intermediate_values={}, trial_id=-1)
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return optuna.trial.Trial(study, trial_id)
+
+
+def _may_have_waiting(study) -> bool:
+    """Whether the study has WAITING (enqueued) trials: one indexed query on Optuna's trials
+    table; True where that table cannot be read directly (then Optuna's pop decides)."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(rdb, "engine", None)
+    try:
+        from optuna.storages._rdb import models
+    except ImportError:
+        return True
+    if engine is None:
+        return True
+    trials = models.TrialModel.__table__
+
+    def query():
+        with engine.connect() as conn:
+            return conn.execute(sa.select(trials.c.trial_id).where(
+                trials.c.study_id == study._study_id, trials.c.state == TrialState.WAITING).limit(1)).first()
+
+    return with_reconnect(query)() is not None
 
 
 # optuna-dashboard cuts every attribute at 1,024 characters of JSON: the full proxy result
