@@ -6,7 +6,12 @@ scores and the Spearman / Kendall rank correlation of the quality scores between
 
     python benchmarks/proxy_fidelity.py --jobs 2 --out out/proxy_fidelity.json
 
-Results are written after every run; `--resume` skips runs already in the output file.
+Results are written after every run; `--resume` skips runs already in the output file,
+`--merge` counts runs of other files as done (long runs split over processes), `--rescore`
+recomputes stored runs' scores from their held-out losses after a change of the score definition.
+Extra `--budgets short --seeds 0 1` runs give the seed-to-seed agreement of the default budget
+(the ceiling of the figure when layouts are near-tied). Wall time on a shared CPU depends on the
+load; the CPU time per run (1 thread) is what a trial costs on an idle core.
 """
 from __future__ import annotations
 
@@ -143,8 +148,11 @@ def summarise(runs, factor) -> dict:
         if 1.0 not in per or factor not in per:
             continue
         row = {"preset": name, "target_layout": per[1.0][0]["target_layout"], "proxy_layout": per[1.0][0]["layout"]}
+        # the figure pairs the same seeds at both budgets; extra short-only seeds measure noise
+        paired = {r["seed"] for r in per[1.0]} & {r["seed"] for r in per[factor]}
         for f, tag in ((1.0, "short"), (factor, "long")):
-            rs = per[f]
+            rs = [r for r in per[f] if r["seed"] in paired]
+            row[f"{tag}_cpu_s"] = sum(r["cpu_time_s"] for r in rs) / len(rs)
             row[f"{tag}_score"] = sum(r["score"] for r in rs) / len(rs)
             row[f"{tag}_wall_s"] = sum(r["wall_time_s"] for r in rs) / len(rs)
             row[f"{tag}_metrics"] = {t: {k: sum(r["metrics"][t][k] for r in rs) / len(rs)
@@ -157,7 +165,28 @@ def summarise(runs, factor) -> dict:
         long = [r["long_score"] for r in rows]
         report["spearman"] = spearman(short, long)
         report["kendall"] = kendall(short, long)
+        report.update(seed_noise(by, [r["preset"] for r in rows]))
+        # per task: does the task's own 1x score order layouts as its 8x score does (diagnostic)
+        with_metrics = [r for r in rows if r["short_metrics"] and r["long_metrics"]]
+        tasks = sorted(set.intersection(*(set(r["long_metrics"]) for r in with_metrics))) if with_metrics else []
+        report["task_spearman"] = {}
+        for t in tasks:
+            rho = spearman([r["short_metrics"][t]["score"] for r in with_metrics],
+                           [r["long_metrics"][t]["score"] for r in with_metrics])
+            report["task_spearman"][t] = None if rho != rho else rho    # NaN: equal for all layouts
     return report
+
+
+def seed_noise(by: dict, names: list) -> dict:
+    """How well the default budget agrees with itself across two seeds (Spearman over the same
+    layouts): the ceiling a fidelity figure can reach when layouts are near-tied."""
+    seeds = sorted(set.intersection(*({r["seed"] for r in by[n][1.0]} for n in names)))
+    if len(seeds) < 2:
+        return {}
+    score = {(r["preset"], r["seed"]): r["score"] for n in names for r in by[n][1.0]}
+    a, b = seeds[:2]
+    return {"short_seed_spearman": spearman([score[(n, a)] for n in names], [score[(n, b)] for n in names]),
+            "short_seed_pair": [a, b]}
 
 
 def print_table(report):
@@ -166,17 +195,24 @@ def print_table(report):
     head = f"{'layout':12s} {'proxy':6s} {'score 1x':>9s} {'score ' + format(report['factor'], 'g') + 'x':>9s}"
     for t in tasks:
         head += f" {t[:12]:>12s}"
-    print(head + f" {'wall 1x':>8s}")
+    print(head + f" {'wall 1x':>8s} {'cpu 1x':>7s}")
     for r in rows:
         line = f"{r['preset']:12s} {r['proxy_layout']:6s} {r['short_score']:9.4f} {r['long_score']:9.4f}"
         for t in tasks:
             m_s, m_l = r["short_metrics"].get(t, {}), r["long_metrics"].get(t, {})
             key = "bpb" if "bpb" in m_l else "accuracy"
             line += f" {m_s.get(key, float('nan')):5.2f}>{m_l.get(key, float('nan')):5.2f}{'b' if key == 'bpb' else 'a'}"
-        print(line + f" {r['short_wall_s']:7.1f}s")
+        print(line + f" {r['short_wall_s']:7.1f}s {r['short_cpu_s']:6.1f}s")
     if "spearman" in report:
         print(f"Spearman {report['spearman']:.3f}  Kendall {report['kendall']:.3f}  over {len(rows)} layouts "
               f"(1x vs {report['factor']:g}x budget)")
+    if report.get("task_spearman"):
+        print("per task, 1x vs 8x task score: " + "  ".join(
+            f"{t} {'-- (all equal at one budget)' if v is None else format(v, '.3f')}"
+            for t, v in report["task_spearman"].items()))
+    if "short_seed_spearman" in report:
+        a, b = report["short_seed_pair"]
+        print(f"1x seed {a} vs 1x seed {b}: Spearman {report['short_seed_spearman']:.3f} (noise ceiling)")
 
 
 if __name__ == "__main__":
