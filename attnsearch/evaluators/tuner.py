@@ -78,6 +78,14 @@ class TuneResult:
         return out
 
 
+_FATAL_GPU = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address")
+
+
+def _is_fatal_gpu_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in _FATAL_GPU)
+
+
 def space_size(space: dict) -> int:
     return math.prod(len(v) for v in space.values()) if space else 1
 
@@ -144,6 +152,9 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:                  # noqa: BLE001 - any launch failure skips the config
+            if _is_fatal_gpu_error(exc):
+                # the process's GPU context is gone: nothing after this can run here; say which config
+                raise RuntimeError(f"{op} config {config} faulted the GPU ({_one_line(exc)})") from exc
             trial.skipped = _one_line(exc)
             return trial
         if key is not None:

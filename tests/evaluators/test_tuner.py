@@ -196,3 +196,17 @@ def test_a_check_that_cannot_run_counts_as_failed():
     checked = tuner.checked_winner(result, check)
     assert checked.best_config == {"a": 1} and checked.check["ok"] is False
     assert all(t.skipped.startswith("check failed: RuntimeError: CUDA out of memory") for t in checked.trials)
+
+
+def test_a_config_that_faults_the_gpu_stops_the_search_naming_it():
+    """After an illegal memory access nothing else can run in the process: the search stops with
+    the faulting config in the message instead of skipping every later config."""
+    def run_factory(config):
+        def fn():
+            if config["BLOCK"] == 64:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return fn
+
+    with pytest.raises(RuntimeError, match=r"linear_attention config \{'BLOCK': 64\} faulted the GPU"):
+        tuner.tune_configs({"BLOCK": [32, 64, 128]}, {"BLOCK": 32}, run_factory=run_factory,
+                     timer=lambda fn: (fn(), BenchStats(1.0, 1.0, 1.0, 1))[1], op="linear_attention")
