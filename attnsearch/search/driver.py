@@ -403,7 +403,8 @@ class Driver:
                                           gpu=device == "cuda", **({"task": bench_task} if bench_task else {}))
         self._bench_wait: list[_InFlight] = []      # measured mode: trials waiting for their speed
         self._bench_ref = None                      # the one benchmark task in flight
-        self._bench_entry: _InFlight | None = None
+        self._bench_batch: list[_InFlight] = []     # the trials it serves
+        self._bench_joint_ok = True                 # False after a joint benchmark failed
 
     # ------------------------------------------------------------------ bookkeeping
     @with_reconnect
@@ -586,9 +587,10 @@ class Driver:
 
     # ------------------------------------------------------------------ measured throughput
     def _pump_measured(self, remote):
-        """Measured mode: serve waiting trials from the benchmark cache; start one benchmark task
-        for the first that needs the GPU (and hold back proxy training until it has run);
-        once none needs one, hand the waiting trials to the proxy workers."""
+        """Measured mode: serve waiting trials from the benchmark cache; otherwise start one
+        benchmark task for every layer kind the waiting trials still lack (one process, one CUDA
+        start) and hold back proxy training until it has run; once none needs the GPU, hand the
+        waiting trials to the proxy workers."""
         if self.measured is None or self._bench_ref is not None:
             return
         for entry in self._bench_wait:
@@ -596,9 +598,12 @@ class Driver:
                 entry.measured = self.measured.compose(entry.arch_obj)
         need = [e for e in self._bench_wait if e.measured is None]
         if need:
-            self._bench_entry = need[0]
+            # after a joint benchmark failed, one trial at a time: a faulting layer kind then
+            # fails only the trials that use it
+            batch = need if self._bench_joint_ok else need[:1]
+            self._bench_batch = batch
             self._bench_started = time.monotonic()
-            self._bench_ref = self.measured.submit(need[0].arch_obj)
+            self._bench_ref = self.measured.submit(self.measured.union([e.arch_obj for e in batch]))
             return
         waiting, self._bench_wait = self._bench_wait, []
         for entry in waiting:
@@ -608,17 +613,26 @@ class Driver:
     def _bench_done(self, remote):
         import ray
 
-        ref, entry = self._bench_ref, self._bench_entry
-        self._bench_ref = self._bench_entry = None
-        entry.bench_s += time.monotonic() - self._bench_started
+        ref, batch = self._bench_ref, self._bench_batch
+        self._bench_ref, self._bench_batch = None, []
+        batch[0].bench_s += time.monotonic() - self._bench_started    # the GPU time, once
         try:
-            entry.measured = self.measured.absorb(entry.arch_obj, ray.get(ref))
+            union = self.measured.union([e.arch_obj for e in batch])
+            out = ray.get(ref)
+            if len(batch) == 1:
+                batch[0].measured = self.measured.absorb(batch[0].arch_obj, out)
+            else:
+                self.measured.absorb(union, out, joint=True)   # fills the cache; each trial composes from it
         except Exception as exc:  # noqa: BLE001 - a failed benchmark fails its trial, not the study
-            failure = self._ray_failure(exc, entry)
-            failure["reason"] = f"benchmark: {failure['reason']}"
-            self._bench_wait.remove(entry)
-            self._by_hash.pop(entry.arch_hash, None)
-            self._finish(entry, failure)
+            if len(batch) > 1:
+                self._bench_joint_ok = False           # find the culprit one trial at a time
+            else:
+                entry = batch[0]
+                failure = self._ray_failure(exc, entry)
+                failure["reason"] = f"benchmark: {failure['reason']}"
+                self._bench_wait.remove(entry)
+                self._by_hash.pop(entry.arch_hash, None)
+                self._finish(entry, failure)
         self._pump_measured(remote)
 
     def _other_drivers(self) -> bool:
@@ -867,7 +881,7 @@ class Driver:
                 ray.cancel(self._bench_ref, force=True)
             except Exception:
                 pass
-            self._bench_ref = self._bench_entry = None
+            self._bench_ref, self._bench_batch = None, []
         numbers.update(t.trial.number for t in self._pending_twins)
         self._inflight.clear()
         self._bench_wait.clear()

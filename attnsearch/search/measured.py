@@ -47,7 +47,8 @@ class MeasuredSpeed:
         self.tuned: dict[str, dict] = {}       # layer signature -> tuned kernel config
         self.tuning: dict[str, dict] = {}      # layer signature -> tuner summary (speed-up, method)
         self.trials_composed = 0               # trials served from the cache without a GPU task
-        self.trials_benchmarked = 0
+        self.trials_benchmarked = 0            # trials whose own benchmark task gave their speed
+        self.bench_tasks = 0                   # benchmark tasks run (one may serve several trials)
         self.part_hits = 0                     # part timings found in the cache
         self.part_misses = 0                   # part timings that had to be made on a GPU
         self.bench_s = 0.0                     # wall time of benchmark tasks (GPU held)
@@ -83,13 +84,26 @@ class MeasuredSpeed:
         return self._metrics(comp.to_dict(), tuned, hits=parts, misses=0, composed=True)
 
     # ------------------------------------------------------------------ benchmark tasks
+    @staticmethod
+    def union(archs: list):
+        """One architecture holding each distinct layer kind of ``archs`` once: benchmarking it
+        fills the cache for all of them in one task (the composition of the union itself means
+        nothing; each trial composes its own from the cache)."""
+        if len(archs) == 1:
+            return archs[0]
+        kinds: dict[str, object] = {}
+        for arch in archs:
+            for layer in arch.layers:
+                kinds.setdefault(layer_signature(layer), layer)
+        return archs[0].with_layers([layer.model_dump() for layer in kinds.values()])
+
     def submit(self, arch):
         """Start a benchmark task for ``arch`` (a Ray ObjectRef)."""
         request = {**self.request, "arch": arch.to_dict(), "known": self.records,
                    "tuned": dict(self.tuned)}
         return bench_remote(self.task, self.gpu).remote(request)
 
-    def absorb(self, arch, out: dict) -> dict:
+    def absorb(self, arch, out: dict, joint: bool = False) -> dict:
         """Take a finished benchmark task's output: store its records, learn the environment and
         the tuned configs, and return the trial's metrics."""
         records = out.get("new_records") or []
@@ -109,7 +123,9 @@ class MeasuredSpeed:
             self.tuning.setdefault(sig, summary)
         self.part_hits += int(out.get("hits", 0))
         self.part_misses += int(out.get("misses", 0))
-        self.trials_benchmarked += 1
+        self.bench_tasks += 1
+        if not joint:
+            self.trials_benchmarked += 1
         if out.get("compile_s"):
             self.compile_s += float(out["compile_s"])
         if out.get("started_at") and out.get("ended_at"):
@@ -139,7 +155,7 @@ class MeasuredSpeed:
 
     def summary(self) -> dict:
         return {"trials_composed_from_cache": self.trials_composed,
-                "trials_benchmarked": self.trials_benchmarked, "part_hits": self.part_hits,
+                "trials_benchmarked": self.trials_benchmarked, "bench_tasks": self.bench_tasks, "part_hits": self.part_hits,
                 "part_misses": self.part_misses, "hit_rate": self.hit_rate, "bench_s": round(self.bench_s, 3),
                 "bench_compile_s": round(self.compile_s, 3),
                 "gpu": (self.env or {}).get("gpu"), "tuned_layer_kinds": len(self.tuned),

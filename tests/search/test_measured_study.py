@@ -38,10 +38,10 @@ def test_measured_study_caches_tunes_and_exports(ray_session, sqlite_url, study_
     summary = result.measured
     # 3 layer kinds (+ windows) over 8 trials: most trials come straight from the cache
     assert summary["trials_benchmarked"] + summary["trials_composed_from_cache"] + result.reused == 8
-    assert 1 <= summary["trials_benchmarked"] < 8 and summary["trials_composed_from_cache"] >= 1
+    assert 1 <= summary["bench_tasks"] < 8 and summary["trials_composed_from_cache"] >= 1
     assert 0 < summary["hit_rate"] < 1 and summary["gpu"] == "cpu-test"
     study = _study(sqlite_url, study_name)
-    assert study.user_attrs["measured_speed"]["trials_benchmarked"] == summary["trials_benchmarked"]
+    assert study.user_attrs["measured_speed"]["bench_tasks"] == summary["bench_tasks"]
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
             and "reused_from" not in t.user_attrs]
     for t in done:
@@ -119,3 +119,25 @@ def test_a_faulted_cuda_worker_leaves_after_replying(ray_session):
     kept = ray_session.get(remote.remote(faulting, {"device": "cpu"}), timeout=60)
     time.sleep(3)
     assert psutil.pid_exists(kept["worker"]["pid"])
+
+
+def test_a_faulting_layer_kind_fails_only_its_trials(ray_session, sqlite_url, study_name):
+    """Waiting trials are benchmarked together; when that joint task fails, the driver retries
+    one trial at a time, so only the trials using the faulting layer kind fail."""
+    def gla_faults(request):        # nested: Ray ships it by value
+        if any(layer["mechanism"] == "gla" for layer in request["arch"]["layers"]):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return cpu_bench_task(request)
+
+    space = search.load_space(MEASURED_SPACE)
+    result = search.run_study(space, study_name, sqlite_url, n_trials=8, workers=4, evaluate=synthetic_evaluate,
+                              bench_task=gla_faults, enqueue_baselines=False)
+    assert result.stop_reason == "budget"
+    trials = [t for t in _study(sqlite_url, study_name).get_trials(deepcopy=False)
+              if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    assert len(trials) == 8
+    for t in trials:
+        uses_gla = any(layer["mechanism"] == "gla" for layer in t.user_attrs["arch"]["layers"])
+        assert (t.state == TrialState.FAIL) == uses_gla, (t.number, t.user_attrs.get("layout"))
+        if uses_gla:
+            assert t.user_attrs["fail_reason"].startswith("benchmark: ")
