@@ -180,6 +180,8 @@ def summarise(runs, factor) -> dict:
 def seed_noise(by: dict, names: list) -> dict:
     """How well the default budget agrees with itself across two seeds (Spearman over the same
     layouts): the ceiling a fidelity figure can reach when layouts are near-tied."""
+    from attnsearch.evaluators.ranking import spearman
+
     seeds = sorted(set.intersection(*({r["seed"] for r in by[n][1.0]} for n in names)))
     if len(seeds) < 2:
         return {}

@@ -56,9 +56,17 @@ def default_tasks() -> dict:
 
 class ProxySpec(BaseModel):
     """How to train and score one proxy. The defaults are the budget `benchmarks/proxy_fidelity.py`
-    measured (benchmarks/results/proxy_fidelity.json): sized to a heavily shared 2-core CPU, and at
-    that size its ranking of 10 layouts agrees poorly with an 8x run (Spearman 0.15). Raise
-    `steps`/`batch` where compute allows; the recall-task losses are the part that ranks early."""
+    measured (benchmarks/results/proxy_fidelity.json, 11 layouts, 1 thread): 150 steps of batch 8
+    over MQAR and noisy recall (32 tokens, 4 pairs/keys, 16 values) and text (64 bytes), width 32,
+    4 layers; 10-31 s of CPU per trial (GLA slowest; wall time several times that under load).
+
+    Its ranking does NOT yet agree with an 8x run: Spearman 0.03, Kendall -0.02 (goal 0.8), while
+    two seeds of the default agree with each other at 0.82. Why: no layout recalls within 150 steps
+    (every recall score is 0 at 1x), so the default ranks by text loss alone; between 150 and 1,200
+    steps DeltaNet (MQAR accuracy 1.00) and Mamba-2 (0.81) learn to recall and take the top two
+    places while the others stay on the plateau; DeltaNet, last at 1x, also goes from the worst
+    text loss to the third best. A faithful proxy needs a budget in which recall emerges (Mamba-2
+    had not at 300 steps); raise `steps` where compute allows (a GPU)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     d_model: int = Field(32, ge=8)
