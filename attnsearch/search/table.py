@@ -112,6 +112,7 @@ def _read(url: str, study_name: str, every: bool, heavy: bool, history: bool = F
             "arch": a.get("arch"), "fail_reason": a.get("fail_reason"), "fail_kind": a.get("fail_kind"),
             "reused_from": a.get("reused_from"), "retry_of": a.get("retry_of"),
             "worker": run.get("worker"), "timings": run.get("timings", {}),
+            "kernel_configs": run.get("kernel_configs"),
             "datetime_start": _iso(start), "datetime_complete": _iso(complete),
         })
     return StudyTable(study_name, names, directions, counts, len(on_front), hv, rows, attrs, by_number)
