@@ -144,7 +144,8 @@ class MeasuredSpeed:
                    "train_step_ms": step.get("train"), "bench_gpu": (self.env or {}).get("gpu"),
                    "bench_cache_hits": hits, "bench_cache_misses": misses,
                    "bench_source": "cache" if composed else "benchmark"}
-        kernel_configs = [dict(l.kernel_config or {}) for l in tuned_arch.layers]
+        # only tuned configs are worth writing down: untuned layers run the per-GPU defaults
+        kernel_configs = [dict(l.kernel_config or {}) for l in tuned_arch.layers] if self.tune else None
         return {"metrics": metrics, "kernel_configs": kernel_configs}
 
     # ------------------------------------------------------------------ reporting

@@ -102,6 +102,9 @@ def cpu_bench_task(request: dict) -> dict:
     configs, tuning = [], {}
     for layer in arch.layers:
         sig = layer_signature(layer)
+        if not request.get("tune", True):
+            configs.append(dict(layer.kernel_config or {}))      # tuning off: the defaults
+            continue
         if sig not in known:
             linear = mechanism(layer.mechanism).op != "softmax_attention"
             known[sig] = {**({"chunk_size": 32} if linear else {}), **(layer.kernel_config or {})}
@@ -120,6 +123,7 @@ def cpu_bench_task(request: dict) -> dict:
                                  dtype=request.get("dtype", "fp32"), cache=cache, timer=timer, device="cpu",
                                  environment=CPU_BENCH_ENV)
     out = result.to_dict()
-    out["detail"].update(kernel_configs=configs, tuning=tuning)
+    if request.get("tune", True):
+        out["detail"].update(kernel_configs=configs, tuning=tuning)
     return {"result": out, "new_records": cache.new_records(), "hits": cache.hits, "misses": cache.misses,
             "started_at": started, "ended_at": time.time()}

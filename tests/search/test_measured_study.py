@@ -141,3 +141,16 @@ def test_a_faulting_layer_kind_fails_only_its_trials(ray_session, sqlite_url, st
         assert (t.state == TrialState.FAIL) == uses_gla, (t.number, t.user_attrs.get("layout"))
         if uses_gla:
             assert t.user_attrs["fail_reason"].startswith("benchmark: ")
+
+
+def test_untuned_measured_study_exports_default_kernels(ray_session, sqlite_url, study_name):
+    """With tune_kernels: false nothing is labelled tuned: the export says the layers run the
+    kernels' per-GPU defaults."""
+    space = search.load_space({**MEASURED_SPACE, "evaluation": {"throughput": "measured", "tune_kernels": False}})
+    result = search.run_study(space, study_name, sqlite_url, n_trials=3, workers=2, evaluate=synthetic_evaluate,
+                              bench_task=cpu_bench_task, enqueue_baselines=False)
+    assert result.complete == 3 and result.measured["part_misses"] > 0
+    done = [t for t in _study(sqlite_url, study_name).get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert all("kernel_configs" not in t.user_attrs["run"] for t in done)
+    doc = export_trial(study_name, sqlite_url, policy="knee")
+    assert {l["kernel_tuning"] for l in doc["layers"]} == {"default"}
