@@ -183,6 +183,85 @@ def tune_configs(space: dict, default: dict, *, run_factory: Callable[[dict], Ca
                       budget_exhausted=bool(out_of_time))
 
 
+# The keys that matter, a few values each, one kernel family at a time (the forward, the
+# backward's kernels, the state scans, the output pass): families are separate kernels whose
+# times add up, so each is searched exhaustively with the others at their current best instead
+# of sampling a product space of 10^7 to 10^9 points. Values outside an op's valid space are
+# dropped at run time.
+TUNING_FAMILIES = {
+    "softmax_attention": [
+        {"BLOCK_M": (64, 128), "BLOCK_N": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3),
+         "heads_inner": (0, 1)},
+        {"BLOCK_M_DKV": (32, 64), "BLOCK_N_DKV": (64, 128), "num_warps_dkv": (4, 8), "num_stages_dkv": (2, 3),
+         "heads_inner_bwd": (0, 1)},
+        {"BLOCK_M_DQ": (64, 128), "BLOCK_N_DQ": (32, 64), "num_warps_dq": (4, 8), "num_stages_dq": (2, 3)},
+    ],
+    "linear_attention": [
+        {"chunk_size": (32, 64, 128), "BLOCK_K": (64, 128), "BLOCK_V": (32, 64), "num_warps": (4, 8),
+         "num_stages": (2, 3)},
+        {"OUT_BLOCK_K": (64, 128), "OUT_BLOCK_V": (32, 64, 128), "out_num_warps": (4, 8), "out_num_stages": (2, 3)},
+        {"BWD_BLOCK_V": (32, 64), "bwd_num_warps": (4, 8), "bwd_num_stages": (2, 3)},
+    ],
+    "delta_rule": [
+        {"chunk_size": (32, 64), "BLOCK_V": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},
+        {"OUT_BLOCK_K": (64, 128), "OUT_BLOCK_V": (32, 64, 128), "out_num_warps": (4, 8), "out_num_stages": (2, 3)},
+        {"BWD_BLOCK_V": (16, 32, 64), "bwd_num_warps": (4, 8), "bwd_num_stages": (2, 3)},
+    ],
+}
+
+
+def op_families(op: str, fixed: dict | None = None, valid: dict | None = None) -> list[dict]:
+    """The op's tuning families, without the keys the search space pinned and without values the
+    op does not accept (``valid``: its config space, chunk_size included)."""
+    valid = valid if valid is not None else op_space(op)
+    fixed = fixed or {}
+    out = []
+    for family in TUNING_FAMILIES.get(op, []):
+        fam = {k: [v for v in values if v in valid.get(k, ())] for k, values in family.items()
+               if k not in fixed and k in valid}
+        fam = {k: v for k, v in fam.items() if v}
+        if fam:
+            out.append(fam)
+    return out
+
+
+def tune_families(families: list[dict], default: dict, *, time_budget_s: float | None = None,
+                  clock: Callable[[], float] = time.monotonic, op: str = "op", **kwargs) -> TuneResult:
+    """``tune_configs`` over one family at a time, the other keys at their best so far; the
+    default is timed first. Same arguments as ``tune_configs``; one TuneResult for the whole."""
+    best = dict(default)
+    deadline = None if time_budget_s is None else clock() + time_budget_s
+    parts: list[TuneResult] = []
+    # one cache across families: a family's winner is the next family's starting point, not re-timed
+    if kwargs.get("cache") is None:
+        kwargs["cache"] = MemoryBenchCache()
+    if kwargs.get("key_for") is None:
+        kwargs["key_for"] = lambda config: BenchKey(gpu="local", versions={}, op=f"{op}.families", mechanism={},
+                                                    shape={}, dtype="-", config=config)
+    for family in families:
+        left = None if deadline is None else max(0.0, deadline - clock())
+        if left is not None and left <= 0 and parts:
+            break
+        space = {k: (list(family[k]) if k in family else [best[k]]) for k in best}
+        for k in family:
+            if best.get(k) not in space[k]:
+                space[k] = [best[k]] + space[k] if k in best else space[k]
+        result = tune_configs(space, best, time_budget_s=left, clock=clock, op=op, **kwargs)
+        parts.append(result)
+        if result.best_stats is not None:
+            best = dict(result.best_config)
+    first = parts[0] if parts else None
+    trials = {repr(sorted(t.config.items())): t for part in parts for t in part.trials}
+    timed = sorted((t for t in trials.values() if t.stats is not None), key=lambda t: t.stats.median_ms)
+    top = timed[0] if timed else None
+    return TuneResult(op=op, method="families(" + ",".join(p.method for p in parts) + ")",
+                      space_size=sum(p.space_size for p in parts), default_config=dict(default),
+                      default_stats=first.default_stats if first else None,
+                      best_config=dict(top.config) if top else dict(default),
+                      best_stats=top.stats if top else None, trials=list(trials.values()),
+                      budget_exhausted=any(p.budget_exhausted for p in parts) or len(parts) < len(families))
+
+
 def _tpe(space: dict, default: dict, evaluate: Callable[[dict], "Trial | None"], n_trials: int, seed: int) -> None:
     import optuna
     from optuna.trial import TrialState
@@ -467,11 +546,10 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
 
             fixed = dict(layer.kernel_config or {})
             default = {**op_default(op), **fixed}
-            result = tune_configs(restricted_space(op_space(op), fixed), default, run_factory=run_factory(call),
-                                  timer=timer,
-                                  validate=validator(call), cache=cache, key_for=key_for, op=op,
-                                  exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed,
-                                  time_budget_s=time_budget_s)
+            result = tune_families(op_families(op, fixed), default, run_factory=run_factory(call),
+                                   timer=timer, validate=validator(call), cache=cache, key_for=key_for, op=op,
+                                   exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed,
+                                   time_budget_s=time_budget_s)
             if check:
                 result = checked_winner(result, lambda c, call=call: check_against_torch(call, c, dtype))
             by_signature[sig] = result.to_dict()

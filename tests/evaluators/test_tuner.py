@@ -210,3 +210,30 @@ def test_a_config_that_faults_the_gpu_stops_the_search_naming_it():
     with pytest.raises(RuntimeError, match=r"linear_attention config \{'BLOCK': 64\} faulted the GPU"):
         tuner.tune_configs({"BLOCK": [32, 64, 128]}, {"BLOCK": 32}, run_factory=run_factory,
                      timer=lambda fn: (fn(), BenchStats(1.0, 1.0, 1.0, 1))[1], op="linear_attention")
+
+
+def test_families_search_each_kernel_family_with_the_others_at_their_best():
+    """Kernel families add up in time, so a coordinate search over them finds the optimum of a
+    separable landscape with far fewer launches than the product space."""
+    families = [{"a": [0, 1, 2, 3]}, {"b": [0, 2, 4], "c": [2, 4]}]
+    kernel = FakeKernel()
+    result = tuner.tune_families(families, {"a": 0, "b": 0, "c": 2}, run_factory=kernel.factory,
+                                 timer=kernel.timer, op="fake")
+    assert result.best_config == {"a": 2, "b": 2, "c": 4}
+    assert kernel.timed[0] == {"a": 0, "b": 0, "c": 2}                  # the default first
+    assert len(kernel.timed) == 4 + 6 - 1 < 4 * 6                        # the family winner is not re-timed
+    assert result.speedup == pytest.approx(fake_cost({"a": 0, "b": 0, "c": 2}) / 1.0)
+    assert result.method == "families(exhaustive,exhaustive)" and result.space_size == 10
+
+
+def test_families_respect_pinned_keys_and_valid_values():
+    fams = tuner.op_families("linear_attention", fixed={"chunk_size": 128, "num_warps": 4},
+                             valid={"chunk_size": (16, 32, 64, 128), "BLOCK_K": (16, 32, 64), "num_warps": (4, 8),
+                                    "num_stages": (1, 2, 3), "OUT_BLOCK_K": (64,)})
+    keys = set().union(*fams)
+    assert "chunk_size" not in keys and "num_warps" not in keys          # pinned by the space
+    assert fams[0]["BLOCK_K"] == [64] and fams[0]["num_stages"] == [2, 3]  # 128 is not a valid BLOCK_K here
+    assert "BLOCK_V" not in keys                                          # not in this op's space at all
+    for op in tuner.OP_NAMES:                                             # every family fits an exhaustive search
+        for fam in tuner.op_families(op):
+            assert tuner.space_size(fam) <= tuner.EXHAUSTIVE_LIMIT
