@@ -328,8 +328,11 @@ def sweep_stale(study, url: str, my_driver_id: str | None, stale_after_s: float 
             if "baseline" in t.user_attrs:
                 attrs["baseline"] = t.user_attrs["baseline"]
             study.enqueue_trial(t.params, user_attrs=attrs)
-        reason = ("interrupted (Ctrl-C); parameters re-enqueued" if fail_kind == "interrupted"
-                  else f"stale: driver {owner or 'unknown'} died while the trial was running; parameters re-enqueued")
+        # a layout whose runs died with their driver MAX_ATTEMPTS times is not tried again
+        then = ("parameters re-enqueued" if attempt < MAX_ATTEMPTS
+                else f"not re-enqueued: attempt {attempt} of at most {MAX_ATTEMPTS}")
+        reason = (f"interrupted (Ctrl-C); {then}" if fail_kind == "interrupted"
+                  else f"stale: driver {owner or 'unknown'} died while the trial was running; {then}")
         try:
             _set_trial_attrs(study, t._trial_id, {"fail_kind": fail_kind, "fail_reason": reason})
             study.tell(t.number, state=TrialState.FAIL)
