@@ -232,6 +232,25 @@ def peak_mem_mb(fn, x):
             t.requires_grad_(False)
 
 
+def time_row(row: dict, makers, op, x, timed_fn, tokens: int, floor_ms: float) -> dict:
+    """Time fwd and fwd+bwd for each (who, make) in ``makers`` into ``row``, then the ratios to
+    fla, our tokens/s and our forward against the memory floor."""
+    for who, make in makers:
+        fn, err = attempt(make, op, x)
+        for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+            ms, e = (None, err) if err else attempt(timed_fn, fn, x, bwd)
+            row[f"{who}_{mode}_ms"] = ms
+            if e:
+                row[f"{who}_{mode}_error"] = e
+    for mode in ("fwd", "fwdbwd"):
+        o, f = row.get(f"ours_{mode}_ms"), row.get(f"fla_{mode}_ms")
+        row[f"ratio_{mode}_vs_fla"] = o / f if o and f else None
+        row[f"ours_{mode}_tok_per_s"] = tokens / (o * 1e-3) if o else None
+    if row.get("ours_fwd_ms"):
+        row["ours_fwd_vs_floor"] = row["ours_fwd_ms"] / floor_ms
+    return row
+
+
 def attempt(fn, *args):
     try:
         return fn(*args), None
@@ -287,21 +306,8 @@ def main():
             x = make_inputs(op, B, T, H, K, V, "cuda")
             row = {"op": op, "what": OPS[op][2], "T": T, "floor_fwd_ms": floor_ms}
             t0 = time.time()
-            for who, make in (("ours", ours_fn), ("fla", None if args.no_fla else fla_fn)):
-                if make is None:
-                    continue
-                fn, err = attempt(make, op, x)
-                for mode, bwd in (("fwd", False), ("fwdbwd", True)):
-                    ms, e = (None, err) if err else attempt(timed, fn, x, bwd)
-                    row[f"{who}_{mode}_ms"] = ms
-                    if e:
-                        row[f"{who}_{mode}_error"] = e
-            for mode in ("fwd", "fwdbwd"):
-                o, f = row.get(f"ours_{mode}_ms"), row.get(f"fla_{mode}_ms")
-                row[f"ratio_{mode}_vs_fla"] = o / f if o and f else None
-                row[f"ours_{mode}_tok_per_s"] = B * T / (o * 1e-3) if o else None
-            if row.get("ours_fwd_ms"):
-                row["ours_fwd_vs_floor"] = row["ours_fwd_ms"] / floor_ms
+            makers = [("ours", ours_fn)] + ([] if args.no_fla else [("fla", fla_fn)])
+            time_row(row, makers, op, x, timed, B * T, floor_ms)
             row["seconds"] = round(time.time() - t0, 1)
             report["rows"].append(row)
             save()

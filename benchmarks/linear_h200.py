@@ -321,19 +321,7 @@ def main():
             makers = [("ours", lambda o, xx: lb.ours_fn(o, xx, chosen[OP_GROUP[o]]))]
             if report["fla"] and not dry:
                 makers.append(("fla", lb.fla_fn))
-            for who, make in makers:
-                fn, err = lb.attempt(make, op, x)
-                for mode, bwd in (("fwd", False), ("fwdbwd", True)):
-                    ms, e = (None, err) if err else lb.attempt(timed, fn, x, bwd)
-                    row[f"{who}_{mode}_ms"] = ms
-                    if e:
-                        row[f"{who}_{mode}_error"] = e
-            for mode in ("fwd", "fwdbwd"):
-                o, f = row.get(f"ours_{mode}_ms"), row.get(f"fla_{mode}_ms")
-                row[f"ratio_{mode}_vs_fla"] = o / f if o and f else None
-                row[f"ours_{mode}_tok_per_s"] = B * T / (o * 1e-3) if o else None
-            if row.get("ours_fwd_ms"):
-                row["ours_fwd_vs_floor"] = row["ours_fwd_ms"] / floor_ms
+            lb.time_row(row, makers, op, x, timed, B * T, floor_ms)
             report["rows"].append(row)
             save()
             del x

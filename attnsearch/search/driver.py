@@ -605,8 +605,9 @@ class Driver:
             # fails only the trials that use it
             batch = need if self._bench_joint_ok else need[:1]
             self._bench_batch = batch
+            self._bench_arch = self.measured.union([e.arch_obj for e in batch])
             self._bench_started = time.monotonic()
-            self._bench_ref = self.measured.submit(self.measured.union([e.arch_obj for e in batch]))
+            self._bench_ref = self.measured.submit(self._bench_arch)
             return
         waiting, self._bench_wait = self._bench_wait, []
         for entry in waiting:
@@ -620,12 +621,11 @@ class Driver:
         self._bench_ref, self._bench_batch = None, []
         batch[0].bench_s += time.monotonic() - self._bench_started    # the GPU time, once
         try:
-            union = self.measured.union([e.arch_obj for e in batch])
             out = ray.get(ref)
             if len(batch) == 1:
                 batch[0].measured = self.measured.absorb(batch[0].arch_obj, out)
-            else:
-                self.measured.absorb(union, out, joint=True)   # fills the cache; each trial composes from it
+            else:                                  # fills the cache; each trial composes from it
+                self.measured.absorb(self._bench_arch, out, joint=True)
         except Exception as exc:  # noqa: BLE001 - a failed benchmark fails its trial, not the study
             if len(batch) > 1:
                 self._bench_joint_ok = False           # find the culprit one trial at a time

@@ -56,6 +56,11 @@ class MeasuredSpeed:
         self.intervals: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------------ cache-only path
+    @staticmethod
+    def _with_configs(arch, configs):
+        """``arch`` with one kernel config per layer."""
+        return arch.with_layers([{**l.model_dump(), "kernel_config": c} for l, c in zip(arch.layers, configs)])
+
     def _tuned_arch(self, arch):
         """``arch`` with the study's tuned kernel configs, or None if a layer kind is untuned."""
         if not self.tune:
@@ -66,7 +71,7 @@ class MeasuredSpeed:
             if cfg is None:
                 return None
             configs.append(cfg)
-        return arch.with_layers([{**l.model_dump(), "kernel_config": c} for l, c in zip(arch.layers, configs)])
+        return self._with_configs(arch, configs)
 
     def compose(self, arch) -> dict | None:
         """Metrics from cached timings alone, or None when a benchmark task is needed."""
@@ -131,8 +136,7 @@ class MeasuredSpeed:
         if out.get("started_at") and out.get("ended_at"):
             self.intervals.append((out["started_at"], out["ended_at"]))
             self.bench_s += out["ended_at"] - out["started_at"]
-        tuned = arch.with_layers([{**l.model_dump(), "kernel_config": c} for l, c in zip(arch.layers, configs)]) \
-            if configs else arch
+        tuned = self._with_configs(arch, configs) if configs else arch
         return self._metrics(detail.get("composition") or {}, tuned, hits=int(out.get("hits", 0)),
                              misses=int(out.get("misses", 0)), composed=False)
 
