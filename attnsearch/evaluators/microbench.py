@@ -90,8 +90,19 @@ def _dims(arch) -> dict:
             "v_head_dim": arch.v_head_dim}
 
 
+def decode_timing(env) -> str:
+    """How decode steps are timed where ``env`` was measured: replays of a captured CUDA graph on
+    a GPU (what a serving stack runs: one decode step costs its kernels, not Python's launches),
+    eager calls on the CPU. Part of every decode key, so timings of the two never mix."""
+    return "eager" if env["gpu"] == "cpu" else "cuda_graph"
+
+
+def _op(part: str, phase: str, env) -> str:
+    return f"{part}.{phase}" + (f"[{decode_timing(env)}]" if phase == "decode" else "")
+
+
 def mixer_key(env, arch, layer, phase: str, shape: TargetShape) -> BenchKey:
-    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=f"mixer.{phase}",
+    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=_op("mixer", phase, env),
                     mechanism={"mechanism": layer.mechanism, "params": layer.params},
                     shape={**_dims(arch), "batch": shape.batch, "seq_len": shape.seq_len,
                            "rope_theta": arch.rope_theta},
@@ -99,13 +110,13 @@ def mixer_key(env, arch, layer, phase: str, shape: TargetShape) -> BenchKey:
 
 
 def dense_key(env, arch, phase: str, shape: TargetShape) -> BenchKey:
-    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=f"dense.{phase}", mechanism={},
+    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=_op("dense", phase, env), mechanism={},
                     shape={"d_model": arch.d_model, "mlp_hidden": arch.mlp_hidden_dim, "batch": shape.batch,
                            "seq_len": shape.seq_len}, dtype=shape.dtype)
 
 
 def head_key(env, arch, phase: str, shape: TargetShape) -> BenchKey:
-    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=f"head.{phase}", mechanism={},
+    return BenchKey(gpu=env["gpu"], versions=env["versions"], op=_op("head", phase, env), mechanism={},
                     shape={"d_model": arch.d_model, "vocab_size": arch.vocab_size, "batch": shape.batch,
                            "seq_len": shape.seq_len, "tie_embeddings": arch.tie_embeddings},
                     dtype=shape.dtype)
@@ -256,10 +267,32 @@ class HeadEnds:
         return self.lm_head(self.norm(self.embed(tokens)))
 
 
-def _measure(cache, key: BenchKey, make_fn: Callable[[], Callable[[], None]], timer) -> BenchStats:
+def captured(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` captured into a CUDA graph: the returned callable replays its kernels with no
+    Python or launch overhead in between. Warm-up runs on a side stream first, as capture needs."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    replay = graph.replay
+    replay.graph = graph                  # keep the graph (and its memory pool) alive with the callable
+    return replay
+
+
+def _measure(cache, key: BenchKey, make_fn: Callable[[], Callable[[], None]], timer,
+             on_gpu: bool = False) -> BenchStats:
     def measure():
         fn = make_fn()
         fn()                              # compile / autotune / allocate outside the timing
+        if on_gpu and key.op.endswith("[cuda_graph]"):
+            fn = captured(fn)
         return timer(fn)
     stats, _hit = cache.get_or_time(key, measure)
     return stats
@@ -405,7 +438,8 @@ def measure_parts(arch, shape: TargetShape, *, cache=None, timer=None, device="c
     cache = cache if cache is not None else MemoryBenchCache()
     timer = timer or default_timer()
     dtype = torch_dtype(shape.dtype)
-    l2 = l2_bytes(device) if str(device).startswith("cuda") else DEFAULT_L2_BYTES
+    on_gpu = str(device).startswith("cuda")
+    l2 = l2_bytes(device) if on_gpu else DEFAULT_L2_BYTES
     mixer_ms = {p: [] for p in phases}
     by_layer: dict[str, dict] = {}
     for layer in arch.layers:
@@ -417,7 +451,7 @@ def measure_parts(arch, shape: TargetShape, *, cache=None, timer=None, device="c
             for p in phases:
                 if cache.get(keys[p]) is None and fns is None:
                     fns = _mixer_fns(arch, layer, shape, device, dtype, l2)
-                times[p] = _measure(cache, keys[p], (fns or {}).get(p), timer).median_ms
+                times[p] = _measure(cache, keys[p], (fns or {}).get(p), timer, on_gpu).median_ms
             by_layer[sig] = times
             del fns
         for p in phases:
@@ -428,10 +462,10 @@ def measure_parts(arch, shape: TargetShape, *, cache=None, timer=None, device="c
         dk, hk = dense_key(env, arch, p, shape), head_key(env, arch, p, shape)
         if dense_fns is None and cache.get(dk) is None:
             dense_fns = _dense_fns(arch, shape, device, dtype, l2)
-        dense[p] = _measure(cache, dk, (dense_fns or {}).get(p), timer).median_ms
+        dense[p] = _measure(cache, dk, (dense_fns or {}).get(p), timer, on_gpu).median_ms
         if head_fns is None and cache.get(hk) is None:
             head_fns = _head_fns(arch, shape, device, dtype, l2)
-        head[p] = _measure(cache, hk, (head_fns or {}).get(p), timer).median_ms
+        head[p] = _measure(cache, hk, (head_fns or {}).get(p), timer, on_gpu).median_ms
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
     return compose(mixer_ms, dense, head, arch.n_layers, shape.batch, shape.seq_len)

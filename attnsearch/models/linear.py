@@ -144,7 +144,8 @@ class LinearMixer(nn.Module):
         return self.head_dim
 
     def step(self, x, cache, pos: int):
-        inp, tail = self._inputs(x[:, None], torch.tensor([pos], device=x.device), cache.get("conv"))
+        here = torch.full((1,), pos, dtype=torch.long, device=x.device)   # no host-to-device copy: no sync
+        inp, tail = self._inputs(x[:, None], here, cache.get("conv"))
         o, cache["state"] = self._run_step(inp, cache["state"])
         o = o[:, None]
         if self.normalised:

@@ -87,18 +87,22 @@ class SoftmaxMixer(nn.Module):
     def step(self, x, cache, pos: int):
         """One token x [B, d] at position `pos` -> [B, d]; updates the cache in place."""
         self._check_len(pos + 1)
-        q, k, v = self._qkv(x[:, None], torch.tensor([pos], device=x.device))
+        here = torch.full((1,), pos, dtype=torch.long, device=x.device)   # no host-to-device copy: no sync
+        q, k, v = self._qkv(x[:, None], here)
         self._before_step(cache, q[:, 0], pos)
-        key_pos = torch.cat([self.kept_positions(pos, device=x.device),
-                             torch.tensor([pos], device=x.device)])
+        key_pos = torch.cat([self.kept_positions(pos, device=x.device), here])
         keys = torch.cat([cache["k"], k], dim=1)
         values = torch.cat([cache["v"], v], dim=1)
         scores = torch.einsum("bhk,bnhk->bhn", q[:, 0], keys) * self.head_dim ** -0.5
         mask = self.visible(pos, key_pos, {**cache, "k": keys})
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
         o = torch.einsum("bhn,bnhv->bhv", probs, values)
-        keep = torch.searchsorted(key_pos, self.kept_positions(pos + 1, device=x.device))
-        cache["k"], cache["v"] = keys[:, keep].contiguous(), values[:, keep].contiguous()
+        kept = self.kept_positions(pos + 1, device=x.device)
+        if kept.numel() == key_pos.numel():        # nothing drops out (full attention): no gather copy
+            cache["k"], cache["v"] = keys, values
+        else:
+            keep = torch.searchsorted(key_pos, kept)
+            cache["k"], cache["v"] = keys[:, keep].contiguous(), values[:, keep].contiguous()
         return self.o_proj(o.reshape(x.shape[0], -1))
 
     def _before_step(self, cache, q, pos):

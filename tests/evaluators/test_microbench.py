@@ -173,3 +173,20 @@ def test_ray_isolation_and_the_driver_side_service(tmp_path):
     for bench in benches:
         assert not any(overlap(bench, p) for p in spans), "a benchmark shared its GPU with a proxy"
     assert any(overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1:])   # proxies do share
+
+
+def test_decode_keys_name_how_decode_was_timed():
+    arch = ArchConfig.from_layout("FS", layer_params={"sliding_window": {"window": 4}}, d_model=16, n_heads=2,
+                                  head_dim=8, vocab_size=32, max_seq_len=64)
+    shape = mb.TargetShape.from_target(64, 64, "fp32")
+    gpu = {"gpu": "NVIDIA H200", "versions": {"torch": "x"}}
+    cpu = {"gpu": "cpu", "versions": {"torch": "x"}}
+    assert (mb.decode_timing(gpu), mb.decode_timing(cpu)) == ("cuda_graph", "eager")
+    for key_of in (lambda env, p: mb.mixer_key(env, arch, arch.layers[1], p, shape),
+                   lambda env, p: mb.dense_key(env, arch, p, shape),
+                   lambda env, p: mb.head_key(env, arch, p, shape)):
+        assert key_of(gpu, "decode").op.endswith(".decode[cuda_graph]")
+        assert key_of(cpu, "decode").op.endswith(".decode[eager]")
+        assert key_of(gpu, "train").op.endswith(".train")          # only decode is replayed from a graph
+        # the timing method is in the op itself, not only implied by the GPU name
+        assert key_of(gpu, "decode").op != key_of(cpu, "decode").op
