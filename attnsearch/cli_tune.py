@@ -3,6 +3,7 @@
     attnsearch cache list  [--storage URL] [--gpu NAME] [--op OP] [--json]
     attnsearch cache clear [--storage URL] [--gpu NAME] [--op OP] [--yes]
     attnsearch tune CONFIG.json [--seq-len L] [--batch-tokens N] [--storage URL] [--out tuned.json]
+                                [--budget-s S] [--report search.json]
 """
 from __future__ import annotations
 
@@ -102,7 +103,12 @@ def tune(config: Annotated[Path, typer.Argument(help="Architecture JSON (an expo
                                                      "(default: CONFIG.tuned.json).")] = None,
          dtype: Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp32.")] = "bf16",
          trials: Annotated[int, typer.Option("--trials", help="Configs timed per op when the space is too "
-                                             "large to time every one (Optuna TPE).")] = 24):
+                                             "large to time every one (Optuna TPE).")] = 24,
+         budget_s: Annotated[Optional[float], typer.Option("--budget-s", help="Seconds of tuning per layer op at "
+                                                           "most (the default config is always timed); "
+                                                           "default: no limit.")] = None,
+         report: Annotated[Optional[Path], typer.Option("--report", help="Also write every op's search "
+                                                        "(configs timed, default and tuned times) as JSON.")] = None):
     """Tune every layer's kernel config on this machine's GPU; write the tuned config JSON."""
     from attnsearch.space.arch import ArchConfig, ConfigError
 
@@ -119,14 +125,19 @@ def tune(config: Annotated[Path, typer.Argument(help="Architecture JSON (an expo
         _fail(f"--dtype must be one of bf16, fp16, fp32, got {dtype!r}")
     if trials < 1:
         _fail(f"--trials must be a positive integer, got {trials}")
+    if budget_s is not None and not budget_s > 0:
+        _fail(f"--budget-s must be a positive number of seconds, got {budget_s}")
     cache = _open_cache(storage)
     try:
         result = tune_arch(arch, seq_len, batch_tokens, dtype, cache=cache, n_trials=trials,
-                           progress=lambda line: typer.echo(line, err=True))
+                           time_budget_s=budget_s, progress=lambda line: typer.echo(line, err=True))
     except ValueError as exc:
         _fail(str(exc))
     out = out or config.with_name(config.stem + ".tuned.json")
     result["arch"].to_json(out)
+    if report:
+        report.write_text(json.dumps({"batch": result["batch"], "seq_len": result["seq_len"], "dtype": dtype,
+                                      "budget_s": budget_s, "ops": result["ops"]}, indent=1, default=str))
     _print_tuning(result, cache)
     typer.echo(f"wrote {out}")
 

@@ -92,8 +92,16 @@ class GpuSampler:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def study_gpus(self, v: list[float]) -> list[float]:
+        """The study's GPUs: those CUDA_VISIBLE_DEVICES names (nvidia-smi ignores it and lists
+        all), else the first N, as Ray numbers them."""
+        visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
+        if visible and all(i < len(v) for i in visible):
+            v = [v[i] for i in visible]
+        return v[:self.gpus] if self.gpus else v
+
     def busy_fraction(self) -> float | None:
-        values = [statistics.mean(v[:self.gpus] if self.gpus else v) / 100 for _, v in self.samples if v]
+        values = [statistics.mean(self.study_gpus(v)) / 100 for _, v in self.samples if v]
         return statistics.mean(values) if values else None
 
 
@@ -228,6 +236,7 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true", help="measure peak training memory of the front")
     ap.add_argument("--markdown", action="store_true", help="also write TAG.md (always printed)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny target, test benchmark task")
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs the Ray node offers (default: all)")
     args = ap.parse_args(argv)
 
     import ray
@@ -253,8 +262,8 @@ def main(argv=None):
         kwargs["bench_task"] = cpu_bench_task
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
-        ray.init(num_gpus=args.gpus, resources={"bench_slot": args.gpus}, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(num_gpus=args.gpus, num_cpus=args.cpus, resources={"bench_slot": args.gpus},
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"study {study_name} on {args.gpus} GPU(s), storage {url}", flush=True)
 
     def progress(p):

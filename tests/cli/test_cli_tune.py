@@ -68,9 +68,9 @@ def test_tune_writes_tuned_json_and_prints_the_table(tmp_path, url, monkeypatch)
     arch, path = _config(tmp_path)
     seen = {}
 
-    def fake_tune_arch(a, seq_len, batch_tokens, dtype, *, cache, n_trials, progress):
+    def fake_tune_arch(a, seq_len, batch_tokens, dtype, *, cache, n_trials, progress, time_budget_s):
         seen.update(seq_len=seq_len, batch_tokens=batch_tokens, dtype=dtype, n_trials=n_trials,
-                    cache_url=cache.url)
+                    cache_url=cache.url, budget=time_budget_s)
         configs = [{"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 64, "BLOCK_N": 64}, {"chunk_size": 32, "BLOCK_V": 64}]
         tuned = a.with_layers([{**l.model_dump(), "kernel_config": c} for l, c in zip(a.layers, configs)])
         stats = {"median_ms": 2.0, "p20_ms": 1.9, "p80_ms": 2.1, "count": 10}
@@ -84,9 +84,14 @@ def test_tune_writes_tuned_json_and_prints_the_table(tmp_path, url, monkeypatch)
     monkeypatch.setattr(cli_tune, "tune_arch", fake_tune_arch)
     out = tmp_path / "tuned.json"
     result = runner.invoke(app, ["tune", str(path), "--seq-len", "512", "--batch-tokens", "2048",
-                                 "--storage", url, "--out", str(out), "--trials", "8"])
+                                 "--storage", url, "--out", str(out), "--trials", "8", "--budget-s", "30",
+                                 "--report", str(tmp_path / "search.json")])
     assert result.exit_code == 0, result.output
-    assert seen == {"seq_len": 512, "batch_tokens": 2048, "dtype": "bf16", "n_trials": 8, "cache_url": url}
+    assert seen == {"seq_len": 512, "batch_tokens": 2048, "dtype": "bf16", "n_trials": 8, "cache_url": url,
+                    "budget": 30.0}
+    report = json.loads((tmp_path / "search.json").read_text())
+    assert report["seq_len"] == 512 and report["budget_s"] == 30.0
+    assert [r["speedup"] for r in report["ops"].values()] == [2.0]
     tuned = ArchConfig.from_json(out)
     assert tuned.layers[2].kernel_config == {"chunk_size": 32, "BLOCK_V": 64}
     assert tuned.layers[0].params == arch.layers[0].params
@@ -107,6 +112,8 @@ def test_tune_rejects_bad_input_with_one_line(tmp_path, url):
     assert result.exit_code == 1 and "--batch-tokens" in result.output
     result = runner.invoke(app, ["tune", str(path), "--dtype", "int8", "--storage", url])
     assert result.exit_code == 1 and "--dtype" in result.output
+    result = runner.invoke(app, ["tune", str(path), "--budget-s", "0", "--storage", url])
+    assert result.exit_code == 1 and "--budget-s must be a positive number" in result.output
 
 
 def test_tune_without_a_gpu_says_so(tmp_path, url):
