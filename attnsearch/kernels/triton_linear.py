@@ -66,12 +66,25 @@ _COMMON = {
     "bwd_num_warps": (2, 4, 8, 16),
     "bwd_num_stages": (1, 2, 3, 4),
 }
-FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages"),
-            "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages"),
+# Gate paths (each selectable so that one GPU run can time old and new side by side):
+#   PREP_SCALAR  scalar gates ([H], [B,T,H]): 0 = the sequential scans load the gate and scale their operand
+#                inside the loop; 1 = a chunk-parallel pass precomputes the decayed operand of the backward
+#                scan (q exp(b)) and exp(b_last) per chunk, so that the scan only rescales its state;
+#                2 = the forward scan's keys (k exp(b_last - b)) too (for the delta rule the UT-transform
+#                kernel writes them, no extra pass).
+#   PREP_CHANNEL per-channel gates (GLA): 1 = the same for both scans; the pass replaces the cumulative-gate
+#                kernel, and the fp32 cumulative gate is written only where the backward needs it.
+#   GLA_OUT_FUSED per-channel gates: 1 = the forward output takes the raw gate and forms the chunk-local
+#                cumulative gate in registers, one program per chunk forms A once and loops over V tiles
+#                (0: A formed again for every V tile from a stored fp32 cumulative gate).
+_GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
+FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
+            "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages")}
 CONFIG_SPACE = {
-    "linear_attention": {"BLOCK_K": _TILES, **_COMMON},   # BLOCK_K: K tile of the state scans
-    "delta_rule": dict(_COMMON),                          # (the delta rule's scans hold all of K)
+    "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
+                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1)},
+    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN},       # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -90,13 +103,16 @@ def default_config(op: str, device=None) -> dict:
     # fwd+bwd 2.74 -> 2.22 ms; delta fwd 2.15 -> 1.69 ms, fwd+bwd 8.14 -> 6.89 ms.
     # Gradient-checked on the H200 with these configs (fp32 and bf16, g down to -20): the per-channel gate
     # and the ungated delta rule. fp32 inputs run every family at <= 2 stages (see `_prepare`).
+    # Gate paths (PREP_*, GLA_OUT_FUSED): NOT yet timed on a GPU (see benchmarks/linear_session.sh); the
+    # defaults keep the measured paths until that run says otherwise.
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3}
+                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
+                "PREP_SCALAR": 0, "PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3}
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -156,6 +172,59 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
         tl.store(b_ptr + tok, tl.cumsum(g, axis=0), mask=mask)
 
 
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, VEC: tl.constexpr, KEYS: tl.constexpr, STORE_B: tl.constexpr,
+                      SAFE: tl.constexpr):
+    """One chunk, chunk-parallel, so that the sequential scans carry no gate tile through their loop:
+    b = within-chunk cumulative gate (fp32), d = exp(b_last) per chunk ([B*H, NT] or, VEC, [B*H, NT, K]),
+    xd = x exp(b_last - b) (KEYS: keys as they enter the next state) or x exp(b) (queries reading the
+    entering state), in x's dtype, the same rounding as the in-loop path. VEC also writes the chunk's safe
+    flag (GLA_SAFE_SPAN). STORE_B: 0 no b, 1 b of unsafe chunks only (what `_gla_intra_kernel` reads),
+    2 all of b."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    is_last = rows == tl.minimum(n * BT + BT, T) - 1
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m2 = rmask[:, None] & kmask[None, :]
+    x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+    if VEC:
+        g = tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(tl.where(is_last[:, None], b, 0), axis=0)  # b at the last valid row, exactly
+        span = tl.max(tl.where(m2, b, float("-inf")), axis=0) - tl.min(tl.where(m2, b, float("inf")), axis=0)
+        safe = (tl.max(tl.where(kmask, span, 0), axis=0) <= SAFE).to(tl.int32)
+        tl.store(flag_ptr + bh.to(tl.int64) * NT + n, safe)
+        if STORE_B == 2:
+            tl.store(b_ptr + tok[:, None] * K + kk[None, :], b, mask=m2)
+        elif STORE_B == 1:
+            unsafe = (kk * 0 + safe) == 0  # broadcast: masks take no scalars
+            tl.store(b_ptr + tok[:, None] * K + kk[None, :], b, mask=m2 & unsafe[None, :])
+        tl.store(d_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last), mask=kmask)
+        if KEYS:
+            xd = x * tl.exp(tl.minimum(b_last[None, :] - b, 0))
+        else:
+            xd = x * tl.exp(b)
+    else:
+        g = tl.load(g_ptr + tok, mask=rmask, other=0).to(tl.float32)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(tl.where(is_last, b, 0), axis=0)
+        if STORE_B > 0:
+            tl.store(b_ptr + tok, b, mask=rmask)
+        tl.store(d_ptr + bh.to(tl.int64) * NT + n, tl.exp(b_last))
+        if KEYS:
+            xd = x * tl.exp(tl.minimum(b_last - b, 0))[:, None]
+        else:
+            xd = x * tl.exp(b)[:, None]
+    tl.store(xd_ptr + tok[:, None] * K + kk[None, :], xd.to(xd_ptr.dtype.element_ty), mask=m2)
+
+
 @triton.jit
 def _split_decay(q, k, b, rmask):
     """q exp(b - r) and k exp(r - b) with r the middle of each channel's span of b over the valid rows,
@@ -172,15 +241,36 @@ def _split_decay(q, k, b, rmask):
     return qf, kf, r
 
 
+@triton.jit
+def _chunk_decay(d_ptr, bh, n, NT, kk, kmask, K: tl.constexpr, GATE: tl.constexpr):
+    """exp(b_last) of chunk n from `_gate_prep_kernel`: a scalar (GATE 1) or this K tile's vector (GATE 2)."""
+    if GATE == 1:
+        return tl.load(d_ptr + bh.to(tl.int64) * NT + n)
+    else:
+        return tl.load(d_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
+
+
+@triton.jit
+def _decay_state(state, d, GATE: tl.constexpr):
+    if GATE == 1:
+        return state * d
+    else:
+        return state * d[:, None]
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_ptr,
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
-                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+                      PRE: tl.constexpr = False):
     """Sequential scan over chunks: stores h_n (state entering chunk n) and the final state.
 
     DELTA: v_ptr holds u and w_ptr holds w of the UT transform; the values written into the state
     are v_new = u - w h_n (stored to vnew_ptr for the output kernel). BK must then cover K.
+    PRE (gated): k_ptr holds the decayed keys k exp(b_last - b) and b_ptr exp(b_last) per chunk
+    (`_gate_prep_kernel` / `_wy_fwd_kernel`); the loop only rescales the state, by a factor loaded one
+    chunk ahead so that no gate load waits inside the loop.
     """
     ik = tl.program_id(0)
     iv = tl.program_id(1)
@@ -196,7 +286,12 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
     state = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    if PRE:
+        d_next = _chunk_decay(b_ptr, bh, 0, NT, kk, kmask, K, GATE)
     for n in range(NT):
+        if PRE:
+            d_cur = d_next
+            d_next = _chunk_decay(b_ptr, bh, tl.minimum(n + 1, NT - 1), NT, kk, kmask, K, GATE)
         tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
                  state.to(h_ptr.dtype.element_ty), mask=kvmask)
         rows = n * BT + tl.arange(0, BT)
@@ -210,7 +305,9 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
             v_new = v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)
             v_t = v_new.to(v_t.dtype)
             tl.store(vnew_ptr + tok[:, None] * V + vv[None, :], v_t, mask=rmask[:, None] & vmask[None, :])
-        if GATE == 1:
+        if PRE:
+            state = _decay_state(state, d_cur, GATE)
+        elif GATE == 1:
             b = tl.load(b_ptr + tok, mask=rmask, other=0)
             b_last = tl.load(b_ptr + last)
             k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
@@ -280,61 +377,106 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, a_ptr, T, NT, H, K: tl.constexpr,
-                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Per-channel gate: A[i, j] = sum_c q_ic k_jc exp(b_ic - b_jc) for j <= i, for one sub-block of
-    BC rows; stored as rows of [B*H, T, BT] (fp32). Only for chunks not flagged safe (strong decay):
-    the others form A by one matmul where it is used."""
-    pid = tl.program_id(0)
+def _gla_out_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
+                    T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per-channel gate, one program per chunk (GLA_OUT_FUSED): o = scale * ((q exp(b)) h_n + A v) with the
+    chunk-local cumulative gate b formed in registers from the raw gate (no fp32 b read back), q exp(b)
+    and A formed once, then one pass per V tile. A as in `_out_fwd_kernel`: one matmul of the
+    split-decay factors on chunks flagged safe, else read from a_ptr (`_gla_intra_kernel`)."""
+    n = tl.program_id(0)
     bh = tl.program_id(1)
-    NC: tl.constexpr = BT // BC
-    n = pid // NC
-    ic = pid % NC
     bb = bh // H
     hh = bh % H
-    r0 = n * BT + ic * BC
-    if (r0 < T) & (tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0):
-        rows = r0 + tl.arange(0, BC)
-        rmask = rows < T
-        allrows = n * BT + tl.arange(0, BT)
-        amask = allrows < T
-        tok = (bb * T + rows).to(tl.int64) * H + hh
-        atok = (bb * T + allrows).to(tl.int64) * H + hh
-        kk = tl.arange(0, BK)
-        kmask = kk < K
-        q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0).to(tl.float32)
-        b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
-        b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
-        k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
-        b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
-        # earlier sub-blocks (j < r0): split exp(b_i - b_j) at r0, both factors <= 1
-        before = (allrows < r0)[:, None]
-        k_s = tl.where(before, k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
-        q_s = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
-        att = tl.dot(q_s.to(k_a.dtype), tl.trans(k_s.to(k_a.dtype)), input_precision=PREC)
-        # diagonal block, elementwise
-        li = tl.arange(0, BC)
-        lcol = tl.arange(0, BT)
-        for j in range(BC):
-            jt = (bb * T + r0 + j).to(tl.int64) * H + hh
-            jmask = kmask & (kk * 0 + r0 + j < T)
-            k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
-            b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
-            col = tl.sum(q_i * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), axis=1)
-            col = tl.where(li >= j, col, 0)
-            att = tl.where(lcol[None, :] == ic * BC + j, col[:, None], att)
-        tl.store(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + lcol[None, :], att, mask=rmask[:, None])
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    m2 = rmask[:, None] & (kk < K)[None, :]
+    q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+    k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+    b = tl.cumsum(tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32), axis=0)
+    qg = (q_t * tl.exp(b)).to(h_ptr.dtype.element_ty)
+    qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
+    att = tl.dot(qf, tl.trans(kf), input_precision=PREC)
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+    att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                       mask=rmask[:, None] & ~fast[None, :], other=0)
+    att = tl.where(fast[None, :] & causal, att, att_slow).to(v_ptr.dtype.element_ty)
+    h_base = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        vmask = vv < V
+        h_t = tl.load(h_base + kk[:, None] * V + vv[None, :], mask=(kk < K)[:, None] & vmask[None, :], other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
+        acc = tl.dot(qg, h_t, input_precision=PREC)
+        acc += tl.dot(att, v_t, input_precision=PREC)
+        tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & vmask[None, :])
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, a_ptr, T, NT, H, K: tl.constexpr,
+                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Per-channel gate: A[i, j] = sum_c q_ic k_jc exp(b_ic - b_jc) for j <= i, by sub-blocks of
+    BC rows; stored as rows of [B*H, T, BT] (fp32). Only for chunks not flagged safe (strong decay):
+    the others form A by one matmul where it is used."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC: tl.constexpr = BT // BC
+    bb = bh // H
+    hh = bh % H
+    # one program per chunk (a program per sub-block cost 0.12 ms at T=32768 when every chunk is safe
+    # and the programs only read their flag); the sub-blocks of an unsafe chunk are taken in turn
+    if tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0:
+        for ic in range(NC):
+            r0 = n * BT + ic * BC
+            if r0 < T:
+                rows = r0 + tl.arange(0, BC)
+                rmask = rows < T
+                allrows = n * BT + tl.arange(0, BT)
+                amask = allrows < T
+                tok = (bb * T + rows).to(tl.int64) * H + hh
+                atok = (bb * T + allrows).to(tl.int64) * H + hh
+                kk = tl.arange(0, BK)
+                kmask = kk < K
+                q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0).to(tl.float32)
+                b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+                b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+                k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
+                b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=amask[:, None] & kmask[None, :], other=0)
+                # earlier sub-blocks (j < r0): split exp(b_i - b_j) at r0, both factors <= 1
+                before = (allrows < r0)[:, None]
+                k_s = tl.where(before, k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
+                q_s = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
+                att = tl.dot(q_s.to(k_a.dtype), tl.trans(k_s.to(k_a.dtype)), input_precision=PREC)
+                # diagonal block, elementwise
+                li = tl.arange(0, BC)
+                lcol = tl.arange(0, BT)
+                for j in range(BC):
+                    jt = (bb * T + r0 + j).to(tl.int64) * H + hh
+                    jmask = kmask & (kk * 0 + r0 + j < T)
+                    k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+                    b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
+                    col = tl.sum(q_i * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), axis=1)
+                    col = tl.where(li >= j, col, 0)
+                    att = tl.where(lcol[None, :] == ic * BC + j, col[:, None], att)
+                tl.store(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + lcol[None, :], att, mask=rmask[:, None])
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_ptr, gs_ptr, dvn_ptr,
                       scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
-                      HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+                      HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+                      PRE: tl.constexpr = False):
     """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
 
     dh_n = exp(b_last) G_n + scale (q exp(b))^T do  [- w^T dv_new for the delta rule, where
     dv_new = dv_local + (k exp(b_last - b)) G_n is stored to dvn_ptr].
+    PRE (gated): q_ptr holds q exp(b), k_ptr (delta) k exp(b_last - b), b_ptr exp(b_last) per chunk.
     """
     ik = tl.program_id(0)
     iv = tl.program_id(1)
@@ -350,8 +492,13 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
     dstate = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         dstate += tl.load(dht_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    if PRE:
+        d_next = _chunk_decay(b_ptr, bh, NT - 1, NT, kk, kmask, K, GATE)
     for i in range(NT):
         n = NT - 1 - i
+        if PRE:
+            d_cur = d_next
+            d_next = _chunk_decay(b_ptr, bh, tl.maximum(n - 1, 0), NT, kk, kmask, K, GATE)
         tl.store(gs_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
                  dstate.to(gs_ptr.dtype.element_ty), mask=kvmask)
         rows = n * BT + tl.arange(0, BT)
@@ -366,7 +513,9 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
             w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
             dv = tl.load(dvl_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0).to(tl.float32)
-        if GATE == 1:
+        if PRE:
+            dnext = _decay_state(dstate, d_cur, GATE)
+        elif GATE == 1:
             b = tl.load(b_ptr + tok, mask=rmask, other=0)
             b_last = tl.load(b_ptr + last)
             q_t = (q_t * tl.exp(b)[:, None]).to(do_t.dtype)
@@ -521,76 +670,78 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
 def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, da_ptr, dqi_ptr, dki_ptr, dq_ptr, dk_ptr,
                           T, NT, H, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           BK: tl.constexpr, PREC: tl.constexpr):
-    """Per-channel gate, one sub-block of BC rows: adds the intra-chunk parts
+    """Per-channel gate, by sub-blocks of BC rows: adds the intra-chunk parts
     dq_i += sum_{j<=i} dA_ij exp(b_i - b_j) k_j and dk_j += sum_{i>=j} dA_ij exp(b_i - b_j) q_i to
     the inter-chunk parts. For the gate gradient it overwrites its rows of dqi/dki with
     X = q (dq_inter + dq_offdiag) - k dk_offdiag and Y = k dk_inter (see `_gla_gate_grad_kernel`);
     the diagonal terms i = j carry no gate and are left out of X, where they would only cancel.
     Chunks flagged safe were finished by `_linear_bwd_kernel`."""
-    pid = tl.program_id(0)
+    n = tl.program_id(0)
     bh = tl.program_id(1)
     NC: tl.constexpr = BT // BC
-    n = pid // NC
-    ic = pid % NC
     bb = bh // H
     hh = bh % H
-    r0 = n * BT + ic * BC
-    if (r0 < T) & (tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0):
-        rows = r0 + tl.arange(0, BC)
-        rmask = rows < T
-        allrows = n * BT + tl.arange(0, BT)
-        amask = allrows < T
-        tok = (bb * T + rows).to(tl.int64) * H + hh
-        atok = (bb * T + allrows).to(tl.int64) * H + hh
-        kk = tl.arange(0, BK)
-        kmask = kk < K
-        m_k = rmask[:, None] & kmask[None, :]
-        m_a = amask[:, None] & kmask[None, :]
-        li = tl.arange(0, BC)
-        lcol = ic * BC + li  # local column index of this sub-block's rows
-        q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
-        k_i = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
-        b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
-        e_row = tl.minimum(r0 + BC, T) - 1  # last valid row of the sub-block
-        b_e = tl.load(b_ptr + ((bb * T + e_row).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
-        k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
-        q_a = tl.load(q_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
-        b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
-        da_base = da_ptr + bh.to(tl.int64) * T * BT
-        # this sub-block's rows of dA ([BC, BT]) and its columns ([BT, BC])
-        da_rows = tl.load(da_base + rows[:, None] * BT + tl.arange(0, BT)[None, :], mask=rmask[:, None], other=0)
-        da_cols = tl.load(da_base + allrows[:, None] * BT + lcol[None, :], mask=amask[:, None], other=0)
-        # off-diagonal parts, split at the sub-block boundary so both factors are <= 1
-        k_s = tl.where((allrows < r0)[:, None], k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
-        dq = tl.dot(da_rows.to(k_a.dtype), k_s.to(k_a.dtype), input_precision=PREC)
-        dq = dq * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
-        q_s = tl.where((allrows > e_row)[:, None], q_a.to(tl.float32) * tl.exp(tl.minimum(b_a - b_e[None, :], 0)), 0)
-        dk = tl.dot(tl.trans(da_cols).to(q_a.dtype), q_s.to(q_a.dtype), input_precision=PREC)
-        dk = dk * tl.exp(tl.minimum(b_e[None, :] - b_i, 0))
-        # diagonal block, elementwise
-        for j in range(BC):
-            jt = (bb * T + r0 + j).to(tl.int64) * H + hh
-            jmask = kmask & (kk * 0 + r0 + j < T)
-            k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
-            q_j = tl.load(q_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
-            b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
-            # column j of dA restricted to this block's rows, and row j restricted to its columns
-            da_col_j = tl.sum(tl.where(tl.arange(0, BT)[None, :] == ic * BC + j, da_rows, 0), axis=1)
-            da_row_j = tl.sum(tl.where(tl.arange(0, BT)[:, None] == ic * BC + j, da_cols, 0), axis=0)
-            lower = li > j  # rows i > j (the diagonal is added below)
-            upper = li < j  # columns i < j
-            dq += tl.where(lower[:, None], da_col_j[:, None] * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), 0)
-            dk += tl.where(upper[:, None], da_row_j[:, None] * q_j[None, :] * tl.exp(tl.minimum(b_j[None, :] - b_i, 0)), 0)
-        dq_inter = tl.load(dqi_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        dk_inter = tl.load(dki_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        da_diag = tl.sum(tl.where(tl.arange(0, BT)[None, :] == lcol[:, None], da_rows, 0), axis=1)
-        tl.store(dqi_ptr + tok[:, None] * K + kk[None, :], q_i * (dq_inter + dq) - k_i * dk, mask=m_k)
-        tl.store(dki_ptr + tok[:, None] * K + kk[None, :], k_i * dk_inter, mask=m_k)
-        dq += dq_inter + da_diag[:, None] * k_i
-        dk += dk_inter + da_diag[:, None] * q_i
-        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
-        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+    # one program per chunk (a program per sub-block cost 0.12 ms at T=32768 when every chunk is safe
+    # and the programs only read their flag); the sub-blocks of an unsafe chunk are taken in turn
+    if tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0:
+        for ic in range(NC):
+            r0 = n * BT + ic * BC
+            if r0 < T:
+                rows = r0 + tl.arange(0, BC)
+                rmask = rows < T
+                allrows = n * BT + tl.arange(0, BT)
+                amask = allrows < T
+                tok = (bb * T + rows).to(tl.int64) * H + hh
+                atok = (bb * T + allrows).to(tl.int64) * H + hh
+                kk = tl.arange(0, BK)
+                kmask = kk < K
+                m_k = rmask[:, None] & kmask[None, :]
+                m_a = amask[:, None] & kmask[None, :]
+                li = tl.arange(0, BC)
+                lcol = ic * BC + li  # local column index of this sub-block's rows
+                q_i = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
+                k_i = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
+                b_i = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+                b_r = tl.load(b_ptr + ((bb * T + r0).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+                e_row = tl.minimum(r0 + BC, T) - 1  # last valid row of the sub-block
+                b_e = tl.load(b_ptr + ((bb * T + e_row).to(tl.int64) * H + hh) * K + kk, mask=kmask, other=0)
+                k_a = tl.load(k_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+                q_a = tl.load(q_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+                b_a = tl.load(b_ptr + atok[:, None] * K + kk[None, :], mask=m_a, other=0)
+                da_base = da_ptr + bh.to(tl.int64) * T * BT
+                # this sub-block's rows of dA ([BC, BT]) and its columns ([BT, BC])
+                da_rows = tl.load(da_base + rows[:, None] * BT + tl.arange(0, BT)[None, :], mask=rmask[:, None], other=0)
+                da_cols = tl.load(da_base + allrows[:, None] * BT + lcol[None, :], mask=amask[:, None], other=0)
+                # off-diagonal parts, split at the sub-block boundary so both factors are <= 1
+                k_s = tl.where((allrows < r0)[:, None], k_a.to(tl.float32) * tl.exp(tl.minimum(b_r[None, :] - b_a, 0)), 0)
+                dq = tl.dot(da_rows.to(k_a.dtype), k_s.to(k_a.dtype), input_precision=PREC)
+                dq = dq * tl.exp(tl.minimum(b_i - b_r[None, :], 0))
+                q_s = tl.where((allrows > e_row)[:, None], q_a.to(tl.float32) * tl.exp(tl.minimum(b_a - b_e[None, :], 0)), 0)
+                dk = tl.dot(tl.trans(da_cols).to(q_a.dtype), q_s.to(q_a.dtype), input_precision=PREC)
+                dk = dk * tl.exp(tl.minimum(b_e[None, :] - b_i, 0))
+                # diagonal block, elementwise
+                for j in range(BC):
+                    jt = (bb * T + r0 + j).to(tl.int64) * H + hh
+                    jmask = kmask & (kk * 0 + r0 + j < T)
+                    k_j = tl.load(k_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+                    q_j = tl.load(q_ptr + jt * K + kk, mask=jmask, other=0).to(tl.float32)
+                    b_j = tl.load(b_ptr + jt * K + kk, mask=jmask, other=0)
+                    # column j of dA restricted to this block's rows, and row j restricted to its columns
+                    da_col_j = tl.sum(tl.where(tl.arange(0, BT)[None, :] == ic * BC + j, da_rows, 0), axis=1)
+                    da_row_j = tl.sum(tl.where(tl.arange(0, BT)[:, None] == ic * BC + j, da_cols, 0), axis=0)
+                    lower = li > j  # rows i > j (the diagonal is added below)
+                    upper = li < j  # columns i < j
+                    dq += tl.where(lower[:, None], da_col_j[:, None] * k_j[None, :] * tl.exp(tl.minimum(b_i - b_j[None, :], 0)), 0)
+                    dk += tl.where(upper[:, None], da_row_j[:, None] * q_j[None, :] * tl.exp(tl.minimum(b_j[None, :] - b_i, 0)), 0)
+                dq_inter = tl.load(dqi_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+                dk_inter = tl.load(dki_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+                da_diag = tl.sum(tl.where(tl.arange(0, BT)[None, :] == lcol[:, None], da_rows, 0), axis=1)
+                tl.store(dqi_ptr + tok[:, None] * K + kk[None, :], q_i * (dq_inter + dq) - k_i * dk, mask=m_k)
+                tl.store(dki_ptr + tok[:, None] * K + kk[None, :], k_i * dk_inter, mask=m_k)
+                dq += dq_inter + da_diag[:, None] * k_i
+                dk += dk_inter + da_diag[:, None] * q_i
+                tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+                tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -659,13 +810,15 @@ def _ut_diag_kernel(k_ptr, beta_ptr, b_ptr, d_ptr, T, H, K: tl.constexpr, BT: tl
 
 
 @triton.jit(do_not_specialize=['T', 'H'])
-def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr,
+def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr, kd_ptr, dl_ptr,
                    T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, LOG2NB: tl.constexpr,
-                   GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr):
+                   GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr,
+                   STORE_KD: tl.constexpr = False):
     """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
     w = Tm (beta exp(b) k), u = Tm (beta v). The inverses of the diagonal blocks come from
-    `_ut_diag_kernel` (d_ptr)."""
+    `_ut_diag_kernel` (d_ptr). STORE_KD (gated): also the keys as they enter the next state,
+    k exp(b_last - b), and exp(b_last) per chunk, for the scans' PRE path (PREP_SCALAR)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -705,6 +858,12 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr,
         tl.store(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], tm, mask=rmask[:, None])
     if GATE == 1:
         kb = k_t * (beta * tl.exp(b))[:, None]
+        if STORE_KD:
+            NT = tl.cdiv(T, BT)
+            b_last = tl.sum(tl.where(rows == tl.minimum(n * BT + BT, T) - 1, b, 0), axis=0)
+            kd = k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]
+            tl.store(kd_ptr + tok[:, None] * K + kk[None, :], kd.to(kd_ptr.dtype.element_ty), mask=m_k)
+            tl.store(dl_ptr + bh.to(tl.int64) * NT + n, tl.exp(b_last))
     else:
         kb = k_t * beta[:, None]
     w = tl.dot(tm.to(k_t.dtype), kb.to(k_t.dtype), input_precision=PREC)
@@ -718,10 +877,12 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr,
 
 
 @triton.jit(do_not_specialize=['T', 'H'])
-def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
+def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, qd_ptr, scale,
                      T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """dv_local = scale * P^T do with P the decayed causal intra-chunk q k^T (delta-rule backward)."""
+                     BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                     STORE_QD: tl.constexpr = False):
+    """dv_local = scale * P^T do with P the decayed causal intra-chunk q k^T (delta-rule backward).
+    STORE_QD (gated): also q exp(b) for the backward scan's PRE path."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -740,6 +901,9 @@ def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, scale,
     if GATE == 1:
         b = tl.load(b_ptr + tok, mask=rmask, other=0)
         pt = pt * tl.exp(tl.where(tl.trans(causal), tl.minimum(b[None, :] - b[:, None], 0), float("-inf")))
+        if STORE_QD:
+            tl.store(qd_ptr + tok[:, None] * K + kk[None, :], (q_t * tl.exp(b)[:, None]).to(qd_ptr.dtype.element_ty),
+                     mask=m_k)
     else:
         pt = tl.where(tl.trans(causal), pt, 0)
     pt = (pt * scale).to(q_t.dtype)
@@ -940,6 +1104,30 @@ def _chunk_cumsum(g, BT, flags=False):
     return (b, flag) if flags else b
 
 
+def _use_prep(cfg, gate, backward):
+    """Does this scan take precomputed decayed operands (PREP_SCALAR / PREP_CHANNEL)?"""
+    if gate == 2:
+        return bool(cfg.get("PREP_CHANNEL", 0))
+    if gate == 1:
+        return cfg.get("PREP_SCALAR", 0) >= (1 if backward else 2)
+    return False
+
+
+def _gate_prep(g, x, BT, keys, store_b):
+    """Chunk-parallel gate pass (`_gate_prep_kernel`): returns b (or None), the per-channel safe flags
+    (or None), x decayed (keys: x exp(b_last - b), else x exp(b)) and exp(b_last) per chunk."""
+    B, T, H, K = x.shape
+    NT = triton.cdiv(T, BT)
+    vec = g.dim() == 4
+    b = torch.empty(g.shape, dtype=torch.float32, device=g.device) if store_b else None
+    flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else None
+    xd = torch.empty_like(x)
+    d = torch.empty((B * H, NT, K) if vec else (B * H, NT), dtype=torch.float32, device=g.device)
+    _gate_prep_kernel[(NT, B * H)](g, x, b, flag, xd, d, T, NT, H, K=K, BT=BT, BK=_pow2(K), VEC=vec, KEYS=keys,
+                                   STORE_B=store_b, SAFE=GLA_SAFE_SPAN)
+    return b, flag, xd, d
+
+
 def _launch_opts(cfg, kind="scan"):
     """Launch options of one kernel family: "scan" (state scans), "out" (forward output), "bwd"."""
     if kind == "bwd":
@@ -949,7 +1137,8 @@ def _launch_opts(cfg, kind="scan"):
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
-def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
+def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False):
+    """pre: k holds the decayed keys and b exp(b_last) per chunk (`_gate_prep`, `_wy(keys=True)`)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -961,7 +1150,7 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht):
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_fwd_kernel[grid](k, v, b, w, h0, h, ht, vnew, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                             GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=want_ht,
-                            PREC=_prec(k), **_launch_opts(cfg))
+                            PREC=_prec(k), PRE=pre, **_launch_opts(cfg))
     return h, ht, vnew
 
 
@@ -969,7 +1158,7 @@ def _gla_intra(q, k, b, flag, BT):
     B, T, H, K = q.shape
     NT = triton.cdiv(T, BT)
     att = torch.empty(B * H, T, BT, dtype=torch.float32, device=q.device)
-    grid = (NT * (BT // SUB_BLOCK), B * H)
+    grid = (NT, B * H)
     _gla_intra_kernel[grid](q, k, b, flag, att, T, NT, H=H, K=K, BT=BT, BC=SUB_BLOCK, BK=_pow2(K), PREC=_prec(q))
     return att
 
@@ -981,13 +1170,18 @@ def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     BK = min(cfg["OUT_BLOCK_K"], _pow2(K))
     BV = min(cfg["OUT_BLOCK_V"], _pow2(V))
     o = torch.empty_like(v)
+    if cfg.get("GLA_OUT_FUSED", 0) and gate == 2:  # b holds the raw gate here (see `_linear_forward`)
+        _gla_out_kernel[(NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=_pow2(K),
+                                     BV=BV, PREC=_prec(q), **_launch_opts(cfg, "out"))
+        return o
     _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V,
                                                      BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                                      **_launch_opts(cfg, "out"))
     return o
 
 
-def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
+def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, pre=False):
+    """pre: q holds q exp(b), k (delta) the decayed keys, b exp(b_last) per chunk."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -999,7 +1193,7 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
                             BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,
-                            STORE_DH0=want_dh0, PREC=_prec(q), **_launch_opts(cfg))
+                            STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, **_launch_opts(cfg))
     return gs, dh0, dvn
 
 
@@ -1009,10 +1203,17 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0):
 
 def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
     gate = _gate_kind(g)
-    b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
-    h, ht, _ = _state_fwd(k, v, b, None, h0, BT, cfg, gate, False, want_ht)
+    fused_out = gate == 2 and bool(cfg.get("GLA_OUT_FUSED", 0))
+    if _use_prep(cfg, gate, backward=False):
+        # the fused output forms b itself: only unsafe chunks' b is written (for `_gla_intra_kernel`)
+        b, flag, kd, d = _gate_prep(g, k, BT, keys=True, store_b=1 if fused_out else 2)
+        h, ht, _ = _state_fwd(kd, v, d, None, h0, BT, cfg, gate, False, want_ht, pre=True)
+        del kd
+    else:
+        b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
+        h, ht, _ = _state_fwd(k, v, b, None, h0, BT, cfg, gate, False, want_ht)
     att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
-    o = _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag)
+    o = _out_fwd(q, k, v, g if fused_out else b, h, att, scale, BT, cfg, gate, flag)
     return o, h, ht
 
 
@@ -1021,9 +1222,14 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
-    b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
+    if _use_prep(cfg, gate, backward=True):
+        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
+        gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
+        del qd, d
+    else:
+        b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
+        gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
-    gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     BK = _pow2(K)
     BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
     dv = torch.empty_like(v)
@@ -1047,7 +1253,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
                                     T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
-    grid = (NT * (BT // SUB_BLOCK), B * H)
+    grid = (NT, B * H)
     _gla_intra_bwd_kernel[grid](q, k, b, flag, da, dq_i, dk_i, dq, dk, T, NT, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
                                 PREC=_prec(q))
     # dq_i / dk_i now hold the X / Y terms of the gate gradient
@@ -1099,29 +1305,39 @@ def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, out
 # delta rule
 # --------------------------------------------------------------------------------------------
 
-def _wy(k, v, beta, b, BT, store_tm):
+def _wy(k, v, beta, b, BT, store_tm, keys=False):
+    """w, u (and Tm with store_tm) of the UT transform; keys (gated): also the decayed keys and
+    exp(b_last) per chunk for the scans' PRE path, returned as (w, u, tm, kd, d)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     w = torch.empty_like(k)
     u = torch.empty_like(v)
     gate = 0 if b is None else 1
+    keys = keys and gate == 1
+    kd = torch.empty_like(k) if keys else None
+    dl = torch.empty(B * H, triton.cdiv(T, BT), dtype=torch.float32, device=k.device) if keys else None
     dinv = torch.empty(B * H, T, SUB_BLOCK, dtype=torch.float32, device=k.device)
     _ut_diag_kernel[(triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)](k, beta, b, dinv, T, H=H, K=K, BT=BT,
                                                                     BC=SUB_BLOCK, BK=_pow2(K), GATE=gate,
                                                                     PREC=_prec(k), num_warps=1)
     tm = torch.empty(B * H, T, BT, dtype=torch.float32, device=k.device) if store_tm else None
-    _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, dinv, w, u, tm, T, H=H, K=K, V=V, BT=BT,
+    _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, dinv, w, u, tm, kd, dl, T, H=H, K=K, V=V, BT=BT,
                                                 BK=_pow2(K), BV=min(64, _pow2(V)), BC=SUB_BLOCK,
                                                 LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=gate,
-                                                STORE_TM=store_tm, PREC=_prec(k), num_warps=4)
-    return w, u, tm
+                                                STORE_TM=store_tm, PREC=_prec(k), STORE_KD=keys, num_warps=4)
+    return (w, u, tm, kd, dl) if keys else (w, u, tm)
 
 
 def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht):
     gate = _gate_kind(g)
     b = _chunk_cumsum(g, BT)
-    w, u, _ = _wy(k, v, beta, b, BT, False)
-    h, ht, vnew = _state_fwd(k, u, b, w, h0, BT, cfg, gate, True, want_ht)
+    if _use_prep(cfg, gate, backward=False):
+        w, u, _, kd, d = _wy(k, v, beta, b, BT, False, keys=True)
+        h, ht, vnew = _state_fwd(kd, u, d, w, h0, BT, cfg, gate, True, want_ht, pre=True)
+        del kd
+    else:
+        w, u, _ = _wy(k, v, beta, b, BT, False)
+        h, ht, vnew = _state_fwd(k, u, b, w, h0, BT, cfg, gate, True, want_ht)
     o = _out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate)
     return o, h, ht
 
@@ -1132,13 +1348,22 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
     b = _chunk_cumsum(g, BT)
-    w, u, tm = _wy(k, v, beta, b, BT, True)
+    pre = _use_prep(cfg, gate, backward=True)
+    if pre:
+        w, u, tm, kd, d = _wy(k, v, beta, b, BT, True, keys=True)
+    else:
+        w, u, tm = _wy(k, v, beta, b, BT, True)
     BK = _pow2(K)
     BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
     dvl = torch.empty_like(do)
-    _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-                                  PREC=_prec(q), **_launch_opts(cfg, "bwd"))
-    gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
+    qd = torch.empty_like(q) if pre else None
+    _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, qd, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+                                  PREC=_prec(q), STORE_QD=pre, **_launch_opts(cfg, "bwd"))
+    if pre:
+        gs, dh0, dvn = _state_bwd(qd, kd, w, d, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0, pre=True)
+        del qd, kd, d
+    else:
+        gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
     del dvl  # folded into dvn; free it before the gradient buffers are allocated (peak memory)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dk_part = torch.empty(k.shape, dtype=torch.float32, device=q.device)

@@ -132,6 +132,9 @@ def test_output_final_state_false_returns_none():
     ("delta_rule", {"BLOCK_K": 64}, 64),
     ("delta_rule", {"num_stages": 9}, 64),
     ("delta_rule", {}, 8),
+    ("linear_attention", {"PREP_SCALAR": 3}, 64),
+    ("linear_attention", {"GLA_OUT_FUSED": 2}, 64),
+    ("delta_rule", {"PREP_CHANNEL": 1}, 64),
 ])
 def test_invalid_configs_raise(op, config, chunk):
     q = torch.randn(1, 20, 1, 16)
@@ -153,11 +156,46 @@ def test_config_space_and_defaults_are_consistent(interpreter):
 
 
 @pytest.mark.parametrize("span", [-1.0, 9.0])
-def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span):
+@pytest.mark.parametrize("paths", [{}, {"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}])
+def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span, paths):
     # chunks whose cumulative gate spans more than GLA_SAFE_SPAN take the sub-block path: all of them
-    # (span -1) or a mix of both paths inside one sequence (span 9: flags [[0, 1, 1], [0, 0, 1]] here)
+    # (span -1) or a mix of both paths inside one sequence (span 9: flags [[0, 1, 1], [0, 0, 1]] here);
+    # with the gate pass and the fused output, b is stored only for the unsafe chunks
     monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
-    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=7)
+    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=7, config=paths)
+
+
+# the gate paths (precomputed decayed operands of the scans, fused GLA output), each alone and together
+GATE_PATHS = [({"PREP_SCALAR": 1}, ("H", "BTH")), ({"PREP_SCALAR": 2}, ("H", "BTH")),
+              ({"PREP_CHANNEL": 1}, ("BTHK",)), ({"GLA_OUT_FUSED": 1}, ("BTHK",)),
+              ({"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}, ("BTHK",))]
+
+
+@pytest.mark.parametrize("paths,gates", GATE_PATHS)
+def test_gate_paths_match_recurrence(paths, gates):
+    for gate in gates:
+        _compare("linear", gate, T=37, chunk=16, K=16, V=16, config=paths, seed=11)
+
+
+@pytest.mark.parametrize("prep", [1, 2])
+def test_gate_paths_delta_rule(prep):
+    _compare("delta", "BTH", T=37, chunk=16, K=16, V=16, config={"PREP_SCALAR": prep}, seed=12)
+    _compare("delta", "H", T=21, chunk=16, K=16, V=16, h0=False, config={"PREP_SCALAR": prep}, seed=13)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "H"), ("linear", "BTHK"), ("delta", "BTH")])
+def test_gate_paths_strong_decay(op, gate):
+    paths = {"PREP_SCALAR": 2} if op == "delta" else {"PREP_SCALAR": 2, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}
+    _compare(op, gate, T=35, chunk=32, K=16, V=16, gmin=-20.0, seed=3, config=paths)
+
+
+def test_gate_paths_split_tiles():
+    # K tiles of the scans (the per-channel exp(b_last) is read per K tile) and several V tiles of the
+    # fused output, several sub-blocks per chunk
+    config = {"BLOCK_K": 16, "BLOCK_V": 16, "OUT_BLOCK_V": 16, "BWD_BLOCK_V": 16, "PREP_CHANNEL": 1,
+              "GLA_OUT_FUSED": 1, "PREP_SCALAR": 2}
+    _compare("linear", "BTHK", T=40, K=32, V=32, chunk=32, config=config, seed=5)
+    _compare("linear", "BTH", T=40, K=32, V=32, chunk=32, config=config, seed=6)
 
 
 def test_fp32_inputs_cap_pipeline_stages(interpreter):
