@@ -7,7 +7,7 @@ forward's ratio to the memory floor (bytes of q, k, v read + o written at 4.26 T
 memory of forward+backward (above the inputs) at the largest T, ours beside fla. fla's refusals
 (its gated kernels raise on Hopper with Triton < 3.7.1) are caught and recorded.
 
-  python benchmarks/linear.py out.json [--T 8192,32768] [--ops linear,retention,...]
+  python benchmarks/linear.py out.json [--T 8192,32768] [--ops linear,retention,...] [--no-fla] [--no-sdpa]
 
 Needs CUDA and, for the comparison, fla-core 0.6 (wheels via ../shared/device/wheels.sh).
 benchmarks/linear_h200.py runs the whole tune / gradient-check / compare flow in one GPU call.
@@ -268,6 +268,7 @@ def main():
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--no-sdpa", action="store_true", help="skip the cuDNN SDPA rows")
     ap.add_argument("--warm", choices=("ours", "fla"), help="only compile (run once at T=1024) and exit")
     ap.add_argument("--sweep", action="store_true", help="also time a few configs of ours at max T")
     ap.add_argument("--sweep-index", type=int, help="with --warm: compile only this sweep config")
@@ -313,6 +314,8 @@ def main():
             save()
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
             del x
+        if args.no_sdpa:
+            continue
         x = make_inputs("linear", B, T, H, K, V, "cuda")
         row = {"op": "sdpa_cudnn_causal", "what": "cuDNN SDPA, full causal softmax", "T": T, "floor_fwd_ms": floor_ms}
         fn = sdpa_fn(x)

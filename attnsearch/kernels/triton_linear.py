@@ -103,16 +103,20 @@ def default_config(op: str, device=None) -> dict:
     # fwd+bwd 2.74 -> 2.22 ms; delta fwd 2.15 -> 1.69 ms, fwd+bwd 8.14 -> 6.89 ms.
     # Gradient-checked on the H200 with these configs (fp32 and bf16, g down to -20): the per-channel gate
     # and the ungated delta rule. fp32 inputs run every family at <= 2 stages (see `_prepare`).
-    # Gate paths (PREP_*, GLA_OUT_FUSED): NOT yet timed on a GPU (see benchmarks/linear_session.sh); the
-    # defaults keep the measured paths until that run says otherwise.
+    # Gate paths (PREP_*, GLA_OUT_FUSED): chosen from sm_90 SASS compiled on a CPU (benchmarks/linear_sass.py,
+    # Triton 3.9), NOT yet timed on a GPU (benchmarks/linear_session.sh times old and new side by side): the
+    # sequential loops of the scans shrink from 1164 / 1118 instructions (per-channel gate, fwd / bwd) to
+    # 260 / 290, scalar gate 428 / 480 -> 253 / 283 (ungated 244), gated delta 830 / 1292 (15 spill loads)
+    # -> 520 / 643 (ungated 484 / 639). Linear attention's scalar gate takes the pass for the backward scan
+    # only (PREP_SCALAR 1): its forward scan lost only ~10% to the gate, less than the extra pass costs.
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
-                "PREP_SCALAR": 0, "PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}
+                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 0}
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -1123,8 +1127,9 @@ def _gate_prep(g, x, BT, keys, store_b):
     flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else None
     xd = torch.empty_like(x)
     d = torch.empty((B * H, NT, K) if vec else (B * H, NT), dtype=torch.float32, device=g.device)
+    # per-channel: 8 warps (at 4 the fp32 chunk tile and its cumulative sum took all 255 registers on sm_90)
     _gate_prep_kernel[(NT, B * H)](g, x, b, flag, xd, d, T, NT, H, K=K, BT=BT, BK=_pow2(K), VEC=vec, KEYS=keys,
-                                   STORE_B=store_b, SAFE=GLA_SAFE_SPAN)
+                                   STORE_B=store_b, SAFE=GLA_SAFE_SPAN, num_warps=8 if vec else 4)
     return b, flag, xd, d
 
 

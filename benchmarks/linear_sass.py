@@ -1,0 +1,124 @@
+"""Compile our Triton linear-attention / delta-rule kernels for sm_90 without a GPU and report what ptxas
+made of them: registers, spills, shared memory, and per SASS loop its length, spills, tensor-core ops and
+global loads. Also a compile check of every kernel variant the gate paths add (a kernel that does not
+compile for sm_90 fails here, not on the GPU).
+
+    python benchmarks/linear_sass.py [--only state_fwd,state_bwd]
+
+Shapes: bf16, K = V = 128, chunk 64, the default tiles of triton_linear. Uses benchmarks/attention_sass.py's
+ptxas / nvdisasm helpers (the Triton installed here; the GPU machine may run another version).
+What it answers: how many instructions and global loads the scans' sequential loops carry per gate path.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from attention_sass import ptxas_report, sass_loops  # noqa: E402
+from attnsearch.kernels import triton_linear as tlin  # noqa: E402
+
+# pointer arguments that hold fp32 / int32 data (the rest are bf16 inputs, outputs or states)
+FP32 = {"b_ptr", "h0_ptr", "ht_ptr", "dht_ptr", "dh0_ptr", "a_ptr", "d_ptr", "dl_ptr", "da_ptr", "e_ptr",
+        "dqi_ptr", "dki_ptr", "x_ptr_f", "dk_part", "db_ptr", "y_ptr", "dbeta_ptr", "tm_ptr", "dkp_ptr"}
+INT32 = {"flag_ptr"}
+
+
+def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name in INT32 else ("*fp32" if name in FP32 or name in fp32 else "*bf16")
+        elif name == "scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if sig[name].startswith("*")}
+    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 64),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def jobs():
+    """(label, kernel, constexprs, warps, stages, extra fp32 pointer names)."""
+    lin = tlin.default_config("linear_attention")
+    dl = tlin.default_config("delta_rule")
+    K = V = 128
+    BT = 64
+    scan = dict(K=K, V=V, BT=BT, PREC="tf32")
+    out = []
+    for gate in (0, 1, 2):
+        for pre in ((False, True) if gate else (False,)):
+            c = dict(scan, BK=lin["BLOCK_K"], BV=lin["BLOCK_V"], GATE=gate, DELTA=False, HAS_H0=False,
+                     STORE_HT=False, PRE=pre)
+            out.append((f"state_fwd gate={gate} pre={pre}", tlin._state_fwd_kernel, c, lin["num_warps"],
+                        lin["num_stages"], ()))
+            c = dict(scan, BK=lin["BLOCK_K"], BV=lin["BLOCK_V"], GATE=gate, DELTA=False, HAS_DHT=False,
+                     STORE_DH0=False, PRE=pre)
+            out.append((f"state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, lin["num_warps"],
+                        lin["num_stages"], ()))
+    for gate in (0, 1):
+        for pre in ((False, True) if gate else (False,)):
+            c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_H0=False, STORE_HT=False, PRE=pre)
+            out.append((f"delta state_fwd gate={gate} pre={pre}", tlin._state_fwd_kernel, c, dl["num_warps"],
+                        dl["num_stages"], ()))
+            c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_DHT=False, STORE_DH0=False, PRE=pre)
+            out.append((f"delta state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, dl["num_warps"],
+                        dl["num_stages"], ("dvl_ptr",)))
+    for vec in (False, True):
+        for keys in (False, True):
+            c = dict(K=K, BT=BT, BK=K, VEC=vec, KEYS=keys, STORE_B=1 if vec else 2, SAFE=tlin.GLA_SAFE_SPAN)
+            out.append((f"gate_prep vec={vec} keys={keys}", tlin._gate_prep_kernel, c, 8 if vec else 4, 1, ()))
+    c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=2, PREC="tf32")
+    out.append(("out_fwd gate=2", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
+    for bv, warps in ((64, 4), (128, 4), (128, 8)):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=bv, PREC="tf32")
+        out.append((f"gla_out BV={bv} warps={warps}", tlin._gla_out_kernel, c, warps, 2, ("g_ptr",)))
+    c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
+    out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
+    out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))
+    for store in (False, True):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=64, BC=tlin.SUB_BLOCK, LOG2NB=2, GATE=1, STORE_TM=True, PREC="tf32",
+                 STORE_KD=store)
+        out.append((f"wy_fwd store_kd={store}", tlin._wy_fwd_kernel, c, 4, 1, ()))
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=1, PREC="tf32", STORE_QD=store)
+        out.append((f"dv_local store_qd={store}", tlin._dv_local_kernel, c, dl["bwd_num_warps"],
+                    dl["bwd_num_stages"], ()))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated label prefixes")
+    args = parser.parse_args()
+    prefixes = [p for p in args.only.split(",") if p]
+    print(f"triton {triton.__version__}, sm_90, bf16, K=V=128, chunk 64")
+    failed = 0
+    for label, fn, constexprs, warps, stages, fp32 in jobs():
+        if prefixes and not any(label.startswith(p) for p in prefixes):
+            continue
+        try:
+            compiled = compile_sm90(fn, constexprs, warps, stages, fp32)
+        except Exception as e:  # report and go on: one broken variant must not hide the others
+            failed += 1
+            print(f"{label}: COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            continue
+        report = {**ptxas_report(compiled.asm["ptx"]), "shared_bytes": compiled.metadata.shared}
+        print(f"{label}: {report}")
+        for i, loop in enumerate(sass_loops(compiled.asm["cubin"])):
+            body_ldg = loop.get("LDG", "")
+            print(f"  loop {i}: {loop}{body_ldg}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""One GPU session for issue 7's gate paths: gradient check, old-vs-new timing, table beside fla.
+
+  python benchmarks/linear_session.py OUTDIR [--jobs 14] [--budget 230] [--smoke]
+
+A. (parallel processes, compile-bound) gradient check of every new gate path against the float64
+   recurrence at the benchmark's head size (benchmarks/linear_gradcheck.py --bench-shape: fp32 and bf16,
+   g down to -20, an initial state, T=333 not a multiple of the chunk, mixed safe/unsafe GLA chunks), once
+   with the committed defaults (which select the new paths) for every gate kind and the delta rule with
+   and without gate, once per non-default new path; meanwhile our candidate configs and fla's ops are
+   compiled (run once at a short T) so that B and C time warm kernels.
+B. (GPU alone) each candidate at T=32768 (bf16, B=2, H=16, K=V=128, chunk 64), fwd and fwd+bwd, beside
+   the committed default in the same process; CANDIDATES says which ops a candidate can change.
+C. (GPU alone) benchmarks/linear.py with the committed defaults beside fla at T=32768 and 8192, peak
+   memory of fwd+bwd at 32768.
+
+OUTDIR/session.json is rewritten after every step (a step cut by its time limit leaves the others);
+OUTDIR/table.json is linear.py's own JSON; OUTDIR/session.log the log of every subprocess.
+--smoke: CPU, TRITON_INTERPRET=1, toy shapes (gradcheck --small, timing of the plumbing only, no C).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+GROUP = {"linear": "linear_attention", "retention": "linear_attention", "mamba2": "linear_attention",
+         "gla": "linear_attention", "delta": "delta_rule", "gated_delta": "delta_rule"}
+# name -> (group, config over the committed default, the ops whose kernels it changes)
+CANDIDATES = {
+    "default": ("both", {}, tuple(GROUP)),
+    "old_paths": ("linear_attention", {"PREP_SCALAR": 0, "PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0},
+                  ("retention", "mamba2", "gla")),
+    "prep_scalar_fwd_too": ("linear_attention", {"PREP_SCALAR": 2}, ("retention", "mamba2")),
+    "gla_prep_only": ("linear_attention", {"GLA_OUT_FUSED": 0}, ("gla",)),
+    "gla_fused_out_only": ("linear_attention", {"PREP_CHANNEL": 0}, ("gla",)),
+    "out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("linear", "gla")),
+    "out_w8": ("linear_attention", {"out_num_warps": 8}, ("linear", "gla")),
+    "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
+    "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
+}
+# gradient-check jobs: (name, --only cases, configs over the defaults)
+GRADCHECKS = [(f"default {c}", c, {}) for c in
+              ("linear:none", "linear:H", "linear:BTH", "linear:BTHK", "delta:none", "delta:H", "delta:BTH")] + [
+    ("prep_scalar_fwd_too", "linear:H,linear:BTH", {"linear_attention": {"PREP_SCALAR": 2}}),
+    ("gla_prep_only", "linear:BTHK", {"linear_attention": {"GLA_OUT_FUSED": 0}}),
+    ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
+    ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
+]
+
+
+def config_for(name, op):
+    group, over, _ops = CANDIDATES[name]
+    return dict(over) if group in ("both", GROUP[op]) else {}
+
+
+def task_warm(spec):
+    """Compile: run ours (each candidate config) or fla once, fwd+bwd and fwd, at a short T."""
+    import torch
+
+    import linear as lb
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    for op in spec["ops"]:
+        x = lb.make_inputs(op, spec["B"], spec["T"], spec["H"], spec["K"], spec["K"], device, dtype=dtype)
+        leaves = [t.requires_grad_(True) for n, t in x.items() if n != "g_head"]
+        for name in spec.get("candidates") or [None]:
+            fn = lb.ours_fn(op, x, config_for(name, op)) if spec["who"] == "ours" else lb.fla_fn(op, x)
+            try:
+                o = fn()
+                torch.autograd.grad(o, leaves, torch.randn_like(o))
+                with torch.no_grad():
+                    fn()
+            except Exception as e:  # fla refuses its gated kernels on Hopper with Triton < 3.7.1
+                print(f"warm {spec['who']} {op} {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                      flush=True)
+
+
+def main():
+    args = sys.argv[1:]
+    if args and args[0] == "--task":
+        task_warm(json.loads(args[1]))
+        return 0
+    smoke = "--smoke" in args
+    jobs = int(args[args.index("--jobs") + 1]) if "--jobs" in args else 14
+    budget = float(args[args.index("--budget") + 1]) if "--budget" in args else 230.0
+    values = {args[i + 1] for i, a in enumerate(args) if a in ("--jobs", "--budget") and i + 1 < len(args)}
+    outdir = [a for a in args if not a.startswith("--") and a not in values][0]
+    os.makedirs(outdir, exist_ok=True)
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    t_start = time.time()
+    left = lambda: budget - (time.time() - t_start)  # noqa: E731
+    import torch
+
+    import linear as lb
+    from linear_h200 import run_parallel
+    from attnsearch.kernels import triton_linear
+    log = os.path.join(outdir, "session.log")
+    report = {"device": "cpu (smoke)" if smoke else torch.cuda.get_device_name(), "torch": torch.__version__,
+              "triton": __import__("triton").__version__, "defaults": {g: triton_linear.default_config(g)
+                                                                        for g in triton_linear.OPS},
+              "candidates": {n: {"group": g, "config": c, "ops": list(o)} for n, (g, c, o) in CANDIDATES.items()},
+              "phases": {}}
+    try:
+        import fla
+        report["fla"] = getattr(fla, "__version__", "?")
+    except ImportError:
+        report["fla"] = None
+    path = os.path.join(outdir, "session.json")
+
+    def save():
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+
+    def phase(name, t0):
+        report["phases"][name] = round(time.time() - t0, 1)
+        print(f"[{time.time() - t_start:6.1f}s] {name} done in {report['phases'][name]} s", flush=True)
+        save()
+
+    save()
+    # A. gradient check and compilation, in parallel processes
+    t0 = time.time()
+    gc = os.path.join(HERE, "linear_gradcheck.py")
+    tasks = []
+    if report["fla"] and not smoke:  # fla's autotuned compiles are the long pole: start them first
+        for op in GROUP:
+            spec = dict(who="fla", ops=[op], B=2, H=16, K=128, T=1024)
+            tasks.append((f"warm fla {op}", [__file__, "--task", json.dumps(spec)]))
+    for i, (name, only, cfg) in enumerate(GRADCHECKS):
+        cfg_path = os.path.join(outdir, f"gc_cfg_{i}.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        tasks.append((f"gradcheck {i}", [gc, os.path.join(outdir, f"gc_{i}.json"),
+                                         "--small" if smoke else "--bench-shape", "--only", only,
+                                         "--configs", cfg_path]))
+    shape = dict(B=1, H=2, K=32, T=80) if smoke else dict(B=1, H=2, K=128, T=256)
+    for op in GROUP:
+        names = [n for n, (_g, _c, ops) in CANDIDATES.items() if op in ops]
+        spec = dict(who="ours", ops=[op], candidates=names, **shape)
+        tasks.append((f"warm ours {op}", [__file__, "--task", json.dumps(spec)]))
+    limit_a = min(115.0, left() - 110) if not smoke else 1200
+    report["compile_exit_codes"] = run_parallel(tasks, jobs, limit_a, log)
+    results = []
+    for i, (name, only, cfg) in enumerate(GRADCHECKS):
+        try:
+            with open(os.path.join(outdir, f"gc_{i}.json")) as f:
+                got = json.load(f)["results"]
+            results += [{**r, "path": name} for r in got]
+        except (OSError, ValueError, KeyError):
+            results.append({"path": name, "case": only, "ok": False,
+                            "error": f"no result (exit {report['compile_exit_codes'].get(f'gradcheck {i}')})"})
+    bad = [r for r in results if not r.get("ok")]
+    report["gradcheck"] = {"all_ok": not bad, "n": len(results), "n_bad": len(bad),
+                           "worst": max((r["worst"] for r in results if "worst" in r), default=None),
+                           "bad": bad, "results": results}
+    phase("A_gradcheck_and_compile", t0)
+    print(f"gradcheck: {len(results) - len(bad)}/{len(results)} ok, worst {report['gradcheck']['worst']}",
+          flush=True)
+    for r in bad:
+        print(f"  BAD {r.get('path')} {r.get('op')}:{r.get('gate')} {r.get('dtype')} gmin={r.get('gmin')} "
+              f"{r.get('errors') or r.get('error')}", flush=True)
+
+    # B. candidates at T=32768, the default beside each, same process
+    t0 = time.time()
+    B, H, K, T = (1, 2, 32, 80) if smoke else (2, 16, 128, 32768)
+    device = "cpu" if smoke else "cuda"
+    dtype = torch.float32 if smoke else torch.bfloat16
+    timed = (lambda fn, x, bwd: lb.timed(fn, x, bwd, warmup=10, rep=50)) if not smoke else _cpu_timed
+    report["sweep"] = []
+    for op in GROUP:
+        if left() < 95 and not smoke:
+            report["sweep_cut"] = f"stopped before {op}: {left():.0f} s left"
+            break
+        x = lb.make_inputs(op, B, T, H, K, K, device, dtype=dtype)
+        for name, (_g, _c, ops) in CANDIDATES.items():
+            if op not in ops:
+                continue
+            cfg = config_for(name, op)
+            row = {"op": op, "candidate": name, "config": cfg, "T": T}
+            for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+                row[f"{mode}_ms"], err = lb.attempt(timed, lb.ours_fn(op, x, cfg), x, bwd)
+                if err:
+                    row[f"{mode}_error"] = err
+            report["sweep"].append(row)
+            print("sweep", json.dumps(row), flush=True)
+            save()
+        del x
+    report["vs_default"] = compare_to_default(report["sweep"])
+    phase("B_candidates", t0)
+    for name, rel in report["vs_default"].items():
+        print(f"  {name:22s} time / default: {rel}", flush=True)
+
+    # C. the table beside fla with the committed defaults
+    if smoke:
+        report["table"] = "skipped in --smoke (needs CUDA)"
+        save()
+        return 0
+    t0 = time.time()
+    limit_c = max(10, int(left()))
+    cmd = [sys.executable, os.path.join(HERE, "linear.py"), os.path.join(outdir, "table.json"),
+           "--T", "32768,8192", "--no-sdpa"] + ([] if report["fla"] else ["--no-fla"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    with open(log, "a") as logf:
+        try:
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=limit_c).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    report["table_exit"] = rc
+    try:
+        with open(os.path.join(outdir, "table.json")) as f:
+            table = json.load(f)
+        report["table"] = {"rows": table.get("rows"), "memory": table.get("memory")}
+        lb.print_table(table)
+    except (OSError, ValueError) as e:
+        report["table"] = f"no table: {e}"
+    phase("C_table", t0)
+    return 0
+
+
+def _cpu_timed(fn, x, backward):
+    """--smoke: exercises the plumbing only (interpreter times mean nothing)."""
+    import torch
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    t0 = time.perf_counter()
+    if backward:
+        for t in leaves:
+            t.requires_grad_(True)
+        o = fn()
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        for t in leaves:
+            t.requires_grad_(False)
+    else:
+        with torch.no_grad():
+            fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def compare_to_default(rows):
+    """Per candidate: its fwd and fwd+bwd time over the default's, per op it changes."""
+    base = {r["op"]: r for r in rows if r["candidate"] == "default"}
+    out = {}
+    for r in rows:
+        b = base.get(r["op"])
+        if r["candidate"] == "default" or not b:
+            continue
+        rel = {m: (round(r[f"{m}_ms"] / b[f"{m}_ms"], 3) if r.get(f"{m}_ms") and b.get(f"{m}_ms") else None)
+               for m in ("fwd", "fwdbwd")}
+        out.setdefault(r["candidate"], {})[r["op"]] = rel
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
