@@ -31,7 +31,7 @@ from attnsearch.kernels import triton_attention_kernels as tak  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 INT_ARGS = {"H", "T", "S", "ST", "NB", "NQB", "WINDOW", "BS"}
-FP32_PTRS = {"LSE", "DELTA", "DQA"}
+FP32_PTRS = {"LSE", "DELTA", "DQA"}  # O is bf16 like Q
 INT_PTRS = {"LST", "LCNT", "TLST", "TCNT"}
 
 
@@ -114,15 +114,20 @@ def kernel_jobs(cfg: dict, blocks: bool, kernels: list[str]):
     common = {"HAS_BLOCKS": blocks, "S_PAD": 8 if blocks else 1, "PREC": "tf32"}
     jobs = {
         "fwd": (tak.attn_fwd_kernel, {**common, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
-                                      "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner"])},
+                                      "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner"]),
+                                      "GROUP": cfg["head_group"], "LIST_MEM": bool(cfg["list_load"])},
                 cfg["num_warps"], cfg["num_stages"]),
         "dkdv": (tak.attn_bwd_dkdv_kernel,
                  {**common, "ST_PAD": 64 if blocks else 1, "BLOCK_M": cfg["BLOCK_M_DKV"],
                   "BLOCK_N": cfg["BLOCK_N_DKV"], "DK_": 128, "DV_": 128,
-                  "HEADS_INNER": bool(cfg["heads_inner_bwd"]), "DQ_ATOMIC": bool(cfg["dq_atomic"])},
+                  "HEADS_INNER": bool(cfg["heads_inner_bwd"]), "DQ_ATOMIC": bool(cfg["dq_atomic"]),
+                  "GROUP": cfg["head_group_bwd"], "LIST_MEM": bool(cfg["list_load_dkv"])},
                  cfg["num_warps_dkv"], cfg["num_stages_dkv"]),
         "dq": (tak.attn_bwd_dq_kernel, {**common, "BLOCK_M": cfg["BLOCK_M_DQ"], "BLOCK_N": cfg["BLOCK_N_DQ"],
-                                        "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner_bwd"])},
+                                        "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner_bwd"]),
+                                        "GROUP": cfg["head_group_bwd"],
+                                        "LIST_MEM": bool(cfg["list_load_dq"]),
+                                        "FUSE_DELTA": bool(cfg["fuse_delta"])},
                cfg["num_warps_dq"], cfg["num_stages_dq"]),
     }
     return [(name, *jobs[name]) for name in kernels]

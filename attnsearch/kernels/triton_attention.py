@@ -22,6 +22,7 @@ HEAD_DIMS = (16, 32, 64, 128, 256)
 _TILES = (16, 32, 64, 128, 256)
 _WARPS = (1, 2, 4, 8, 16)
 _STAGES = (1, 2, 3, 4, 5)
+_HEAD_GROUPS = (0, 2, 4, 8, 16)
 # largest tile product one program may hold (scores tile in registers); beyond it spills
 _MAX_TILE_AREA = 128 * 256
 # beyond this many [B, H, NB, NB] int32 entries the transposed lists are sized exactly (one sync)
@@ -44,7 +45,19 @@ CONFIG_SPACE = {"softmax_attention": {
     # backward: 1 adds dQ from the dK/dV kernel with fp32 atomics (5 matrix products, no dQ
     # kernel; summation order, hence rounding, varies run to run); 0 runs the dQ kernel
     "dq_atomic": (0, 1),
+    # program order by groups (0 = off): heads inner within groups of this many heads, groups
+    # one after the other; needs heads_inner (forward) / heads_inner_bwd (backward) = 1. Keeps
+    # heavy tiles early (load balance) with fewer heads' tensors competing for L2 at a time
+    "head_group": _HEAD_GROUPS, "head_group_bwd": _HEAD_GROUPS,
+    # block-list flat loops: 1 reads each listed block id from memory (prefetched by the
+    # pipeliner), 0 picks it out of a register copy of the list (a reduction per tile)
+    "list_load": (0, 1), "list_load_dq": (0, 1), "list_load_dkv": (0, 1),
+    # backward: 1 computes delta = rowsum(O * dO) inside the dQ kernel, which then runs before
+    # the dK/dV kernel (one launch and one pass over dO fewer); 0 runs a separate pre-pass
+    "fuse_delta": (0, 1),
 }}
+_NEW_PATHS_OFF = {"head_group": 0, "head_group_bwd": 0, "list_load": 0, "list_load_dq": 0,
+                  "list_load_dkv": 0, "fuse_delta": 0}
 
 # from benchmarks/attention.py --sweep on an H200 (bf16, B=2, H=16, D=128, T=8192; full causal,
 # window 1024 and random 12.5% block-sparse; 2026-11-28): a 64x64 forward with 4 warps, 3 stages
@@ -56,17 +69,19 @@ CONFIG_SPACE = {"softmax_attention": {
 _HOPPER = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
            "BLOCK_M_DKV": 64, "BLOCK_N_DKV": 128, "BLOCK_M_DQ": 128, "BLOCK_N_DQ": 64,
            "num_warps_dkv": 8, "num_stages_dkv": 3, "num_warps_dq": 8, "num_stages_dq": 3,
-           "heads_inner": 0, "heads_inner_bwd": 1, "bwd_streams": 1, "dq_atomic": 0}
+           "heads_inner": 0, "heads_inner_bwd": 1, "bwd_streams": 1, "dq_atomic": 0,
+           **_NEW_PATHS_OFF}
 _OTHER_GPU = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
               "BLOCK_M_DKV": 32, "BLOCK_N_DKV": 64, "BLOCK_M_DQ": 64, "BLOCK_N_DQ": 32,
               "num_warps_dkv": 4, "num_stages_dkv": 2, "num_warps_dq": 4, "num_stages_dq": 2,
               "heads_inner": 0, "heads_inner_bwd": 0, "bwd_streams": 1,
-              "dq_atomic": 0}
+              "dq_atomic": 0, **_NEW_PATHS_OFF}
 # the interpreter runs tiles as numpy arrays: small tiles keep tests quick
 _INTERPRETER = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1,
                 "BLOCK_M_DKV": 16, "BLOCK_N_DKV": 32, "BLOCK_M_DQ": 32, "BLOCK_N_DQ": 16,
                 "num_warps_dkv": 4, "num_stages_dkv": 1, "num_warps_dq": 4, "num_stages_dq": 1,
-                "heads_inner": 0, "heads_inner_bwd": 0, "bwd_streams": 1, "dq_atomic": 0}
+                "heads_inner": 0, "heads_inner_bwd": 0, "bwd_streams": 1, "dq_atomic": 0,
+                **_NEW_PATHS_OFF}
 
 
 def _interpreting() -> bool:
@@ -99,6 +114,13 @@ def validate_config(op: str, config: dict, block_size=None, head_dim=None, **_ct
             if block_size % tile:
                 raise ValueError(f"softmax_attention triton config {key}={config[key]} must divide "
                                  f"block_size={block_size}")
+    for group, inner in (("head_group", "heads_inner"), ("head_group_bwd", "heads_inner_bwd")):
+        if config[group] and not config[inner]:
+            raise ValueError(f"softmax_attention triton config {group}={config[group]} needs "
+                             f"{inner}=1 (heads inner within each group)")
+    if config["fuse_delta"] and (config["dq_atomic"] or config["bwd_streams"] == 2):
+        raise ValueError("softmax_attention triton config fuse_delta=1 needs dq_atomic=0 and "
+                         "bwd_streams=1 (the dQ kernel computes delta before the dK/dV kernel)")
     if head_dim is not None and head_dim >= 256 and config["BLOCK_M"] * config["BLOCK_N"] > 64 * 64:
         raise ValueError("softmax_attention triton config: head dim 256 needs BLOCK_M x BLOCK_N "
                          "<= 64 x 64 (shared memory)")
@@ -224,8 +246,11 @@ class _Plan:
         self.config = config
 
 
-def _grid(n_tiles, n_heads, heads_inner):
-    """Axis 0 starts fastest: heads there when heads_inner, else tiles (as the kernels read it)."""
+def _grid(n_tiles, n_heads, heads_inner, group=0):
+    """Axis 0 starts fastest: heads there when heads_inner, else tiles (as the kernels read it);
+    a 1-D grid when heads are grouped (the kernels split the program id)."""
+    if group:
+        return (n_tiles * n_heads,)
     return (n_heads, n_tiles) if heads_inner else (n_tiles, n_heads)
 
 
@@ -237,13 +262,15 @@ def _forward(q, k, v, plan, lists, counts, scale):
     BM, BN = plan.tiles["BLOCK_M"], plan.tiles["BLOCK_N"]
     S = lists.shape[-1]
     heads_inner = bool(plan.config["heads_inner"])
-    attn_fwd_kernel[_grid(triton.cdiv(T, BM), B * H, heads_inner)](
+    group = plan.config["head_group"]
+    attn_fwd_kernel[_grid(triton.cdiv(T, BM), B * H, heads_inner, group)](
         q, k, v, o, lse, lists, counts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, T, lists.shape[2], plan.window, plan.block_size, scale * LOG2E, S,
         HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)), BLOCK_M=BM,
         BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype), HEADS_INNER=heads_inner,
+        GROUP=group, LIST_MEM=bool(plan.config["list_load"]),
         num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"])
     return o, lse
 
@@ -253,9 +280,11 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
     DV = v.shape[-1]
     cfg = plan.config
     delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
-    attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
-        do.stride(2), H, T, BLOCK_M=64, DV=DV, num_warps=4)
+    fuse_delta = bool(cfg["fuse_delta"])
+    if not fuse_delta:
+        attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
+            o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
+            do.stride(2), H, T, BLOCK_M=64, DV=DV, num_warps=4)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     atomic = bool(cfg["dq_atomic"])
@@ -264,35 +293,50 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
                       device=q.device)
     S, ST = lists.shape[-1], tlists.shape[-1]
     NB = lists.shape[2]
+    group = cfg["head_group_bwd"]
     common = dict(HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)),
-                  PREC=_precision(q.dtype), HEADS_INNER=bool(cfg["heads_inner_bwd"]))
+                  PREC=_precision(q.dtype), HEADS_INNER=bool(cfg["heads_inner_bwd"]), GROUP=group)
+
+    # allocated on the caller's stream even when the dQ kernel runs on the side stream
+    dq = torch.empty_like(q) if not atomic else None
+
+    def launch_dq():
+        BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
+        attn_bwd_dq_kernel[_grid(triton.cdiv(T, BM), B * H, cfg["heads_inner_bwd"], group)](
+            q, k, v, o, do, dq, lse, delta, lists, counts,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            do.stride(0), do.stride(1), do.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
+            H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
+            BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, LIST_MEM=bool(cfg["list_load_dq"]),
+            FUSE_DELTA=fuse_delta, num_warps=cfg["num_warps_dq"],
+            num_stages=cfg["num_stages_dq"], **common)
+
+    def launch_dkdv():
+        BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
+        attn_bwd_dkdv_kernel[_grid(triton.cdiv(T, BN), B * H, cfg["heads_inner_bwd"], group)](
+            q, k, v, do, dk, dv, dqa, lse, delta, lists, tlists, tcounts,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            dqa.stride(0), dqa.stride(1), dqa.stride(2),
+            H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
+            ST_PAD=triton.next_power_of_2(max(ST, 1)), BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV,
+            DQ_ATOMIC=atomic, LIST_MEM=bool(cfg["list_load_dkv"]),
+            num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"], **common)
+
+    if fuse_delta:  # the dQ kernel writes delta, which the dK/dV kernel reads
+        launch_dq()
+        launch_dkdv()
+        return dq, dk, dv
     side = _side_stream(q.device) if cfg["bwd_streams"] == 2 and not atomic else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(q.device))  # delta (and inputs) are ready
-    BM, BN = plan.tiles["BLOCK_M_DKV"], plan.tiles["BLOCK_N_DKV"]
-    attn_bwd_dkdv_kernel[_grid(triton.cdiv(T, BN), B * H, cfg["heads_inner_bwd"])](
-        q, k, v, do, dk, dv, dqa, lse, delta, lists, tlists, tcounts,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        dqa.stride(0), dqa.stride(1), dqa.stride(2),
-        H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
-        ST_PAD=triton.next_power_of_2(max(ST, 1)), BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV,
-        DQ_ATOMIC=atomic, num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"],
-        **common)
+    launch_dkdv()
     if atomic:
         return dqa.mul_(scale).to(q.dtype), dk, dv
-    dq = torch.empty_like(q)
-    BM, BN = plan.tiles["BLOCK_M_DQ"], plan.tiles["BLOCK_N_DQ"]
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-        attn_bwd_dq_kernel[_grid(triton.cdiv(T, BM), B * H, cfg["heads_inner_bwd"])](
-            q, k, v, do, dq, lse, delta, lists, counts,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-            dq.stride(0), dq.stride(1), dq.stride(2),
-            H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
-            BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, num_warps=cfg["num_warps_dq"],
-            num_stages=cfg["num_stages_dq"], **common)
+        launch_dq()
     if side is not None:
         # join: later work on the caller's stream (and freeing dq's inputs) waits for the dQ kernel
         torch.cuda.current_stream(q.device).wait_stream(side)

@@ -48,27 +48,48 @@ def _log2_int(x):
 
 
 @triton.jit
-def _tile_start(lst, offs, first, t, BS, shift, TILE: tl.constexpr):
+def _tile_start(lst, offs, lst_base, first, t, BS, shift, TILE: tl.constexpr,
+                LIST_MEM: tl.constexpr):
     """Start row of flat tile t over listed blocks lst[first:]: tile t % per_block of block
-    lst[first + t // per_block], per_block = BS // TILE = 1 << shift."""
-    blk = _pick(lst, offs, first + (t >> shift))
+    lst[first + t // per_block], per_block = BS // TILE = 1 << shift. LIST_MEM reads the block
+    id from memory (lst_base, an L1 hit; Triton's pipeliner prefetches such index loads one
+    stage ahead of the tiles they address) instead of picking it out of the register copy."""
+    if LIST_MEM:
+        blk = tl.load(lst_base + first + (t >> shift))
+    else:
+        blk = _pick(lst, offs, first + (t >> shift))
     return tl.multiple_of(blk * BS + (t & ((1 << shift) - 1)) * TILE, TILE)
 
 
 @triton.jit
-def _tile_and_head(HEADS_INNER: tl.constexpr):
+def _tile_and_head(n_tiles, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr):
     """(tile, batch*head) of this program. Programs start in grid order, axis 0 fastest; the host
     puts heads on axis 0 when HEADS_INNER (the same tile of all heads together: the heaviest
-    tiles of every head first), else tiles (all tiles of one head together: its K/V stay in L2)."""
+    tiles of every head first), else tiles (all tiles of one head together: its K/V stay in L2).
+    GROUP > 0 (1-D grid): heads inner within groups of GROUP heads, groups one after the other,
+    so the heavy tiles still start early while only GROUP heads' tensors compete for L2."""
+    if GROUP > 0:
+        pid = tl.program_id(0)
+        BH = tl.num_programs(0) // n_tiles
+        per_group = GROUP * n_tiles
+        group = pid // per_group
+        first = group * GROUP
+        size = tl.minimum(BH - first, GROUP)  # the last group may hold fewer heads
+        r = pid - group * per_group
+        return r // size, first + r % size
     if HEADS_INNER:
         return tl.program_id(1), tl.program_id(0)
     return tl.program_id(0), tl.program_id(1)
 
 
 @triton.jit
-def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
-    """[len(rows), len(cols)] visibility of a tile that needs masking."""
+def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, DIAG: tl.constexpr):
+    """[len(rows), len(cols)] visibility of a tile that needs masking. DIAG: a diagonal tile,
+    which lies inside one sparse block (tiles never straddle blocks), so with block lists the
+    own-block rule makes every causal pair visible: no window or list test."""
     vis = (cols[None, :] <= rows[:, None]) & (cols[None, :] < T)
+    if HAS_BLOCKS and DIAG:
+        return vis
     near = (rows[:, None] - cols[None, :]) < WINDOW
     if HAS_BLOCKS:
         near = near | ((rows // BS)[:, None] == (cols // BS)[None, :]) | listed
@@ -76,11 +97,12 @@ def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
 
 
 @triton.jit
-def _visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr):
-    """[len(cols), len(rows)] (keys x queries) visibility for the dK/dV kernel.
-
-    Rows >= T need no mask there: their q and dO load as zero, so they add nothing."""
+def _visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, DIAG: tl.constexpr):
+    """[len(cols), len(rows)] (keys x queries) visibility for the dK/dV kernel (DIAG as in
+    _visible). Rows >= T need no mask there: their q and dO load as zero, so they add nothing."""
     vis = cols[:, None] <= rows[None, :]
+    if HAS_BLOCKS and DIAG:
+        return vis
     near = (rows[None, :] - cols[:, None]) < WINDOW
     if HAS_BLOCKS:
         near = near | ((cols // BS)[:, None] == (rows // BS)[None, :]) | listed
@@ -150,9 +172,10 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk, offs_
     s = tl.dot(q, kT, input_precision=PREC)
     if MASKED:
         listed = False
-        if HAS_BLOCKS:
+        if HAS_BLOCKS and MASKED == 1:
             listed = _is_listed(lst, n0 // BS)
-        s = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS), s * qk_scale,
+        s = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2),
+                     s * qk_scale,
                      float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
@@ -172,9 +195,10 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                     H, T, NQB, WINDOW, BS, qk_scale, S,
                     HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                    PREC: tl.constexpr, HEADS_INNER: tl.constexpr):
+                    PREC: tl.constexpr, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr,
+                    LIST_MEM: tl.constexpr):
     n_tiles = tl.cdiv(T, BLOCK_M)
-    tile, bh = _tile_and_head(HEADS_INNER)
+    tile, bh = _tile_and_head(n_tiles, HEADS_INNER, GROUP)
     # heaviest (latest) query tiles first: causal work grows with the tile index
     pid_m = n_tiles - 1 - tile
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
@@ -210,13 +234,13 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                                           qk_scale, False, HAS_BLOCKS, PREC)
         shift = _log2_int(per_block)
         for t in range(0, (count - n_near) * per_block):  # the rest: one flat, pipelined loop
-            n0 = _tile_start(lst, offs_s, n_near, t, BS, shift, BLOCK_N)
+            n0 = _tile_start(lst, offs_s, lst_base, n_near, t, BS, shift, BLOCK_N, LIST_MEM)
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n,
                                       offs_dk, offs_dv, sk_t, sv_t, T, WINDOW, BS, lst,
                                       qk_scale, False, HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
-                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True,
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 1,
                                   HAS_BLOCKS, PREC)
     for n0 in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
@@ -224,7 +248,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                                   HAS_BLOCKS, PREC)
     for n0 in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
-                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True,
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 2,
                                   HAS_BLOCKS, PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -282,10 +306,11 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, m0
     pT = tl.math.exp2(sT * qk_scale - lse[None, :])
     if MASKED:
         listed = False
-        if HAS_BLOCKS:
+        if HAS_BLOCKS and MASKED == 1:
             lst = tl.load(lst_rows + (m0 // BS) * S + offs_s, mask=offs_s < S, other=-1)
             listed = _is_listed(lst, kb)
-        pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS), pT, 0.0)
+        pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2), pT,
+                      0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
     dsT = pT * (dpT - delta[None, :])
     dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
@@ -308,9 +333,9 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
                          HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, ST_PAD: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DK_: tl.constexpr,
                          DV_: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
-                         DQ_ATOMIC: tl.constexpr):
+                         DQ_ATOMIC: tl.constexpr, GROUP: tl.constexpr, LIST_MEM: tl.constexpr):
     # key tile 0 first: it is seen by the most query tiles
-    tile, bh = _tile_and_head(HEADS_INNER)
+    tile, bh = _tile_and_head(tl.cdiv(T, BLOCK_N), HEADS_INNER, GROUP)
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
     h = (bh % H).to(tl.int64)
     n0 = tile * BLOCK_N
@@ -357,7 +382,11 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
         tail = ((count > n_near) & (last_block == NB - 1) & (T % BS != 0)).to(tl.int32)
         for t in range(0, (count - n_near - tail) * per_block):
             # a division here, not _tile_start's shift: the shift version spills (ptxas, sm_90)
-            m0 = _pick(tlst, offs_st, n_near + t // per_block) * BS + (t % per_block) * BLOCK_M
+            if LIST_MEM:
+                qblk = tl.load(tlst_base + n_near + t // per_block)
+            else:
+                qblk = _pick(tlst, offs_st, n_near + t // per_block)
+            m0 = qblk * BS + (t % per_block) * BLOCK_M
             m0 = tl.multiple_of(m0, BLOCK_M)  # lets the row-statistics loads vectorise
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                                 dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
@@ -372,7 +401,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                             sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
-                            True, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
+                            2, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
     for m0 in range(a, b_clean, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
@@ -382,7 +411,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                             sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
-                            True, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
+                            1, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
 
     dk = dk * sm_scale
     tl.store(DK + b * sdk_b + h * sdk_h + cols[:, None] * sdk_t + offs_dk[None, :],
@@ -408,9 +437,10 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, o
     p = tl.math.exp2(s * qk_scale - lse[:, None])
     if MASKED:
         listed = False
-        if HAS_BLOCKS:
+        if HAS_BLOCKS and MASKED == 1:
             listed = _is_listed(lst, n0 // BS)
-        p = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS), p, 0.0)
+        p = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2), p,
+                     0.0)
     dp = tl.dot(do, vT, input_precision=PREC)
     ds = p * (dp - delta[:, None])
     dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PREC)
@@ -418,15 +448,19 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, o
 
 
 @triton.jit
-def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
+def attn_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, LST, LCNT,
                        sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
-                       sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+                       so_b, so_t, so_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
                        H, T, NQB, WINDOW, BS, qk_scale, sm_scale, S,
                        HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                       PREC: tl.constexpr, HEADS_INNER: tl.constexpr):
+                       PREC: tl.constexpr, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr,
+                       LIST_MEM: tl.constexpr, FUSE_DELTA: tl.constexpr):
+    """dQ of one query tile. FUSE_DELTA: this kernel runs first and computes the row
+    correction delta = rowsum(O * dO) itself (it holds dO anyway; O costs one tile load) and
+    stores it for the dK/dV kernel that follows, instead of a separate pre-pass over O and dO."""
     n_tiles = tl.cdiv(T, BLOCK_M)
-    tile, bh = _tile_and_head(HEADS_INNER)
+    tile, bh = _tile_and_head(n_tiles, HEADS_INNER, GROUP)
     pid_m = n_tiles - 1 - tile
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
     h = (bh % H).to(tl.int64)
@@ -441,7 +475,13 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
     do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_t + offs_dv[None, :],
                  mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)
+    if FUSE_DELTA:
+        o = tl.load(O + b * so_b + h * so_h + rows[:, None] * so_t + offs_dv[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+        tl.store(DELTA + bh * T + rows, delta, mask=row_ok)
+    else:
+        delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
     dq = tl.zeros([BLOCK_M, DK], dtype=tl.float32)
@@ -462,19 +502,19 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LST, LCNT,
                               HAS_BLOCKS, PREC)
         shift = _log2_int(per_block)
         for t in range(0, (count - n_near) * per_block):
-            n0 = _tile_start(lst, offs_s, n_near, t, BS, shift, BLOCK_N)
+            n0 = _tile_start(lst, offs_s, lst_base, n_near, t, BS, shift, BLOCK_N, LIST_MEM)
             dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk,
                           offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                           HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
-                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True, HAS_BLOCKS, PREC)
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 1, HAS_BLOCKS, PREC)
     for n0 in range(full_lo, full_hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
                       sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False, HAS_BLOCKS, PREC)
     for n0 in range(full_hi, hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
-                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, True, HAS_BLOCKS, PREC)
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 2, HAS_BLOCKS, PREC)
 
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + h * sdq_h + rows[:, None] * sdq_t + offs_dk[None, :],

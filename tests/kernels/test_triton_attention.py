@@ -154,6 +154,19 @@ def test_backward_variants(config):
     _compare(T, H=2, config=config)
 
 
+@pytest.mark.parametrize("config", [
+    {"fuse_delta": 1, "list_load": 1, "list_load_dq": 1, "list_load_dkv": 1},
+    {"heads_inner": 1, "head_group": 2, "heads_inner_bwd": 1, "head_group_bwd": 2},
+])
+def test_list_loads_fused_delta_and_head_groups(config):
+    """Block ids read from memory, delta computed inside the dQ kernel, and grouped program
+    order (3 heads in groups of 2: the last group is smaller) give the reference results."""
+    T, bs = 75, 16
+    _compare(T, B=1, H=3, config=config,
+             **masks.random_pattern(T, bs, 2, seed=4, window=9, heads=3))
+    _compare(T, H=3, config=config, window=20)
+
+
 def test_block_lists_and_transpose_match_a_direct_construction(ta):
     gen = torch.Generator().manual_seed(0)
     B, H, NB, S = 2, 3, 7, 4
@@ -208,6 +221,10 @@ def test_half_precision_output_dtype():
     ({"bwd_streams": 0}, "bwd_streams"),
     ({"BLOCK_M": 256, "BLOCK_N": 256}, "exceeds"),
     ({"BLOCK_M_DQ": 256, "BLOCK_N_DQ": 256}, "exceeds"),
+    ({"head_group": 3}, "head_group"),
+    ({"head_group_bwd": 4, "heads_inner_bwd": 0}, "heads_inner_bwd=1"),
+    ({"fuse_delta": 1, "dq_atomic": 1}, "fuse_delta"),
+    ({"fuse_delta": 1, "bwd_streams": 2}, "fuse_delta"),
 ])
 def test_invalid_config_raises(config, match):
     q = torch.randn(1, 8, 1, 16)
