@@ -12,14 +12,28 @@ recomputes stored runs' scores from their held-out losses after a change of the 
 Extra `--budgets short --seeds 0 1` runs give the seed-to-seed agreement of the default budget
 (the ceiling of the figure when layouts are near-tied). Wall time on a shared CPU depends on the
 load; the CPU time per run (1 thread) is what a trial costs on an idle core.
+
+On GPUs (`--device cuda`): runs go round-robin over the visible GPUs (CUDA_VISIBLE_DEVICES, else
+`nvidia-smi -L`), `--per-gpu` processes on each, one torch thread per process. Several candidate
+budgets share one queue, each with its own output file:
+
+    python benchmarks/proxy_fidelity.py --device cuda --per-gpu 8 --out-dir $OUT \
+        --candidate s300='{}' --candidate s600='{"steps": 600}'
+
+The queue holds, candidate by candidate in the given order, the short runs then the long ones
+(heaviest layouts first within each), so a time limit keeps the first candidates whole; every
+file is rewritten after each run (atomically), and `--report` prints the tables and rank
+correlations of whatever finished (layouts with both budgets) without training anything.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 LAYOUTS = [
@@ -36,23 +50,50 @@ LAYOUTS = [
     ("moba", "block top-k (MoBA style)"),
 ]
 TARGET = dict(d_model=512, n_layers=24, n_heads=8, head_dim=64, max_seq_len=8192)
+# Heaviest first (CPU seconds of a default run, benchmarks/results/proxy_fidelity.json; on a GPU
+# the cost is the number of kernel launches, which grows the same way): the queue starts the
+# longest runs of a class first, so the last ones to finish are short.
+COST_ORDER = ["gla", "qwen3_next", "deltanet", "mamba2", "retnet", "jamba", "moba", "gemma3", "linear",
+              "mistral_swa", "transformer"]
 
 
-def _run(preset_name: str, factor: float, seed: int, threads: int, proxy_overrides: dict) -> dict:
+def _run(preset_name: str, factor: float, seed: int, threads: int, proxy_overrides: dict,
+         device: str = "cpu") -> dict:
     import torch
     torch.set_num_threads(threads)
     from attnsearch.evaluators.quality import ProxySpec, evaluate_quality
     from attnsearch.space.presets import preset
 
     arch = preset(preset_name, **TARGET)
-    proxy = ProxySpec(seed=seed, **proxy_overrides).scaled_budget(factor)
+    proxy = ProxySpec(seed=seed, **{**proxy_overrides, "device": device}).scaled_budget(factor)
     cpu0 = time.process_time()
     result = evaluate_quality(arch, proxy)
     out = result.to_dict()
     out.pop("proxy_arch")
     out.update(preset=preset_name, factor=factor, seed=seed, cpu_time_s=time.process_time() - cpu0,
-               target_layout=arch.layout_string())
+               target_layout=arch.layout_string(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
+               steps_per_s=result.steps / max(result.train_time_s, 1e-9))
     return out
+
+
+def _pin_gpu(gpu: str | None) -> None:
+    """Pool initializer: this worker process sees one GPU (set before torch touches CUDA) and
+    runs one CPU thread (many processes share the host's cores)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in listing.splitlines() if l.startswith("GPU "))]
 
 
 def rescore(run: dict, proxy_overrides: dict) -> None:
@@ -78,16 +119,56 @@ def _key(r):
     return f"{r['preset']}|{r['factor']}|{r['seed']}"
 
 
+def parse_candidates(specs: list[str]) -> dict[str, dict]:
+    """NAME=JSON pairs (the ProxySpec overrides of each candidate budget), in the given order."""
+    out = {}
+    for spec in specs:
+        name, sep, overrides = spec.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--candidate must be NAME=JSON with NAME a plain word, got {spec!r}")
+        try:
+            out[name] = json.loads(overrides)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--candidate {name}: overrides are not JSON ({e})") from None
+    return out
+
+
+def job_order(candidates: list[str], layouts: list[str], factors: tuple, seeds: list[int],
+              extra_short_seeds: list[int]) -> list[tuple[str, str, float, int]]:
+    """(candidate, layout, factor, seed) in queue order: candidate by candidate, short runs then
+    long ones, heaviest layout first; the extra short-only seeds (noise ceiling) last."""
+    rank = {name: i for i, name in enumerate(COST_ORDER)}
+    by_cost = sorted(layouts, key=lambda n: rank.get(n, -1))
+    jobs = [(c, n, f, s) for c in candidates for f in factors for s in seeds for n in by_cost]
+    jobs += [(c, n, 1.0, s) for c in candidates for s in extra_short_seeds for n in by_cost]
+    return jobs
+
+
+def _write_atomic(path: Path, report: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)          # a kill mid-write leaves the previous complete file
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--factor", type=float, default=8.0, help="budget multiple of the long run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    ap.add_argument("--extra-short-seeds", type=int, nargs="*", default=[],
+                    help="default-budget runs of more seeds, queued last (seed-to-seed noise ceiling)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel processes (CPU)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--per-gpu", type=int, default=4, help="processes per GPU (--device cuda)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--layouts", nargs="+", default=[name for name, _ in LAYOUTS])
     ap.add_argument("--proxy", default="{}", help="JSON overrides of ProxySpec fields (default: none)")
     ap.add_argument("--out", default="out/proxy_fidelity.json")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
+                    help="a candidate budget (ProxySpec overrides); repeatable; each writes "
+                         "OUT_DIR/fidelity_NAME.json (replaces --proxy/--out)")
+    ap.add_argument("--out-dir", default="out", help="where --candidate files go")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--report", action="store_true", help="print the stored results' tables; train nothing")
     ap.add_argument("--budgets", choices=("both", "short", "long"), default="both",
                     help="run only the default-budget runs, only the long ones, or both")
     ap.add_argument("--merge", nargs="*", default=[], help="other result files whose runs count as done")
@@ -96,45 +177,88 @@ def main(argv=None):
                          "with the current scoring code (no training; for a change of the score definition)")
     args = ap.parse_args(argv)
 
-    overrides = json.loads(args.proxy)
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if args.resume and out_path.exists():
-        done = {_key(r): r for r in json.loads(out_path.read_text())["runs"]}
-    for other in args.merge:
-        done.update({_key(r): r for r in json.loads(Path(other).read_text())["runs"]})
-    if args.rescore:
-        for r in done.values():
-            rescore(r, overrides)
+    if args.candidate:
+        try:
+            cands = parse_candidates(args.candidate)
+        except ValueError as e:
+            ap.error(str(e))
+        paths = {c: Path(args.out_dir) / f"fidelity_{c}.json" for c in cands}
+    else:
+        cands, paths = {"": json.loads(args.proxy)}, {"": Path(args.out)}
+    if args.report:
+        for c, path in paths.items():
+            if not path.exists():
+                print(f"{c or path}: no results yet ({path})")
+                continue
+            runs = json.loads(path.read_text())["runs"]
+            print(f"== candidate {c or path}: {json.dumps(cands[c])} ({len(runs)} runs)")
+            print_table(summarise(runs, args.factor))
+        return
+
+    done: dict[str, dict] = {c: {} for c in cands}
+    for c, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if args.resume and path.exists():
+            done[c] = {_key(r): r for r in json.loads(path.read_text())["runs"]}
+        for other in args.merge:
+            done[c].update({_key(r): r for r in json.loads(Path(other).read_text())["runs"]})
+        if args.rescore:
+            for r in done[c].values():
+                rescore(r, cands[c])
     factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
-    # short runs first (a partial file already has every layout's default score), then long ones
-    todo = [(name, f, s) for f in factors for name in args.layouts for s in args.seeds
-            if f"{name}|{f}|{s}" not in done]
+    todo = [j for j in job_order(list(cands), args.layouts, factors, args.seeds, args.extra_short_seeds)
+            if f"{j[1]}|{j[2]}|{j[3]}" not in done[j[0]]]
     load_before = os.getloadavg()
     t0 = time.time()
 
-    def save():
-        runs = list(done.values())
+    def save(c):
+        runs = list(done[c].values())
         report = summarise(runs, args.factor)
-        report.update(proxy_overrides=overrides, threads=args.threads, jobs=args.jobs,
+        report.update(candidate=c, proxy_overrides=cands[c], device=args.device, threads=args.threads,
+                      jobs=args.jobs, per_gpu=args.per_gpu if args.device == "cuda" else None,
                       loadavg_before=load_before, loadavg_now=os.getloadavg(),
                       elapsed_s=time.time() - t0, runs=runs)
-        out_path.write_text(json.dumps(report, indent=1))
+        _write_atomic(paths[c], report)
         return report
 
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(_run, n, f, s, args.threads, overrides): (n, f, s) for n, f, s in todo}
-        for fut in as_completed(futures):
-            r = fut.result()
-            done[_key(r)] = r
-            print(f"[{time.time() - t0:7.1f}s] {r['preset']:12s} x{r['factor']:<4g} seed {r['seed']} "
-                  f"score {r['score']:.4f} wall {r['wall_time_s']:.1f}s cpu {r['cpu_time_s']:.1f}s "
-                  f"load {os.getloadavg()[0]:.1f}{' DIVERGED ' + r['reason'] if r['diverged'] else ''}",
-                  flush=True)
-            save()
-    report = save()
-    print_table(report)
+    # one pool per GPU (its processes pinned to it), jobs dealt round-robin in queue order
+    gpus = visible_gpus() if args.device == "cuda" else [None]
+    if args.device == "cuda" and not gpus:
+        ap.error("--device cuda: no GPU visible (CUDA_VISIBLE_DEVICES / nvidia-smi -L)")
+    workers = args.per_gpu if args.device == "cuda" else args.jobs
+    ctx = mp.get_context("spawn")
+    pools = [ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_gpu, initargs=(g,))
+             for g in gpus]
+    print(f"{len(todo)} runs on {args.device} ({'GPUs ' + ','.join(gpus) if gpus[0] is not None else 'CPU'}, "
+          f"{workers} process(es) each)", flush=True)
+    try:
+        futures = {pools[i % len(pools)].submit(_run, n, f, s, args.threads, cands[c], args.device): c
+                   for i, (c, n, f, s) in enumerate(todo)}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                c = futures[fut]
+                try:
+                    r = fut.result()
+                except Exception as e:       # one broken run must not lose the others
+                    print(f"[{time.time() - t0:7.1f}s] {c} run FAILED: {type(e).__name__}: {e}", flush=True)
+                    continue
+                done[c][_key(r)] = r
+                print(f"[{time.time() - t0:7.1f}s] {c + ' ' if c else ''}{r['preset']:12s} x{r['factor']:<4g} "
+                      f"seed {r['seed']} score {r['score']:.4f} wall {r['wall_time_s']:.1f}s "
+                      f"{r['steps_per_s']:.1f} steps/s cpu {r['cpu_time_s']:.1f}s"
+                      f"{' gpu ' + r['gpu'] if r.get('gpu') else ''} load {os.getloadavg()[0]:.1f}"
+                      f"{' DIVERGED ' + r['reason'] if r['diverged'] else ''}", flush=True)
+                save(c)
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+    for c in cands:
+        report = save(c)
+        if c:
+            print(f"== candidate {c}: {json.dumps(cands[c])}")
+        print_table(report)
 
 
 def summarise(runs, factor) -> dict:
@@ -159,7 +283,10 @@ def summarise(runs, factor) -> dict:
                                          for k in rs[0]["metrics"][t]} for t in rs[0]["metrics"]} \
                 if not any(r["diverged"] for r in rs) else {}
         rows.append(row)
-    report = {"factor": factor, "rows": rows}
+    report = {"factor": factor, "rows": rows,
+              # finished at one budget only so far (a partial file): not in the figure yet
+              "unpaired": sorted(f"{n} x{f:g}" for n, per in by.items() for f in per
+                                 if not (1.0 in per and factor in per))}
     if len(rows) >= 3:
         short = [r["short_score"] for r in rows]
         long = [r["long_score"] for r in rows]
@@ -197,19 +324,23 @@ def print_table(report):
     head = f"{'layout':12s} {'proxy':6s} {'score 1x':>9s} {'score ' + format(report['factor'], 'g') + 'x':>9s}"
     for t in tasks:
         head += f" {t[:12]:>12s}"
-    print(head + f" {'wall 1x':>8s} {'cpu 1x':>7s}")
+    print(head + f" {'wall 1x':>8s} {'wall ' + format(report['factor'], 'g') + 'x':>8s} {'cpu 1x':>7s}")
     for r in rows:
         line = f"{r['preset']:12s} {r['proxy_layout']:6s} {r['short_score']:9.4f} {r['long_score']:9.4f}"
         for t in tasks:
             m_s, m_l = r["short_metrics"].get(t, {}), r["long_metrics"].get(t, {})
             key = "bpb" if "bpb" in m_l else "accuracy"
             line += f" {m_s.get(key, float('nan')):5.2f}>{m_l.get(key, float('nan')):5.2f}{'b' if key == 'bpb' else 'a'}"
-        print(line + f" {r['short_wall_s']:7.1f}s {r['short_cpu_s']:6.1f}s")
+        print(line + f" {r['short_wall_s']:7.1f}s {r['long_wall_s']:7.1f}s {r['short_cpu_s']:6.1f}s")
     if "spearman" in report:
         print(f"Spearman {report['spearman']:.3f}  Kendall {report['kendall']:.3f}  over {len(rows)} layouts "
               f"(1x vs {report['factor']:g}x budget)")
+    if len(rows) < 3:
+        print(f"{len(rows)} layout(s) finished at both budgets: too few for a rank correlation")
+    if report.get("unpaired"):
+        print("finished at one budget only: " + ", ".join(report["unpaired"]))
     if report.get("task_spearman"):
-        print("per task, 1x vs 8x task score: " + "  ".join(
+        print(f"per task, 1x vs {report['factor']:g}x task score: " + "  ".join(
             f"{t} {'-- (all equal at one budget)' if v is None else format(v, '.3f')}"
             for t, v in report["task_spearman"].items()))
     if "short_seed_spearman" in report:

@@ -41,6 +41,7 @@ from .proxy import proxy_arch
 
 EVAL_SEED = 20_231_208          # held-out task batches are the same for every trial and seed
 EXPLODE_MARGIN_NATS = 3.0       # running train loss this far above its start = diverged
+SYNC_EVERY = 16                 # training steps between host reads of the losses (see _TrainLog)
 
 
 def default_tasks() -> dict:
@@ -180,13 +181,23 @@ def _optimizer(model: torch.nn.Module, proxy: ProxySpec) -> torch.optim.Optimize
                              lr=proxy.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def _masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
-    """Mean cross-entropy over the scored positions, and the number of correct argmaxes."""
-    picked = logits[mask].float()
-    wanted = targets[mask]
-    loss = F.cross_entropy(picked, wanted)
-    correct = (picked.argmax(-1) == wanted).sum()
-    return loss, correct, wanted.numel()
+def _masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, count: int):
+    """Mean cross-entropy over the `count` scored positions, and the number of correct argmaxes.
+    Computed over every position and masked (not `logits[mask]`): boolean indexing needs the
+    device to report how many positions it picks, a host sync per task per step on a GPU."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    weights = mask.reshape(-1).to(flat.dtype)
+    loss = (F.cross_entropy(flat, targets.reshape(-1), reduction="none") * weights).sum() / max(count, 1)
+    correct = ((flat.argmax(-1) == targets.reshape(-1)) & mask.reshape(-1)).sum()
+    return loss, correct, count
+
+
+def _to_device(batch, device: torch.device):
+    """A CPU batch on `device` without a host sync (pinned memory, asynchronous copy); the tasks
+    are generated on the CPU so that every device trains on the same data."""
+    if device.type != "cuda":
+        return batch
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
 
 
 def _autocast(device: torch.device):
@@ -229,10 +240,12 @@ def _evaluate(model, proxy: ProxySpec, corpus, device) -> dict[str, dict[str, fl
                      for s in range(0, proxy.eval_sequences, proxy.eval_batch)]
             batches = [T.make_batch(spec, n, gen) for n in sizes]
         nats, correct, count = 0.0, 0, 0
-        for inputs, targets, mask in batches:
+        for batch in batches:
+            n = int(batch[2].sum())
+            inputs, targets, mask = _to_device(batch, device)
             with _autocast(device):
-                logits = model(inputs.to(device))
-            loss, right, n = _masked_loss(logits, targets.to(device), mask.to(device))
+                logits = model(inputs)
+            loss, right, n = _masked_loss(logits, targets, mask, n)
             nats += float(loss) * n
             correct += int(right)
             count += n
@@ -261,6 +274,69 @@ def _result(proxy, parch, model, *, metrics, curve, tokens, steps, t0, train_tim
                          device=str(device))
 
 
+class _TrainLog:
+    """The training loop's per-step losses and gradient norms, kept on the device and read by the
+    host every SYNC_EVERY steps (one sync instead of several per step: on a GPU the tiny proxy is
+    launch-bound, and a sync per task per step left the GPU idle while the host waited).
+    Reading them checks, step by step in order, what the loop used to check at once: a non-finite
+    loss or gradient norm, or a loss that exploded, ends the run at the first step that shows it
+    (the steps run past it are discarded with the model); and it builds the learning curve."""
+
+    def __init__(self, names: list[str], weights: list[float], total: int, every: int):
+        self.names, self.weights, self.total, self.every = names, weights, total, every
+        self.pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        self.curve: list[dict[str, float]] = []
+        self.interval: list[list[float]] = []
+        self.recent: deque = deque(maxlen=10)
+        self.start_loss: float | None = None
+        self.reason: str | None = None
+        self.failed_step: int | None = None
+        self.tokens_ok = 0
+
+    def add(self, step: int, tokens: int, losses: torch.Tensor, norm: torch.Tensor) -> None:
+        self.pending.append((step, tokens, losses, norm))
+
+    def flush(self) -> bool:
+        """Read the pending steps (one host sync); True once the run has diverged."""
+        if self.reason is not None or not self.pending:
+            return self.reason is not None
+        rows = torch.stack([torch.cat([losses.float(), norm.float().reshape(1)])
+                            for _, _, losses, norm in self.pending]).cpu().tolist()
+        for (step, tokens, _, _), row in zip(self.pending, rows):
+            if not self._check(step, row[:-1], row[-1]):
+                self.failed_step = step
+                break
+            self.tokens_ok = tokens
+            if (step + 1) % self.every == 0 or step + 1 == self.total:
+                point = {"step": step + 1, "tokens": tokens,
+                         "loss": sum(r[0] for r in self.interval) / len(self.interval)}
+                for i, n in enumerate(self.names):
+                    point[n] = sum(r[1 + i] for r in self.interval) / len(self.interval)
+                self.curve.append(point)
+                self.interval = []
+        self.pending = []
+        return self.reason is not None
+
+    def _check(self, step: int, losses: list[float], norm: float) -> bool:
+        for name, value in zip(self.names, losses):
+            if not math.isfinite(value):
+                self.reason = f"non-finite training loss ({value}) on task {name!r} at step {step}"
+                return False
+        if not math.isfinite(norm):
+            self.reason = f"non-finite gradient norm ({norm}) at step {step}"
+            return False
+        step_loss = sum(w * v for w, v in zip(self.weights, losses))
+        self.start_loss = step_loss if self.start_loss is None else self.start_loss
+        self.recent.append(step_loss)
+        mean = sum(self.recent) / len(self.recent)
+        if len(self.recent) == self.recent.maxlen and mean > self.start_loss + EXPLODE_MARGIN_NATS:
+            self.reason = (f"training loss exploded: mean of last 10 steps {mean:.2f} nats vs "
+                           f"{self.start_loss:.2f} at step 0 (step {step})")
+            return False
+        self.interval.append([step_loss, *losses])
+        return True
+
+
 def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> QualityResult:
     """Train the proxy of `arch` for `proxy`'s budget and score it (see module doc).
 
@@ -286,8 +362,8 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
     total = proxy.total_steps()
     every = max(1, total // proxy.curve_points)
 
-    curve, interval, recent, tokens, start_loss = [], [], deque(maxlen=10), 0, None
-    diverged, reason, stopped_early, step = False, None, False, 0
+    log = _TrainLog(names, [proxy.weight(n) / total_w for n in names], total, every)
+    tokens, diverged, stopped_early, reason, step = 0, False, False, None, 0
     for step in range(total):
         if proxy.max_wall_time_s is not None and time.perf_counter() - t0 > proxy.max_wall_time_s:
             stopped_early, reason = True, f"max_wall_time_s={proxy.max_wall_time_s} reached after {step} steps"
@@ -295,46 +371,28 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, proxy)
         opt.zero_grad(set_to_none=True)
-        step_losses = {}
+        losses = []
         for name in names:
-            spec = proxy.tasks[name]
-            inputs, targets, mask = T.make_batch(spec, proxy.batch, gens[name], corpus=corpus)
+            batch = T.make_batch(proxy.tasks[name], proxy.batch, gens[name], corpus=corpus)
+            count = int(batch[2].sum())
+            inputs, targets, mask = _to_device(batch, device)
             with _autocast(device):
-                logits = model(inputs.to(device))
-            loss, _, _ = _masked_loss(logits, targets.to(device), mask.to(device))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                diverged, reason = True, f"non-finite training loss ({value}) on task {name!r} at step {step}"
-                break
+                logits = model(inputs)
+            loss, _, _ = _masked_loss(logits, targets, mask, count)
             (loss * (proxy.weight(name) / total_w)).backward()
-            step_losses[name] = value
+            losses.append(loss.detach())
             tokens += inputs.numel()
-        if diverged:
-            break
         if proxy.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip)
         else:
-            norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters()
-                                        if p.grad is not None)))
-        if not math.isfinite(norm):
-            diverged, reason = True, f"non-finite gradient norm ({norm}) at step {step}"
-            break
+            norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters() if p.grad is not None))
         opt.step()
-        step_loss = sum(proxy.weight(n) * step_losses[n] for n in names) / total_w
-        start_loss = step_loss if start_loss is None else start_loss
-        interval.append((step_loss, step_losses))
-        recent.append(step_loss)
-        if len(recent) == recent.maxlen and sum(recent) / len(recent) > start_loss + EXPLODE_MARGIN_NATS:
-            diverged = True
-            reason = (f"training loss exploded: mean of last 10 steps {sum(recent) / len(recent):.2f} nats vs "
-                      f"{start_loss:.2f} at step 0 (step {step})")
+        log.add(step, tokens, torch.stack(losses), norm)
+        if (step + 1) % SYNC_EVERY == 0 and log.flush():
             break
-        if (step + 1) % every == 0 or step + 1 == total:
-            point = {"step": step + 1, "tokens": tokens, "loss": sum(w[0] for w in interval) / len(interval)}
-            for n in names:
-                point[n] = sum(w[1][n] for w in interval) / len(interval)
-            curve.append(point)
-            interval = []
+    if log.flush():
+        diverged, reason, tokens, step = True, log.reason, log.tokens_ok, log.failed_step
+    curve = log.curve
     train_time = time.perf_counter() - t0
     steps_done = step + 1 if (not stopped_early and not diverged) else step
     if diverged:
