@@ -9,6 +9,11 @@
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# the device returns at most 8 files: everything goes under $RES, packed into $OUT/res.tgz every
+# minute and at the end, so a time limit still returns what finished
+RES=/tmp/res; mkdir -p $RES; REAL_OUT=$OUT; OUT=$RES
+pack() { tar -czf $REAL_OUT/res.tgz.part -C $RES . && mv $REAL_OUT/res.tgz.part $REAL_OUT/res.tgz; }
+( while true; do sleep 60; pack; done ) & PACKER=$!
 LOG=$OUT/session.log
 nvidia-smi --query-gpu=index,name,memory.total,utilization.gpu --format=csv >>"$LOG" 2>&1
 nproc >>"$LOG"
@@ -46,5 +51,6 @@ PY
     --budget-s ${TUNE_BUDGET:-22} --storage sqlite:////tmp/tune.db --out $OUT/kinds.tuned.json \
     --report $OUT/tuning.json > $OUT/tuning.log 2>&1
   stamp "tuning done rc=$?" ) &
-wait
+wait $(jobs -p | grep -v "^$PACKER$")
 stamp "all lanes done"
+kill $PACKER; pack

@@ -281,8 +281,9 @@ def captured(fn: Callable[[], None]) -> Callable[[], None]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    replay = graph.replay
-    replay.graph = graph                  # keep the graph (and its memory pool) alive with the callable
+
+    def replay():                         # the closure keeps the graph and its memory pool alive
+        graph.replay()
     return replay
 
 
