@@ -4,9 +4,11 @@
 # budgets and 8x each, on every visible GPU at once.
 #   s300: the current default (300 steps)  vs 2,400 steps   (the CPU figure: Spearman 0.68)
 #   s600: 600 steps                        vs 4,800 steps   (the candidate larger default)
-#   plus seed 1 of each short budget (seed-to-seed noise ceiling of the figure), queued last.
+#   then seed 1 of each short budget (seed-to-seed noise ceiling of the figure), then
+#   s300lr2 / s600lr2: the same at lr 0.02 (default 0.01), each run started only if its
+#   estimated time (speed seen so far for its layout) ends before the deadline.
 # Both budgets of a candidate use the same ProxySpec except steps (x8). EXTRA_CANDIDATES adds
-# more, e.g. EXTRA_CANDIDATES='s600lr2=\{"steps":600,"lr":0.02\}' (queued after everything else).
+# more, e.g. EXTRA_CANDIDATES='s450={"steps":450}' (queued after everything else).
 #
 # Cost estimate (why it fits in ~470 s): the proxy is tiny (d32, 4 layers, batches of 8 x 32-64
 # tokens), so a step is launch-bound: ~3,700 (full) to ~5,900 (DeltaNet) torch ops per step on the
@@ -38,7 +40,9 @@ nvidia-smi --query-gpu=index,name,memory.total,memory.used,utilization.gpu --for
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$LOG" 2>&1
 
 CANDS=(--candidate "s300=${S300:-{\}}" --candidate "s600=${S600:-{\"steps\": 600\}}")
-for extra in ${EXTRA_CANDIDATES:-}; do CANDS+=(--candidate "$extra"); done
+# queued after the main runs and their seed-1 runs; started only if they can end in time
+CANDS+=(--extra-candidate "s300lr2=${S300LR2:-{\"lr\": 0.02\}}" --extra-candidate "s600lr2=${S600LR2:-{\"steps\": 600, \"lr\": 0.02\}}")
+for extra in ${EXTRA_CANDIDATES:-}; do CANDS+=(--extra-candidate "$extra"); done
 COMMON=(--out-dir "$OUT" --factor 8 "${CANDS[@]}" ${LAYOUTS:+--layouts $LAYOUTS})
 
 # GPU utilisation every 10 s while the runs go (is the GPU or the host the limit?)
@@ -47,7 +51,7 @@ MON=$!
 
 stamp "fidelity runs"
 timeout -k 10 "$LIMIT" python3 benchmarks/proxy_fidelity.py "${COMMON[@]}" --device "$DEVICE" --per-gpu "$PER_GPU" \
-  --jobs "$PER_GPU" --extra-short-seeds 1 ${FID_ARGS:-} >>"$LOG" 2>&1
+  --jobs "$PER_GPU" --extra-short-seeds 1 --deadline-s $(( LIMIT - 15 )) ${FID_ARGS:-} >>"$LOG" 2>&1
 stamp "fidelity runs ended rc=$? (124 = time limit: finished runs are kept)"
 kill "$MON" 2>/dev/null
 

@@ -130,18 +130,96 @@ def parse_candidates(specs: list[str]) -> dict[str, dict]:
             out[name] = json.loads(overrides)
         except json.JSONDecodeError as e:
             raise ValueError(f"--candidate {name}: overrides are not JSON ({e})") from None
+        check_overrides(name, out[name])
     return out
 
 
+def check_overrides(name: str, overrides) -> None:
+    """A candidate's overrides must build a ProxySpec; seed and device come from --seeds/--device."""
+    from pydantic import ValidationError
+
+    from attnsearch.evaluators.quality import ProxySpec
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--candidate {name}: overrides must be a JSON object of ProxySpec fields")
+    reserved = {"seed", "device"} & set(overrides)
+    if reserved:
+        raise ValueError(f"--candidate {name}: {sorted(reserved)} are set by --seeds / --device, not per candidate")
+    try:
+        ProxySpec(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(spec)"
+        raise ValueError(f"--candidate {name}: ProxySpec field {field}: {err['msg']}") from None
+
+
 def job_order(candidates: list[str], layouts: list[str], factors: tuple, seeds: list[int],
-              extra_short_seeds: list[int]) -> list[tuple[str, str, float, int]]:
+              extra_short_seeds: list[int], extra_candidates: list[str] = ()) -> list[tuple[str, str, float, int]]:
     """(candidate, layout, factor, seed) in queue order: candidate by candidate, short runs then
-    long ones, heaviest layout first; the extra short-only seeds (noise ceiling) last."""
+    long ones, heaviest layout first; then the main candidates' extra short-only seeds (noise
+    ceiling); then the extra candidates, as the main ones."""
     rank = {name: i for i, name in enumerate(COST_ORDER)}
     by_cost = sorted(layouts, key=lambda n: rank.get(n, -1))
     jobs = [(c, n, f, s) for c in candidates for f in factors for s in seeds for n in by_cost]
     jobs += [(c, n, 1.0, s) for c in candidates for s in extra_short_seeds for n in by_cost]
+    jobs += [(c, n, f, s) for c in extra_candidates for f in factors for s in seeds for n in by_cost]
     return jobs
+
+
+class Scheduler:
+    """Which queued run each GPU starts next. Runs are dealt round-robin to the GPUs in queue
+    order; a GPU runs `workers` at once. With a deadline, a run is started only when its
+    estimated wall time ends before it (a run that cannot finish would only slow the others):
+    set-up (imports, corpus, compile, evaluation) plus its steps at the training speed, both the
+    worst seen so far for its layout (else for any layout), times SAFETY."""
+    SAFETY = 1.2
+
+    def __init__(self, todo, n_gpus: int, workers: int, cands: dict, deadline_s: float | None, t0: float):
+        self.queues = [todo[g::n_gpus] for g in range(n_gpus)]
+        self.running = [0] * n_gpus
+        self.workers, self.cands, self.deadline_s, self.t0 = workers, cands, deadline_s, t0
+        self.speed: dict[str, float] = {}          # layout -> slowest training steps per second seen
+        self.setup: dict[str, float] = {}          # layout -> longest set-up + evaluation seconds seen
+        self.skipped: list[tuple] = []
+
+    def steps(self, job) -> int:
+        from attnsearch.evaluators.quality import ProxySpec
+        c, _, f, s = job
+        return ProxySpec(seed=s, **self.cands[c]).scaled_budget(f).total_steps()
+
+    def estimate_s(self, job) -> float | None:
+        layout = job[1]
+        speed = self.speed.get(layout) or (min(self.speed.values()) if self.speed else None)
+        setup = self.setup.get(layout) or (max(self.setup.values()) if self.setup else 0.0)
+        return None if speed is None else self.SAFETY * (setup + self.steps(job) / speed)
+
+    def startable(self):
+        """(gpu index, job) pairs to start now (removed from the queues)."""
+        out = []
+        for g, queue in enumerate(self.queues):
+            while queue and self.running[g] < self.workers:
+                job = queue.pop(0)
+                est = self.estimate_s(job) if self.deadline_s is not None else None
+                if est is not None and time.time() - self.t0 + est > self.deadline_s:
+                    self.skipped.append((*job, est))
+                    continue
+                self.running[g] += 1
+                out.append((g, job))
+        return out
+
+    def release(self, g: int) -> None:
+        self.running[g] -= 1
+
+    def observe(self, run: dict) -> None:
+        """Training speed from the learning curve's first and last points (read times), which
+        leaves out the first steps' compiles; set-up is the rest of the wall time."""
+        timed = [p for p in run.get("curve", []) if "time_s" in p]
+        if len(timed) < 2 or timed[-1]["time_s"] <= timed[0]["time_s"]:
+            return
+        speed = (timed[-1]["step"] - timed[0]["step"]) / (timed[-1]["time_s"] - timed[0]["time_s"])
+        setup = max(0.0, run["wall_time_s"] - run["steps"] / speed)
+        name = run["preset"]
+        self.speed[name] = min(speed, self.speed.get(name, speed))
+        self.setup[name] = max(setup, self.setup.get(name, setup))
 
 
 def _write_atomic(path: Path, report: dict) -> None:
@@ -166,7 +244,12 @@ def main(argv=None):
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
                     help="a candidate budget (ProxySpec overrides); repeatable; each writes "
                          "OUT_DIR/fidelity_NAME.json (replaces --proxy/--out)")
+    ap.add_argument("--extra-candidate", action="append", default=[], metavar="NAME=JSON",
+                    help="as --candidate, queued after the --candidate runs and their extra seeds")
     ap.add_argument("--out-dir", default="out", help="where --candidate files go")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="start a queued run only if, at the speed its layout showed so far (wall time of "
+                         "finished runs, compile included), it ends within this many seconds of the start")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--report", action="store_true", help="print the stored results' tables; train nothing")
     ap.add_argument("--budgets", choices=("both", "short", "long"), default="both",
@@ -177,14 +260,18 @@ def main(argv=None):
                          "with the current scoring code (no training; for a change of the score definition)")
     args = ap.parse_args(argv)
 
-    if args.candidate:
+    if args.candidate or args.extra_candidate:
         try:
             cands = parse_candidates(args.candidate)
+            extras = parse_candidates(args.extra_candidate)
         except ValueError as e:
             ap.error(str(e))
+        if set(cands) & set(extras):
+            ap.error(f"candidate names used twice: {sorted(set(cands) & set(extras))}")
+        cands.update(extras)
         paths = {c: Path(args.out_dir) / f"fidelity_{c}.json" for c in cands}
     else:
-        cands, paths = {"": json.loads(args.proxy)}, {"": Path(args.out)}
+        cands, extras, paths = {"": json.loads(args.proxy)}, {}, {"": Path(args.out)}
     if args.report:
         for c, path in paths.items():
             if not path.exists():
@@ -206,7 +293,8 @@ def main(argv=None):
             for r in done[c].values():
                 rescore(r, cands[c])
     factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
-    todo = [j for j in job_order(list(cands), args.layouts, factors, args.seeds, args.extra_short_seeds)
+    main_cands = [c for c in cands if c not in extras]
+    todo = [j for j in job_order(main_cands, args.layouts, factors, args.seeds, args.extra_short_seeds, list(extras))
             if f"{j[1]}|{j[2]}|{j[3]}" not in done[j[0]]]
     load_before = os.getloadavg()
     t0 = time.time()
@@ -231,19 +319,28 @@ def main(argv=None):
              for g in gpus]
     print(f"{len(todo)} runs on {args.device} ({'GPUs ' + ','.join(gpus) if gpus[0] is not None else 'CPU'}, "
           f"{workers} process(es) each)", flush=True)
+    sched = Scheduler(todo, len(pools), workers, cands, args.deadline_s, t0)
+    futures = {}
+
+    def fill():
+        for gi, job in sched.startable():
+            c, n, f, s = job
+            futures[pools[gi].submit(_run, n, f, s, args.threads, cands[c], args.device)] = (gi, job)
+
     try:
-        futures = {pools[i % len(pools)].submit(_run, n, f, s, args.threads, cands[c], args.device): c
-                   for i, (c, n, f, s) in enumerate(todo)}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        fill()
+        while futures:
+            finished, _ = wait(set(futures), return_when=FIRST_COMPLETED)
             for fut in finished:
-                c = futures[fut]
+                gi, (c, n, f, s) = futures.pop(fut)
+                sched.release(gi)
                 try:
                     r = fut.result()
                 except Exception as e:       # one broken run must not lose the others
-                    print(f"[{time.time() - t0:7.1f}s] {c} run FAILED: {type(e).__name__}: {e}", flush=True)
+                    print(f"[{time.time() - t0:7.1f}s] {c} {n} x{f:g} seed {s} run FAILED: "
+                          f"{type(e).__name__}: {e}", flush=True)
                     continue
+                sched.observe(r)
                 done[c][_key(r)] = r
                 print(f"[{time.time() - t0:7.1f}s] {c + ' ' if c else ''}{r['preset']:12s} x{r['factor']:<4g} "
                       f"seed {r['seed']} score {r['score']:.4f} wall {r['wall_time_s']:.1f}s "
@@ -251,6 +348,10 @@ def main(argv=None):
                       f"{' gpu ' + r['gpu'] if r.get('gpu') else ''} load {os.getloadavg()[0]:.1f}"
                       f"{' DIVERGED ' + r['reason'] if r['diverged'] else ''}", flush=True)
                 save(c)
+            fill()
+        for c, n, f, s, est in sched.skipped:
+            print(f"skipped {c} {n} x{f:g} seed {s}: estimated {est:.0f} s would end past --deadline-s "
+                  f"{args.deadline_s:g}", flush=True)
     finally:
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -145,7 +145,7 @@ class QualityResult(BaseModel):
 
     score: float                                   # task-weighted mean of task scores, in [0, 1]
     metrics: dict[str, dict[str, float]]           # task -> accuracy/loss/score (lm: bpb/loss/score)
-    curve: list[dict[str, float]]                  # {step, tokens, loss, <task>: loss}
+    curve: list[dict[str, float]]                  # {step, tokens, time_s, loss, <task>: loss}
     tokens_seen: int
     steps: int
     wall_time_s: float
@@ -282,8 +282,8 @@ class _TrainLog:
     loss or gradient norm, or a loss that exploded, ends the run at the first step that shows it
     (the steps run past it are discarded with the model); and it builds the learning curve."""
 
-    def __init__(self, names: list[str], weights: list[float], total: int, every: int):
-        self.names, self.weights, self.total, self.every = names, weights, total, every
+    def __init__(self, names: list[str], weights: list[float], total: int, every: int, t0: float):
+        self.names, self.weights, self.total, self.every, self.t0 = names, weights, total, every, t0
         self.pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         self.curve: list[dict[str, float]] = []
         self.interval: list[list[float]] = []
@@ -308,7 +308,9 @@ class _TrainLog:
                 break
             self.tokens_ok = tokens
             if (step + 1) % self.every == 0 or step + 1 == self.total:
-                point = {"step": step + 1, "tokens": tokens,
+                # time_s: seconds since the run began, when the host read this point (the
+                # training speed without set-up and compile is the slope between two points)
+                point = {"step": step + 1, "tokens": tokens, "time_s": time.perf_counter() - self.t0,
                          "loss": sum(r[0] for r in self.interval) / len(self.interval)}
                 for i, n in enumerate(self.names):
                     point[n] = sum(r[1 + i] for r in self.interval) / len(self.interval)
@@ -362,7 +364,7 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
     total = proxy.total_steps()
     every = max(1, total // proxy.curve_points)
 
-    log = _TrainLog(names, [proxy.weight(n) / total_w for n in names], total, every)
+    log = _TrainLog(names, [proxy.weight(n) / total_w for n in names], total, every, t0)
     tokens, diverged, stopped_early, reason, step = 0, False, False, None, 0
     for step in range(total):
         if proxy.max_wall_time_s is not None and time.perf_counter() - t0 > proxy.max_wall_time_s:
