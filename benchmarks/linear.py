@@ -110,17 +110,19 @@ def run_sweep(report, ops, T, B, H, K, V, save):
         del x
 
 
-def run_breakdown(report, ops, T, B, H, K, V, save, configs=None):
-    """Per-stage times of our kernels (forward and backward pieces), to see where time goes.
-    configs: {"linear_attention": cfg, "delta_rule": cfg} (full configs; default: the defaults)."""
+def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda", timer=None):
+    """Per-stage times of our kernels (forward and backward pieces), to see where time goes, along the
+    paths the config selects (gate passes PREP_*, fused GLA output).
+    configs: {"linear_attention": cfg, "delta_rule": cfg} (full configs; default: the defaults).
+    device / timer (fn -> ms): for a CPU plumbing run under TRITON_INTERPRET=1 (fp32 inputs there)."""
     from triton.testing import do_bench
 
     from attnsearch.kernels import triton_linear as tlin
     group = lambda op: "delta_rule" if "delta" in op else "linear_attention"  # noqa: E731
-    cfgs = {op: (configs or {}).get(group(op)) or tlin.default_config(group(op)) for op in ops}
+    cfgs = {op: {**tlin.default_config(group(op)), **((configs or {}).get(group(op)) or {})} for op in ops}
     BT = 64
     for op in ops:
-        x = make_inputs(op, B, T, H, K, V, "cuda")
+        x = make_inputs(op, B, T, H, K, V, device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
         cfg = cfgs[op]
         scale = K ** -0.5
         q, k, v = x["q"], x["k"], x["v"]
@@ -128,36 +130,65 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None):
         if op == "retention":
             g = x["g_head"].view(1, 1, H).expand(B, T, H).contiguous()
         gate = tlin._gate_kind(g)
+        pre_fwd, pre_bwd = tlin._use_prep(cfg, gate, False), tlin._use_prep(cfg, gate, True)
+        fused_out = gate == 2 and bool(cfg.get("GLA_OUT_FUSED", 0))
         b, flag = tlin._chunk_cumsum(g, BT, flags=True) if gate == 2 else (tlin._chunk_cumsum(g, BT), None)
         do = torch.randn_like(v)
-        stages = {}
-        bench = lambda f: do_bench(f, warmup=10, rep=50, return_mode="median")  # noqa: E731
-        if g is not None:
-            stages["cumsum"] = bench(lambda: tlin._chunk_cumsum(g, BT))
+        stages = {"paths": {"prep_fwd": pre_fwd, "prep_bwd": pre_bwd, "gla_out_fused": fused_out}}
+        bench = timer or (lambda f: do_bench(f, warmup=10, rep=50, return_mode="median"))  # noqa: E731
+        if g is not None and not (pre_fwd and "delta" not in op):
+            stages["cumsum"] = bench(lambda: tlin._chunk_cumsum(g, BT, flags=gate == 2))
         if "delta" in op:
             beta = x["beta"]
-            w, u, tm = tlin._wy(k, v, beta, b, BT, True)
-            stages["wy"] = bench(lambda: tlin._wy(k, v, beta, b, BT, False))
-            stages["wy_store_tm"] = bench(lambda: tlin._wy(k, v, beta, b, BT, True))
-            h, ht, vnew = tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False)
-            stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False))
+            if pre_fwd:
+                w, u, _tm, kd, d = tlin._wy(k, v, beta, b, BT, False, keys=True)
+                stages["wy_keys"] = bench(lambda: tlin._wy(k, v, beta, b, BT, False, keys=True))
+                h, ht, vnew = tlin._state_fwd(kd, u, d, w, None, BT, cfg, gate, True, False, pre=True)
+                stages["state_fwd_pre"] = bench(lambda: tlin._state_fwd(kd, u, d, w, None, BT, cfg, gate, True, False,
+                                                                        pre=True))
+            else:
+                w, u, tm = tlin._wy(k, v, beta, b, BT, True)
+                stages["wy"] = bench(lambda: tlin._wy(k, v, beta, b, BT, False))
+                h, ht, vnew = tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False)
+                stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, u, b, w, None, BT, cfg, gate, True, False))
+            stages["wy_store_tm"] = bench(lambda: tlin._wy(k, v, beta, b, BT, True, keys=pre_bwd))
             stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate))
             stages["bwd_total"] = bench(lambda: tlin._delta_backward(q, k, v, beta, g, h, do, None, scale, BT, cfg,
                                                                      False))
         else:
-            h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False)
-            stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False))
+            if pre_fwd:
+                store_b = 1 if fused_out else 2
+                b2, flag, kd, d = tlin._gate_prep(g, k, BT, True, store_b)
+                b = b2 if b2 is not None else b
+                stages["gate_prep_fwd"] = bench(lambda: tlin._gate_prep(g, k, BT, True, store_b))
+                h, ht, _ = tlin._state_fwd(kd, v, d, None, None, BT, cfg, gate, False, False, pre=True)
+                stages["state_fwd_pre"] = bench(lambda: tlin._state_fwd(kd, v, d, None, None, BT, cfg, gate, False,
+                                                                        False, pre=True))
+            else:
+                h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False)
+                stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False,
+                                                                    False))
             att = tlin._gla_intra(q, k, b, flag, BT) if gate == 2 else None
             if gate == 2:
                 stages["gla_intra"] = bench(lambda: tlin._gla_intra(q, k, b, flag, BT))
                 stages["gla_safe_chunks"] = flag.float().mean().item()
-            stages["out_fwd"] = bench(lambda: tlin._out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag))
-            stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg, gate,
-                                                                False, False))
+            src = g if fused_out else b
+            stages["gla_out_fused" if fused_out else "out_fwd"] = bench(
+                lambda: tlin._out_fwd(q, k, v, src, h, att, scale, BT, cfg, gate, flag))
+            if pre_bwd:
+                _b, _f, qd, d = tlin._gate_prep(g, q, BT, False, 2)
+                stages["gate_prep_bwd"] = bench(lambda: tlin._gate_prep(g, q, BT, False, 2))
+                stages["state_bwd_pre"] = bench(lambda: tlin._state_bwd(qd, k, None, d, do, None, None, scale, BT, cfg,
+                                                                        gate, False, False, pre=True))
+                del qd
+            else:
+                stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg,
+                                                                    gate, False, False))
             stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, do, None, scale, BT, cfg,
                                                                       False))
-        report["breakdown"].append({"op": op, "T": T, "ms": stages})
-        print("breakdown", op, json.dumps({k2: round(v2, 4) for k2, v2 in stages.items()}), flush=True)
+        report["breakdown"].append({"op": op, "T": T, "config": cfg, "ms": stages})
+        print("breakdown", op, json.dumps({k2: (round(v2, 4) if isinstance(v2, float) else v2)
+                                           for k2, v2 in stages.items()}), flush=True)
         save()
         del x
 

@@ -12,6 +12,7 @@ B. (GPU alone) each candidate at T=32768 (bf16, B=2, H=16, K=V=128, chunk 64), f
    the committed default in the same process; CANDIDATES says which ops a candidate can change.
 C. (GPU alone) benchmarks/linear.py with the committed defaults beside fla at T=32768 and 8192, peak
    memory of fwd+bwd at 32768.
+D. (if time is left) per-stage times of ours at T=32768 along the default paths (linear.run_breakdown).
 
 OUTDIR/session.json is rewritten after every step (a step cut by its time limit leaves the others);
 OUTDIR/table.json is linear.py's own JSON; OUTDIR/session.log the log of every subprocess.
@@ -40,7 +41,9 @@ CANDIDATES = {
     "gla_fused_out_only": ("linear_attention", {"PREP_CHANNEL": 0}, ("gla",)),
     "out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("linear", "gla")),
     "out_w8": ("linear_attention", {"out_num_warps": 8}, ("linear", "gla")),
+    "gated_bwd_bv32": ("linear_attention", {"GATED_BWD_BLOCK_V": 32}, ("retention", "mamba2", "gla")),
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
+    "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
 }
 # gradient-check jobs: (name, --only cases, configs over the defaults)
@@ -50,6 +53,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_prep_only", "linear:BTHK", {"linear_attention": {"GLA_OUT_FUSED": 0}}),
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
     ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
+    ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
 ]
 
 
@@ -198,7 +202,9 @@ def main():
     # C. the table beside fla with the committed defaults
     if smoke:
         report["table"] = "skipped in --smoke (needs CUDA)"
-        save()
+        report["breakdown"] = []
+        lb.run_breakdown(report, list(GROUP), 80, 1, 2, 32, 32, save, device="cpu", timer=_cpu_once)
+        phase("D_breakdown", t0)
         return 0
     t0 = time.time()
     limit_c = max(10, int(left()))
@@ -219,7 +225,25 @@ def main():
     except (OSError, ValueError) as e:
         report["table"] = f"no table: {e}"
     phase("C_table", t0)
+
+    # D. where the time goes now, stage by stage at T=32768 along the default paths, if time is left
+    t0 = time.time()
+    report["breakdown"] = []
+    if left() > 20:
+        try:
+            lb.run_breakdown(report, list(GROUP), 32768, 2, 16, 128, 128, save)
+        except Exception as e:  # the table and candidates above are what matter; keep them
+            report["breakdown_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    else:
+        report["breakdown_error"] = f"skipped: {left():.0f} s left"
+    phase("D_breakdown", t0)
     return 0
+
+
+def _cpu_once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def _cpu_timed(fn, x, backward):

@@ -63,6 +63,7 @@ _COMMON = {
     "out_num_warps": (1, 2, 4, 8, 16),
     "out_num_stages": (1, 2, 3, 4),
     "BWD_BLOCK_V": _TILES,
+    "GATED_BWD_BLOCK_V": (0,) + _TILES,
     "bwd_num_warps": (2, 4, 8, 16),
     "bwd_num_stages": (1, 2, 3, 4),
 }
@@ -77,10 +78,13 @@ _COMMON = {
 #   GLA_OUT_FUSED per-channel gates: 1 = the forward output takes the raw gate and forms the chunk-local
 #                cumulative gate in registers, one program per chunk forms A once and loops over V tiles
 #                (0: A formed again for every V tile from a stored fp32 cumulative gate).
+#   GATED_BWD_BLOCK_V  V tile of the per-chunk backward kernels for gated inputs (0: BWD_BLOCK_V). The gate
+#                terms take registers: at 64 x 128 tiles and 8 warps the scalar-gated kernel spilled on sm_90
+#                where the ungated one did not, so the two may want different tiles.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED"),
-            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages")}
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V")}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1)},
@@ -113,10 +117,10 @@ def default_config(op: str, device=None) -> dict:
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
-                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}
+                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2}
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -134,7 +138,7 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
     if op == "linear_attention" and tile > 128 * 128:
         raise ValueError(f"BLOCK_K * BLOCK_V must be <= {128 * 128} (register budget), got "
                          f"{config['BLOCK_K']} * {config['BLOCK_V']}")
-    for key in ("BLOCK_V", "OUT_BLOCK_V", "BWD_BLOCK_V"):
+    for key in ("BLOCK_V", "OUT_BLOCK_V", "BWD_BLOCK_V", "GATED_BWD_BLOCK_V"):
         if chunk_size == 128 and config.get(key, 64) > 128:
             raise ValueError(f"{key} must be <= 128 with chunk_size=128 (register budget)")
     out_tile = config.get("OUT_BLOCK_K", 64) * config.get("OUT_BLOCK_V", 64)
@@ -1117,6 +1121,13 @@ def _use_prep(cfg, gate, backward):
     return False
 
 
+def _bwd_block_v(cfg, gate):
+    """V tile of the per-chunk backward kernels: GATED_BWD_BLOCK_V for gated inputs when set."""
+    if gate and cfg.get("GATED_BWD_BLOCK_V", 0):
+        return cfg["GATED_BWD_BLOCK_V"]
+    return cfg["BWD_BLOCK_V"]
+
+
 def _gate_prep(g, x, BT, keys, store_b):
     """Chunk-parallel gate pass (`_gate_prep_kernel`): returns b (or None), the per-channel safe flags
     (or None), x decayed (keys: x exp(b_last - b), else x exp(b)) and exp(b_last) per chunk."""
@@ -1236,7 +1247,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
     BK = _pow2(K)
-    BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
+    BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dv = torch.empty_like(v)
     db = None
     dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate else None
@@ -1359,7 +1370,7 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     else:
         w, u, tm = _wy(k, v, beta, b, BT, True)
     BK = _pow2(K)
-    BV = min(cfg["BWD_BLOCK_V"], _pow2(V))
+    BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dvl = torch.empty_like(do)
     qd = torch.empty_like(q) if pre else None
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, qd, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,

@@ -135,6 +135,7 @@ def test_output_final_state_false_returns_none():
     ("linear_attention", {"PREP_SCALAR": 3}, 64),
     ("linear_attention", {"GLA_OUT_FUSED": 2}, 64),
     ("delta_rule", {"PREP_CHANNEL": 1}, 64),
+    ("delta_rule", {"GATED_BWD_BLOCK_V": 256}, 128),
 ])
 def test_invalid_configs_raise(op, config, chunk):
     q = torch.randn(1, 20, 1, 16)
@@ -193,10 +194,13 @@ def test_gate_paths_strong_decay(op, gate):
 def test_gate_paths_split_tiles():
     # K tiles of the scans (the per-channel exp(b_last) is read per K tile) and several V tiles of the
     # fused output, several sub-blocks per chunk
-    config = {"BLOCK_K": 16, "BLOCK_V": 16, "OUT_BLOCK_V": 16, "BWD_BLOCK_V": 16, "PREP_CHANNEL": 1,
-              "GLA_OUT_FUSED": 1, "PREP_SCALAR": 2}
+    # fused output; the gated backward's own V tile (GATED_BWD_BLOCK_V) beside the ungated one's
+    config = {"BLOCK_K": 16, "BLOCK_V": 16, "OUT_BLOCK_V": 16, "BWD_BLOCK_V": 32, "GATED_BWD_BLOCK_V": 16,
+              "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "PREP_SCALAR": 2}
     _compare("linear", "BTHK", T=40, K=32, V=32, chunk=32, config=config, seed=5)
     _compare("linear", "BTH", T=40, K=32, V=32, chunk=32, config=config, seed=6)
+    _compare("delta", "BTH", T=40, K=32, V=32, chunk=32, config={"BLOCK_V": 16, "BWD_BLOCK_V": 32,
+                                                                 "GATED_BWD_BLOCK_V": 16}, seed=8)
 
 
 def test_fp32_inputs_cap_pipeline_stages(interpreter):
