@@ -160,11 +160,22 @@ def front_memory(rows, study_name, url, smoke: bool) -> list[dict]:
         from attnsearch.evaluators.microbench import TargetShape, measure_peak_memory
         from attnsearch.space.arch import ArchConfig as AC
 
+        import torch
+
         arch = AC.from_dict(request["arch"])
-        try:
-            return measure_peak_memory(arch, TargetShape(request["batch"], request["seq_len"], "bf16"))
-        except Exception as exc:           # e.g. out of memory at this context: say so
-            return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        tried = []
+        batch = request["batch"]
+        while batch >= 1:                  # the target batch first; halve it while it does not fit
+            try:
+                return {**measure_peak_memory(arch, TargetShape(batch, request["seq_len"], "bf16")),
+                        "does_not_fit": tried}
+            except torch.cuda.OutOfMemoryError as exc:
+                tried.append({"batch": batch, "error": str(exc).splitlines()[0][:120]})
+                torch.cuda.empty_cache()
+                batch //= 2
+            except Exception as exc:       # noqa: BLE001 - say what failed, keep the report
+                return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "does_not_fit": tried}
+        return {"error": "out of memory even at batch 1", "does_not_fit": tried}
 
     task = mb.bench_remote(measure, gpu=True)
     out = []
@@ -207,13 +218,16 @@ def markdown(report: dict) -> str:
                      f"{r['skipped']} | {r['best_config']} | {'-' if sp is None else f'{sp:.2f}x'} |")
     if report.get("memory"):
         lines += ["", "## Front: peak training memory vs state bytes", "",
-                  "| trial | layout | peak train GiB | state MiB (formula) | state MiB (cache) |", "|---|---|---|---|---|"]
+                  "| trial | layout | batch | peak train GiB | state MiB (formula) | state MiB (cache) | did not fit |",
+                  "|---|---|---|---|---|---|---|"]
         for m in report["memory"]:
+            misses = ", ".join(f"batch {t['batch']}" for t in m.get("does_not_fit", [])) or "-"
             if "error" in m:
-                lines.append(f"| {m['trial']} | {m['layout']} | {m['error']} | | |")
+                lines.append(f"| {m['trial']} | {m['layout']} | | {m['error']} | | | {misses} |")
             else:
-                lines.append(f"| {m['trial']} | {m['layout']} | {m['peak_train_bytes'] / 2 ** 30:.2f} | "
-                             f"{m['state_bytes_formula'] / 2 ** 20:.1f} | {m['state_bytes_measured'] / 2 ** 20:.1f} |")
+                lines.append(f"| {m['trial']} | {m['layout']} | {m['batch']} | {m['peak_train_bytes'] / 2 ** 30:.2f} | "
+                             f"{m['state_bytes_formula'] / 2 ** 20:.1f} | {m['state_bytes_measured'] / 2 ** 20:.1f} | "
+                             f"{misses} |")
     return "\n".join(lines) + "\n"
 
 
