@@ -405,8 +405,9 @@ class Driver:
                                           tune_trials=ev.tune_trials, tune_budget_s=ev.tune_budget_s,
                                           gpu=device == "cuda", **({"task": bench_task} if bench_task else {}))
         self._bench_wait: list[_InFlight] = []      # measured mode: trials waiting for their speed
-        self._bench_ref = None                      # the one benchmark task in flight
-        self._bench_batch: list[_InFlight] = []     # the trials it serves
+        # benchmark tasks in flight: ref -> (the trials they serve, the arch timed, start time);
+        # a joint benchmark is split over the cluster's benchmarking slots (one per GPU)
+        self._benches: dict = {}
         self._bench_joint_ok = True                 # False after a joint benchmark failed
 
     # ------------------------------------------------------------------ bookkeeping
@@ -594,7 +595,7 @@ class Driver:
         benchmark task for every layer kind the waiting trials still lack (one process, one CUDA
         start) and hold back proxy training until it has run; once none needs the GPU, hand the
         waiting trials to the proxy workers."""
-        if self.measured is None or self._bench_ref is not None:
+        if self.measured is None or self._benches:
             return
         for entry in self._bench_wait:
             if entry.measured is None:
@@ -604,28 +605,38 @@ class Driver:
             # after a joint benchmark failed, one trial at a time: a faulting layer kind then
             # fails only the trials that use it
             batch = need if self._bench_joint_ok else need[:1]
-            self._bench_batch = batch
-            self._bench_arch = self.measured.union([e.arch_obj for e in batch])
-            self._bench_started = time.monotonic()
-            self._bench_ref = self.measured.submit(self._bench_arch)
+            union = self.measured.union([e.arch_obj for e in batch])
+            parts = self.measured.split(union, self._bench_slots()) if len(batch) > 1 else [union]
+            for arch in parts:
+                self._benches[self.measured.submit(arch)] = (batch, arch, time.monotonic())
             return
         waiting, self._bench_wait = self._bench_wait, []
         for entry in waiting:
             entry.metrics.update(entry.measured["metrics"])
             self._dispatch(entry, remote)
 
-    def _bench_done(self, remote):
+    def _bench_slots(self) -> int:
+        """How many benchmark tasks can run at once: the cluster's benchmarking slots, at most
+        one per GPU (each task holds a whole GPU)."""
         import ray
 
-        ref, batch = self._bench_ref, self._bench_batch
-        self._bench_ref, self._bench_batch = None, []
-        batch[0].bench_s += time.monotonic() - self._bench_started    # the GPU time, once
+        from attnsearch.evaluators.microbench import BENCH_RESOURCE
+
+        res = ray.cluster_resources()
+        slots = int(res.get(BENCH_RESOURCE, 1))
+        return max(1, min(slots, int(res.get("GPU", slots)) if self.measured.gpu else slots))
+
+    def _bench_done(self, ref, remote):
+        import ray
+
+        batch, arch, started = self._benches.pop(ref)
+        batch[0].bench_s += time.monotonic() - started    # GPU time, counted with one trial
         try:
             out = ray.get(ref)
             if len(batch) == 1:
                 batch[0].measured = self.measured.absorb(batch[0].arch_obj, out)
             else:                                  # fills the cache; each trial composes from it
-                self.measured.absorb(self._bench_arch, out, joint=True)
+                self.measured.absorb(arch, out, joint=True)
         except Exception as exc:  # noqa: BLE001 - a failed benchmark fails its trial, not the study
             if len(batch) > 1:
                 self._bench_joint_ok = False           # find the culprit one trial at a time
@@ -879,12 +890,12 @@ class Driver:
                     ray.cancel(e.ref, force=True)
             except Exception:
                 pass
-        if self._bench_ref is not None:
+        for ref in list(self._benches):
             try:
-                ray.cancel(self._bench_ref, force=True)
+                ray.cancel(ref, force=True)
             except Exception:
                 pass
-            self._bench_ref, self._bench_batch = None, []
+        self._benches.clear()
         numbers.update(t.trial.number for t in self._pending_twins)
         self._inflight.clear()
         self._bench_wait.clear()
@@ -940,11 +951,11 @@ class Driver:
                     # others' trials may still be running; the budget is met once they end
                     return "budget"
                 continue
-            refs = list(self._inflight) + ([self._bench_ref] if self._bench_ref is not None else [])
+            refs = list(self._inflight) + list(self._benches)
             ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
             for ref in ready:
-                if ref is self._bench_ref:
-                    self._bench_done(remote)
+                if ref in self._benches:
+                    self._bench_done(ref, remote)
                     continue
                 entry = self._inflight.pop(ref)
                 self._by_hash.pop(entry.arch_hash, None)

@@ -102,6 +102,16 @@ class MeasuredSpeed:
                 kinds.setdefault(layer_signature(layer), layer)
         return archs[0].with_layers([layer.model_dump() for layer in kinds.values()])
 
+    @staticmethod
+    def split(arch, parts: int) -> list:
+        """``arch``'s layers dealt round-robin into at most ``parts`` architectures, one benchmark
+        task each, so that a joint benchmark uses every GPU's benchmarking slot at once."""
+        parts = max(1, min(parts, len(arch.layers)))
+        if parts == 1:
+            return [arch]
+        groups = [arch.layers[i::parts] for i in range(parts)]
+        return [arch.with_layers([layer.model_dump() for layer in group]) for group in groups]
+
     def submit(self, arch):
         """Start a benchmark task for ``arch`` (a Ray ObjectRef)."""
         request = {**self.request, "arch": arch.to_dict(), "known": self.records,

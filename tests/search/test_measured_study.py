@@ -154,3 +154,42 @@ def test_untuned_measured_study_exports_default_kernels(ray_session, sqlite_url,
     assert all("kernel_configs" not in t.user_attrs["run"] for t in done)
     doc = export_trial(study_name, sqlite_url, policy="knee")
     assert {l["kernel_tuning"] for l in doc["layers"]} == {"default"}
+
+
+def test_a_joint_benchmark_is_split_over_the_benchmarking_slots(ray_session, sqlite_url, study_name, monkeypatch):
+    """With two benchmarking slots (two GPUs), the waiting trials' layer kinds go to two benchmark
+    tasks at once, each with its own share of the kinds; every trial still composes its speed."""
+    from attnsearch.evaluators.tuner import layer_signature
+    from attnsearch.search import driver as driver_module
+    from attnsearch.search.measured import MeasuredSpeed
+
+    submitted = []
+    real_submit = MeasuredSpeed.submit
+
+    def spy(self, arch):
+        submitted.append([layer_signature(layer) for layer in arch.layers])
+        return real_submit(self, arch)
+
+    monkeypatch.setattr(MeasuredSpeed, "submit", spy)
+    monkeypatch.setattr(driver_module.Driver, "_bench_slots", lambda self: 2)
+    space = search.load_space(MEASURED_SPACE)
+    result = search.run_study(space, study_name, sqlite_url, n_trials=6, workers=3, evaluate=synthetic_evaluate,
+                              bench_task=cpu_bench_task)
+    assert result.stop_reason == "budget" and result.complete == 6 and result.failed == 0, result
+    joint = [(a, b) for a, b in zip(submitted, submitted[1:]) if a and b and not set(a) & set(b)]
+    assert joint, submitted                                  # one union, dealt to two tasks
+    assert result.measured["bench_tasks"] == len(submitted)
+    for t in _study(sqlite_url, study_name).get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["metrics"]["throughput_mode"] == "measured"
+
+
+def test_split_deals_layer_kinds_round_robin():
+    from attnsearch.space import ArchConfig
+
+    arch = ArchConfig.from_layout("FSGN", d_model=32, n_heads=2, head_dim=16, max_seq_len=64)
+    from attnsearch.search.measured import MeasuredSpeed
+
+    assert [p.layout_string() for p in MeasuredSpeed.split(arch, 2)] == ["FG", "SN"]
+    assert [p.layout_string() for p in MeasuredSpeed.split(arch, 8)] == ["F", "S", "G", "N"]
+    assert MeasuredSpeed.split(arch, 1) == [arch]
