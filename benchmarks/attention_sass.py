@@ -111,7 +111,8 @@ def sass_loops(cubin: bytes) -> list[dict]:
 
 def kernel_jobs(cfg: dict, blocks: bool, kernels: list[str]):
     """(name, fn, constexprs, warps, stages) for each requested kernel under config cfg."""
-    common = {"HAS_BLOCKS": blocks, "S_PAD": 8 if blocks else 1, "PREC": "tf32"}
+    # WIDE: full causal (or a window spanning two tiles) when there are no block lists
+    common = {"HAS_BLOCKS": blocks, "S_PAD": 8 if blocks else 1, "PREC": "tf32", "WIDE": not blocks}
     jobs = {
         "fwd": (tak.attn_fwd_kernel, {**common, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
                                       "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner"]),
@@ -121,7 +122,8 @@ def kernel_jobs(cfg: dict, blocks: bool, kernels: list[str]):
                  {**common, "ST_PAD": 64 if blocks else 1, "BLOCK_M": cfg["BLOCK_M_DKV"],
                   "BLOCK_N": cfg["BLOCK_N_DKV"], "DK_": 128, "DV_": 128,
                   "HEADS_INNER": bool(cfg["heads_inner_bwd"]), "DQ_ATOMIC": bool(cfg["dq_atomic"]),
-                  "GROUP": cfg["head_group_bwd"], "LIST_MEM": bool(cfg["list_load_dkv"])},
+                  "GROUP": cfg["head_group_bwd"], "LIST_MEM": bool(cfg["list_load_dkv"]),
+                  "WIDE": not blocks and bool(cfg["wide_mask_dkv"])},
                  cfg["num_warps_dkv"], cfg["num_stages_dkv"]),
         "dq": (tak.attn_bwd_dq_kernel, {**common, "BLOCK_M": cfg["BLOCK_M_DQ"], "BLOCK_N": cfg["BLOCK_N_DQ"],
                                         "DK": 128, "DV": 128, "HEADS_INNER": bool(cfg["heads_inner_bwd"]),

@@ -55,9 +55,14 @@ CONFIG_SPACE = {"softmax_attention": {
     # backward: 1 computes delta = rowsum(O * dO) inside the dQ kernel, which then runs before
     # the dK/dV kernel (one launch and one pass over dO fewer); 0 runs a separate pre-pass
     "fuse_delta": (0, 1),
+    # dK/dV kernel without block lists: 1 gives window-edge tiles only the window test and
+    # diagonal tiles only the causal test when the window spans both tiles (the forward and dQ
+    # kernels always do: fewer instructions, no spills); 0 tests both (sm_90: fewer
+    # instructions with 1, but more spill traffic in those loops)
+    "wide_mask_dkv": (0, 1),
 }}
 _NEW_PATHS_OFF = {"head_group": 0, "head_group_bwd": 0, "list_load": 0, "list_load_dq": 0,
-                  "list_load_dkv": 0, "fuse_delta": 0}
+                  "list_load_dkv": 0, "fuse_delta": 0, "wide_mask_dkv": 0}
 
 # from benchmarks/attention.py --sweep on an H200 (bf16, B=2, H=16, D=128, T=8192; full causal,
 # window 1024 and random 12.5% block-sparse; 2026-11-28): a 64x64 forward with 4 warps, 3 stages
@@ -245,6 +250,12 @@ class _Plan:
                       ("BLOCK_M", "BLOCK_N", "BLOCK_M_DKV", "BLOCK_N_DKV", "BLOCK_M_DQ", "BLOCK_N_DQ")}
         self.config = config
 
+    def wide(self, m_key, n_key) -> bool:
+        """Whether masked tiles of the kernel with tiles (m_key, n_key) may skip one test: no
+        block lists and a window spanning both tiles, so a window-edge tile lies wholly below
+        the diagonal and a diagonal tile wholly inside the window."""
+        return not self.has_blocks and self.window >= self.tiles[m_key] + self.tiles[n_key]
+
 
 def _grid(n_tiles, n_heads, heads_inner, group=0):
     """Axis 0 starts fastest: heads there when heads_inner, else tiles (as the kernels read it);
@@ -271,6 +282,7 @@ def _forward(q, k, v, plan, lists, counts, scale):
         HAS_BLOCKS=plan.has_blocks, S_PAD=triton.next_power_of_2(max(S, 1)), BLOCK_M=BM,
         BLOCK_N=BN, DK=DK, DV=DV, PREC=_precision(q.dtype), HEADS_INNER=heads_inner,
         GROUP=group, LIST_MEM=bool(plan.config["list_load"]),
+        WIDE=plan.wide("BLOCK_M", "BLOCK_N"),
         num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"])
     return o, lse
 
@@ -309,7 +321,8 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
             do.stride(0), do.stride(1), do.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
             H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S,
             BLOCK_M=BM, BLOCK_N=BN, DK=DK, DV=DV, LIST_MEM=bool(cfg["list_load_dq"]),
-            FUSE_DELTA=fuse_delta, num_warps=cfg["num_warps_dq"],
+            FUSE_DELTA=fuse_delta, WIDE=plan.wide("BLOCK_M_DQ", "BLOCK_N_DQ"),
+            num_warps=cfg["num_warps_dq"],
             num_stages=cfg["num_stages_dq"], **common)
 
     def launch_dkdv():
@@ -323,6 +336,7 @@ def _backward(q, k, v, o, lse, do, plan, lists, counts, tlists, tcounts, scale):
             H, T, NB, plan.window, plan.block_size, scale * LOG2E, scale, S, ST,
             ST_PAD=triton.next_power_of_2(max(ST, 1)), BLOCK_M=BM, BLOCK_N=BN, DK_=DK, DV_=DV,
             DQ_ATOMIC=atomic, LIST_MEM=bool(cfg["list_load_dkv"]),
+            WIDE=bool(cfg["wide_mask_dkv"]) and plan.wide("BLOCK_M_DKV", "BLOCK_N_DKV"),
             num_warps=cfg["num_warps_dkv"], num_stages=cfg["num_stages_dkv"], **common)
 
     if fuse_delta:  # the dQ kernel writes delta, which the dK/dV kernel reads

@@ -83,30 +83,38 @@ def _tile_and_head(n_tiles, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, DIAG: tl.constexpr):
-    """[len(rows), len(cols)] visibility of a tile that needs masking. DIAG: a diagonal tile,
-    which lies inside one sparse block (tiles never straddle blocks), so with block lists the
-    own-block rule makes every causal pair visible: no window or list test."""
-    vis = (cols[None, :] <= rows[:, None]) & (cols[None, :] < T)
-    if HAS_BLOCKS and DIAG:
-        return vis
+def _visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, MASKED: tl.constexpr):
+    """[len(rows), len(cols)] visibility of a tile that needs masking. MASKED 1: a window-edge
+    tile; 2: a diagonal tile (also the one reaching past T), which with block lists lies inside
+    one sparse block (tiles never straddle blocks), so the own-block rule makes every causal
+    pair visible. 3 / 4: window edge /
+    diagonal tile when the window spans two tiles (WIDE): an edge tile then lies wholly below
+    the diagonal (only the window test) and a diagonal tile wholly inside the window (only the
+    causal test)."""
+    causal = (cols[None, :] <= rows[:, None]) & (cols[None, :] < T)
+    if MASKED == 4 or (HAS_BLOCKS and MASKED == 2):
+        return causal
     near = (rows[:, None] - cols[None, :]) < WINDOW
+    if MASKED == 3:
+        return near
     if HAS_BLOCKS:
         near = near | ((rows // BS)[:, None] == (cols // BS)[None, :]) | listed
-    return vis & near
+    return causal & near
 
 
 @triton.jit
-def _visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, DIAG: tl.constexpr):
-    """[len(cols), len(rows)] (keys x queries) visibility for the dK/dV kernel (DIAG as in
+def _visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS: tl.constexpr, MASKED: tl.constexpr):
+    """[len(cols), len(rows)] (keys x queries) visibility for the dK/dV kernel (MASKED as in
     _visible). Rows >= T need no mask there: their q and dO load as zero, so they add nothing."""
-    vis = cols[:, None] <= rows[None, :]
-    if HAS_BLOCKS and DIAG:
-        return vis
+    causal = cols[:, None] <= rows[None, :]
+    if MASKED == 4 or (HAS_BLOCKS and MASKED == 2):
+        return causal
     near = (rows[None, :] - cols[:, None]) < WINDOW
+    if MASKED == 3:
+        return near
     if HAS_BLOCKS:
         near = near | ((cols // BS)[:, None] == (rows // BS)[None, :]) | listed
-    return vis & near
+    return causal & near
 
 
 @triton.jit
@@ -174,7 +182,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk, offs_
         listed = False
         if HAS_BLOCKS and MASKED == 1:
             listed = _is_listed(lst, n0 // BS)
-        s = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2),
+        s = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED),
                      s * qk_scale,
                      float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -196,7 +204,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                     HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                     PREC: tl.constexpr, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr,
-                    LIST_MEM: tl.constexpr):
+                    LIST_MEM: tl.constexpr, WIDE: tl.constexpr):
     n_tiles = tl.cdiv(T, BLOCK_M)
     tile, bh = _tile_and_head(n_tiles, HEADS_INNER, GROUP)
     # heaviest (latest) query tiles first: causal work grows with the tile index
@@ -240,16 +248,16 @@ def attn_fwd_kernel(Q, K, V, O, LSE, LST, LCNT,
                                       qk_scale, False, HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
-                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 1,
-                                  HAS_BLOCKS, PREC)
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale,
+                                  1 + 2 * WIDE, HAS_BLOCKS, PREC)
     for n0 in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
                                   offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False,
                                   HAS_BLOCKS, PREC)
     for n0 in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n0, rows, offs_n, offs_dk,
-                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 2,
-                                  HAS_BLOCKS, PREC)
+                                  offs_dv, sk_t, sv_t, T, WINDOW, BS, lst, qk_scale,
+                                  2 + 2 * WIDE, HAS_BLOCKS, PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_safe[:, None]
@@ -309,7 +317,7 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dqa_base, m0
         if HAS_BLOCKS and MASKED == 1:
             lst = tl.load(lst_rows + (m0 // BS) * S + offs_s, mask=offs_s < S, other=-1)
             listed = _is_listed(lst, kb)
-        pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2), pT,
+        pT = tl.where(_visible_t(rows, cols, WINDOW, BS, listed, HAS_BLOCKS, MASKED), pT,
                       0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
     dsT = pT * (dpT - delta[None, :])
@@ -333,7 +341,8 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
                          HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, ST_PAD: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DK_: tl.constexpr,
                          DV_: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
-                         DQ_ATOMIC: tl.constexpr, GROUP: tl.constexpr, LIST_MEM: tl.constexpr):
+                         DQ_ATOMIC: tl.constexpr, GROUP: tl.constexpr, LIST_MEM: tl.constexpr,
+                         WIDE: tl.constexpr):
     # key tile 0 first: it is seen by the most query tiles
     tile, bh = _tile_and_head(tl.cdiv(T, BLOCK_N), HEADS_INNER, GROUP)
     b = (bh // H).to(tl.int64)  # 64-bit base offsets: B * T * H * D may pass 2**31
@@ -401,7 +410,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                             sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
-                            2, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
+                            2 + 2 * WIDE, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
     for m0 in range(a, b_clean, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
@@ -411,7 +420,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQA, LSE, DELTA, LST, TLST, TCNT,
         dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                             dqa_base, m0, cols, offs_m, offs_dk, offs_dv, sq_t, sdo_t,
                             sdqa_t, T, WINDOW, BS, lst_rows, offs_s, S, kb, qk_scale,
-                            1, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
+                            1 + 2 * WIDE, True, HAS_BLOCKS, PREC, DQ_ATOMIC)
 
     dk = dk * sm_scale
     tl.store(DK + b * sdk_b + h * sdk_h + cols[:, None] * sdk_t + offs_dk[None, :],
@@ -439,7 +448,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, o
         listed = False
         if HAS_BLOCKS and MASKED == 1:
             listed = _is_listed(lst, n0 // BS)
-        p = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED == 2), p,
+        p = tl.where(_visible(rows, cols, T, WINDOW, BS, listed, HAS_BLOCKS, MASKED), p,
                      0.0)
     dp = tl.dot(do, vT, input_precision=PREC)
     ds = p * (dp - delta[:, None])
@@ -455,7 +464,7 @@ def attn_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, LST, LCNT,
                        HAS_BLOCKS: tl.constexpr, S_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                        PREC: tl.constexpr, HEADS_INNER: tl.constexpr, GROUP: tl.constexpr,
-                       LIST_MEM: tl.constexpr, FUSE_DELTA: tl.constexpr):
+                       LIST_MEM: tl.constexpr, FUSE_DELTA: tl.constexpr, WIDE: tl.constexpr):
     """dQ of one query tile. FUSE_DELTA: this kernel runs first and computes the row
     correction delta = rowsum(O * dO) itself (it holds dO anyway; O costs one tile load) and
     stores it for the dK/dV kernel that follows, instead of a separate pre-pass over O and dO."""
@@ -508,13 +517,13 @@ def attn_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, LST, LCNT,
                           HAS_BLOCKS, PREC)
     for n0 in range(lo, full_lo, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
-                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 1, HAS_BLOCKS, PREC)
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 1 + 2 * WIDE, HAS_BLOCKS, PREC)
     for n0 in range(full_lo, full_hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
                       sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, False, HAS_BLOCKS, PREC)
     for n0 in range(full_hi, hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, n0, rows, offs_n, offs_dk, offs_dv,
-                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 2, HAS_BLOCKS, PREC)
+                      sk_t, sv_t, T, WINDOW, BS, lst, qk_scale, 2 + 2 * WIDE, HAS_BLOCKS, PREC)
 
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + h * sdq_h + rows[:, None] * sdq_t + offs_dk[None, :],

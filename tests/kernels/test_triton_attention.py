@@ -167,6 +167,13 @@ def test_list_loads_fused_delta_and_head_groups(config):
     _compare(T, H=3, config=config, window=20)
 
 
+@pytest.mark.parametrize("window", [47, 48, 70])
+def test_wide_window_masks(window):
+    """A window spanning two tiles (48 = 32 + 16 with the interpreter's tiles) lets masked
+    tiles test only the window or only causality; just below that, both tests stay."""
+    _compare(130, H=2, window=window, config={"wide_mask_dkv": 1})
+
+
 def test_block_lists_and_transpose_match_a_direct_construction(ta):
     gen = torch.Generator().manual_seed(0)
     B, H, NB, S = 2, 3, 7, 4
