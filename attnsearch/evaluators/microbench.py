@@ -25,8 +25,9 @@ Composition (``compose``)::
 
 Timing isolation: ``run_isolated`` runs a benchmark as a Ray task that takes a whole GPU
 (``num_gpus=1``: no proxy training, which holds a fraction, can share it) and, where the
-cluster defines it, one ``bench_slot`` (one benchmark at a time per node; start nodes with
-``ray start --resources='{"bench_slot": 1}'``, or ``ray.init(resources=node_resources())``).
+cluster defines it, one ``bench_slot`` per GPU (each benchmark holds a whole GPU and a slot; start
+a node with N GPUs with ``ray start --resources='{"bench_slot": N}'``, or
+``ray.init(resources=node_resources(N))``).
 """
 from __future__ import annotations
 
@@ -573,8 +574,9 @@ def measured_throughput(arch, seq_len: int, batch_tokens: int | None = None, gpu
 # ----------------------------------------------------------------------------- Ray isolation
 
 def node_resources(num_gpus: int = 1) -> dict:
-    """Custom resources for a node: one benchmarking slot per node that has a GPU."""
-    return {BENCH_RESOURCE: 1} if num_gpus > 0 else {}
+    """Custom resources for a node: one benchmarking slot per GPU (a benchmark also holds its
+    whole GPU, so slots only bound how many run at once; none on a node without GPUs)."""
+    return {BENCH_RESOURCE: num_gpus} if num_gpus > 0 else {}
 
 
 def bench_task_options(gpu: bool = True, cluster_resources: dict | None = None) -> dict:

@@ -363,6 +363,16 @@ class _InFlight:
     bench_s: float = 0.0         # GPU benchmark time spent for this trial
 
 
+def _local_gpu_count() -> int:
+    """GPUs of this machine, for a local cluster's benchmarking slots (no CUDA context made)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:                  # noqa: BLE001 - no usable torch/CUDA: no GPU slots
+        return 0
+
+
 class Driver:
     def __init__(self, space: SearchSpace, study_name: str, storage_url: str, *, workers: int = 1,
                  device: str = "cpu", evaluate: Callable[[dict], dict] | None = None,
@@ -819,7 +829,8 @@ class Driver:
         owns_ray = False
         if not ray.is_initialized():
             # a local cluster gets one benchmarking slot per GPU node (measured mode's isolation)
-            extra = {} if ray_address or os.environ.get("RAY_ADDRESS") else {"resources": {"bench_slot": 1}}
+            extra = {} if ray_address or os.environ.get("RAY_ADDRESS") else \
+                {"resources": {"bench_slot": max(1, _local_gpu_count())}}
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, **extra)
             owns_ray = True

@@ -113,6 +113,7 @@ def test_bench_task_options():
     assert opts["num_gpus"] == 1 and opts["resources"] == {"bench_slot": 1} and opts["max_retries"] == 0
     assert "resources" not in mb.bench_task_options(gpu=True, cluster_resources={"GPU": 1.0})
     assert mb.node_resources(1) == {"bench_slot": 1} and mb.node_resources(0) == {}
+    assert mb.node_resources(4) == {"bench_slot": 4}             # one slot per GPU
 
 
 def test_ray_isolation_and_the_driver_side_service(tmp_path):
