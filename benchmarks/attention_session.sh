@@ -56,7 +56,7 @@ LIMIT=$(left)
 if [ "$LIMIT" -gt 20 ]; then
   stamp "step 3: table (limit ${LIMIT}s)"
   ARGS=(--skip-correctness --workers "$WORKERS")
-  [ "${SMOKE:-0}" = 1 ] && ARGS+=(--quick --only "T=256")
+  [ "${SMOKE:-0}" = 1 ] && ARGS+=(--quick --only "full causal T=256")
   [ -n "$TUNED" ] && ARGS+=(--tuned "$TUNED")
   timeout -k 5 "$LIMIT" python3 benchmarks/attention.py "$OUT/attention_table.json" "${ARGS[@]}" >>"$LOG" 2>&1
   stamp "step 3 rc=$?"

@@ -8,13 +8,16 @@ blocks without a window, so one arithmetic rule covers every pattern.
 Each program walks only the tiles it can see:
   * the contiguous range: keys from the row's lower bound lower(i) = i - WINDOW + 1 (or its own
     block start, whichever is smaller) up to the diagonal. Edge tiles (window edge, diagonal,
-    T tail) are masked; the tiles between them run a mask-free loop;
+    T tail) are masked, each with only the tests it can fail (_visible); the tiles between
+    them run a mask-free loop;
   * the listed blocks (HAS_BLOCKS), clipped where the contiguous range begins so no tile is
     visited twice; listed tiles lie wholly below the diagonal, so they need no mask either.
     Lists are sorted, so the few blocks that reach into the contiguous range (window + blocks)
     come first and get a clipped loop; the rest run as one flat loop over their tiles.
 The dK/dV kernel does the same in the transposed direction, from a per-key-block list of the
-query blocks that list it (built on the GPU by the host).
+query blocks that list it (built on the GPU by the host). The row correction delta =
+rowsum(O * dO) comes from a pre-pass kernel, or (FUSE_DELTA) from the dQ kernel, which then
+runs first. Program order (which tiles of which heads start together) is _tile_and_head's.
 
 Softmax runs in base 2 with scale * log2(e) folded into one multiply; the saved statistic is
 the base-2 log-sum-exp per row (fp32, O(T)). Pointer arithmetic only (no block pointers).
