@@ -193,6 +193,40 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
         del x
 
 
+def kernel_profile(fn, x, iters=5, device="cuda", top=30):
+    """GPU time per kernel name (ms per fwd+bwd call, torch.profiler over `iters` calls after one warm call),
+    the largest first: which kernels the time of one op goes to (ours or fla's). device="cpu" profiles
+    CPU ops instead (plumbing check only)."""
+    from torch.profiler import ProfilerActivity, profile
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+        torch.autograd.grad(out, leaves, do)
+        del out
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        sync()
+        activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
+        with profile(activities=[activity]) as prof:
+            for _ in range(iters):
+                o = fn()
+                torch.autograd.grad(o, leaves, do)
+            sync()
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+    times = {}
+    for e in prof.key_averages():
+        us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+              if device == "cuda" else e.self_cpu_time_total)
+        if us:
+            times[e.key] = times.get(e.key, 0.0) + us / 1e3 / iters
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])
+    return {"total_ms": sum(times.values()), "kernels_ms": dict(ranked[:top])}
+
+
 def fla_fn(op, x):
     mod, name, _ = OPS[op]
     fn = getattr(__import__(mod, fromlist=[name]), name)
@@ -286,7 +320,8 @@ def attempt(fn, *args):
     try:
         return fn(*args), None
     except Exception as e:  # fla refuses its gated kernels on Hopper with Triton < 3.7.1
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 

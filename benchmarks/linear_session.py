@@ -203,8 +203,9 @@ def main():
     # C. the table beside fla with the committed defaults
     if smoke:
         report["table"] = "skipped in --smoke (needs CUDA)"
-        report["breakdown"] = []
         t0 = time.time()
+        report["kernel_profile"] = profile_kernels(report, lambda: True, "cpu", (1, 2, 32, 80), save)
+        report["breakdown"] = []
         lb.run_breakdown(report, list(GROUP), 80, 1, 2, 32, 32, save, device="cpu", timer=_cpu_once)
         phase("D_breakdown", t0)
         return 0
@@ -231,7 +232,11 @@ def main():
         report["table"] = f"no table: {e}"
     phase("C_table", t0)
 
-    # D. where the time goes now, stage by stage at T=32768 along the default paths, if time is left
+    # D. where the time goes now: GPU time per kernel of one fwd+bwd (ours, and fla's where it ran in C),
+    # then stage by stage along the default paths, at T=32768, while time is left
+    t0 = time.time()
+    report["kernel_profile"] = profile_kernels(report, lambda: left() > 12, "cuda", (2, 16, 128, 32768), save)
+    phase("D_kernel_profile", t0)
     t0 = time.time()
     report["breakdown"] = []
     if left() > 20:
@@ -243,6 +248,34 @@ def main():
         report["breakdown_error"] = f"skipped: {left():.0f} s left"
     phase("D_breakdown", t0)
     return 0
+
+
+def profile_kernels(report, go_on, device, shape, save):
+    """linear.kernel_profile of ours (defaults) and of fla where its fwd+bwd ran in the table."""
+    import torch
+
+    import linear as lb
+    B, H, K, T = shape
+    table = report.get("table")
+    rows = (table.get("rows") or []) if isinstance(table, dict) else []
+    fla_ok = {r["op"] for r in rows if r.get("T") == T and r.get("fla_fwdbwd_ms")}
+    out = []
+    for op in GROUP:
+        makers = [("ours", lb.ours_fn)] + ([("fla", lb.fla_fn)] if op in fla_ok else [])
+        x = lb.make_inputs(op, B, T, H, K, K, device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        for who, make in makers:
+            if not go_on():
+                out.append({"op": op, "who": who, "error": "skipped: out of time"})
+                continue
+            prof, err = lb.attempt(lambda: lb.kernel_profile(make(op, x), x, device=device))
+            out.append({"op": op, "who": who, "T": T, **(prof or {}), **({"error": err} if err else {})})
+            report["kernel_profile"] = out
+            save()
+            if prof:
+                top = ", ".join(f"{k[:40]} {v:.3f}" for k, v in list(prof["kernels_ms"].items())[:6])
+                print(f"profile {who} {op}: {prof['total_ms']:.3f} ms/call: {top}", flush=True)
+        del x
+    return out
 
 
 def _cpu_once(fn):
