@@ -82,6 +82,7 @@ class ProxySpec(BaseModel):
     steps: int = Field(300, ge=1)
     tokens: int | None = Field(None, ge=1)         # token budget; overrides steps when given
     batch: int = Field(8, ge=1)
+    task_batch: dict[str, int] = Field(default_factory=dict)       # per-task batch; missing task -> batch
     lr: float = Field(1e-2, gt=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     min_lr_fraction: float = Field(0.1, ge=0, le=1)   # cosine decays to lr * this
@@ -115,6 +116,11 @@ class ProxySpec(BaseModel):
             raise ValueError("task_weights: weights must be finite and >= 0")
         if sum(self.weight(name) for name in self.tasks) <= 0:
             raise ValueError("task_weights: at least one task needs a positive weight")
+        unknown = set(self.task_batch) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"task_batch: unknown task(s) {sorted(unknown)} (tasks: {sorted(self.tasks)})")
+        if any(not isinstance(b, int) or b < 1 for b in self.task_batch.values()):
+            raise ValueError("task_batch: batch sizes must be integers >= 1")
         return self
 
     def weight(self, task: str) -> float:
@@ -125,8 +131,11 @@ class ProxySpec(BaseModel):
         """The proxy model's context: the longest task sequence (windows are scaled to it)."""
         return max(spec.seq_len for spec in self.tasks.values())
 
+    def batch_of(self, task: str) -> int:
+        return int(self.task_batch.get(task, self.batch))
+
     def tokens_per_step(self) -> int:
-        return self.batch * sum(spec.seq_len for spec in self.tasks.values())
+        return sum(self.batch_of(name) * spec.seq_len for name, spec in self.tasks.items())
 
     def total_steps(self) -> int:
         if self.tokens is None:
@@ -381,7 +390,7 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
         opt.zero_grad(set_to_none=True)
         losses = []
         for name in names:
-            inputs, positions, wanted = _scored(T.make_batch(proxy.tasks[name], proxy.batch, gens[name],
+            inputs, positions, wanted = _scored(T.make_batch(proxy.tasks[name], proxy.batch_of(name), gens[name],
                                                              corpus=corpus), device)
             with _autocast(device):
                 logits = model(inputs)

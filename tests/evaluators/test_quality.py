@@ -74,6 +74,7 @@ def test_proxy_arch_keeps_mechanisms_and_sets_proxy_dims():
 @pytest.mark.parametrize("bad", [
     dict(device="tpu"), dict(task_weights={"nope": 1.0}), dict(task_weights={"lm": -1.0}),
     dict(tasks={}), dict(steps=0), dict(lr=0), dict(bogus=1),
+    dict(task_batch={"nope": 4}), dict(task_batch={"lm": 0}),
 ])
 def test_proxy_spec_rejects_bad_fields(bad):
     with pytest.raises(ValueError):
@@ -91,6 +92,12 @@ def test_budget_and_schedule():
     assert tok.total_steps() == 10 and tok.scaled_budget(2).total_steps() == 20
 
 
+def test_task_batch_sets_one_tasks_batch_and_the_tokens_per_step():
+    p = ProxySpec(batch=8, task_batch={"lm": 4})
+    assert p.batch_of("lm") == 4 and p.batch_of("mqar") == 8
+    assert p.tokens_per_step() == ProxySpec(batch=8).tokens_per_step() - 4 * p.tasks["lm"].seq_len
+
+
 # ----------------------------------------------------------------------------- evaluate_quality
 
 def test_result_fields_and_json(tiny_corpus):
@@ -105,6 +112,13 @@ def test_result_fields_and_json(tiny_corpus):
     assert r.curve and r.curve[-1]["step"] == 4 and r.curve[-1]["tokens"] == r.tokens_seen
     assert r.layout == "SF" and r.n_params > 0 and r.wall_time_s > 0
     json.dumps(r.to_dict())
+
+
+def test_task_batch_is_what_the_run_trains_on(tiny_corpus):
+    arch = ArchConfig.from_layout("F", d_model=16, n_heads=1, head_dim=16, max_seq_len=256)
+    proxy = tiny_proxy(tiny_corpus, task_batch={"lm": 1, "mqar": 3})
+    r = evaluate_quality(arch, proxy)
+    assert r.tokens_seen == 4 * (1 + 3 + 2 + 2) * 16 == proxy.steps * proxy.tokens_per_step()
 
 
 def test_same_seed_same_result(tiny_corpus):
