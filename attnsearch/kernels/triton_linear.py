@@ -13,6 +13,13 @@ Forward (linear attention)
      of q exp(b - r) and k exp(r - b) on flagged chunks (r: the middle of each channel's span, so
      both factors stay within exp(+-40)); only chunks of stronger decay have A built by
      `_gla_intra_kernel` from sub-blocks of 16 rows (below).
+Gate paths (config keys, see CONFIG_SPACE): with PREP_SCALAR / PREP_CHANNEL a chunk-parallel
+`_gate_prep_kernel` replaces step 1 and also writes the operand each sequential scan would otherwise
+decay inside its loop (k exp(b_last - b) for the forward scan, q exp(b) for the backward scan) and
+exp(b_last) per chunk, so that a scan's loop only rescales its state (by a factor loaded one chunk
+ahead). With GLA_OUT_FUSED, per-channel gates take `_gla_out_kernel` for step 3: one program per chunk
+forms b from the raw gate in registers and A once, then loops over V tiles; the fp32 b is then written
+only for chunks of strong decay (what `_gla_intra_kernel` reads).
 Delta rule: the UT transform first solves (I + tril(beta K K^T * decay)) for w and u per chunk:
 `_ut_diag_kernel` inverts the 16 x 16 diagonal blocks by forward substitution (one warp per block),
 `_wy_fwd_kernel` combines them with a few matmuls (block Neumann product) and forms w, u; the state
