@@ -102,6 +102,12 @@ def completed_values(trials) -> dict[int, tuple]:
     return {t.number: tuple(t.values) for t in trials if t.state.name == "COMPLETE"}
 
 
+def _kind_and_reason(kind, reason) -> str:
+    """'kind: reason', without repeating a kind the reason already starts with."""
+    reason = str(reason)
+    return reason if reason.startswith(f"{kind}:") else f"{kind}: {reason}"
+
+
 def audit(fault: str, trials, budget: int, before: dict[int, tuple] | None = None,
           fault_at: float | None = None, outcome: str = "") -> FaultRow:
     """Count completed / failed / lost / duplicated trials of a study after a fault."""
@@ -123,7 +129,8 @@ def audit(fault: str, trials, budget: int, before: dict[int, tuple] | None = Non
                        if t.datetime_complete and t.datetime_complete.timestamp() > fault_at)
         recovery = round(after[0] - fault_at, 2) if after else None
     if not outcome:
-        reasons = sorted({f"{t.user_attrs.get('fail_kind')}: {t.user_attrs.get('fail_reason')}" for t in counted_fail})
+        reasons = sorted({_kind_and_reason(t.user_attrs.get("fail_kind"), t.user_attrs.get("fail_reason"))
+                          for t in counted_fail})
         outcome = "; ".join(reasons) or "no failure recorded"
     return FaultRow(fault, budget, len(complete), len(counted_fail), lost, duplicated, recovery, outcome,
                     trials=list(trials))
