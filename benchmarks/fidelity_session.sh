@@ -5,8 +5,10 @@
 #   s300: the current default (300 steps)  vs 2,400 steps   (the CPU figure: Spearman 0.68)
 #   s600: 600 steps                        vs 4,800 steps   (the candidate larger default)
 #   then seed 1 of each short budget (seed-to-seed noise ceiling of the figure), then
-#   s300lr2 / s600lr2: the same at lr 0.02 (default 0.01), each run started only if its
-#   estimated time (speed seen so far for its layout) ends before the deadline.
+#   s600lm4: 600 steps with text batches of 4 (25% fewer tokens per step: the cheaper step a
+#   600-step default needs to fit 60 s on 2 CPU cores), then
+#   s300lr2 / s600lr2: s300 / s600 at lr 0.02 (default 0.01); each of these extra runs starts
+#   only if its estimated time (speed seen so far for its layout) ends before the deadline.
 # Both budgets of a candidate use the same ProxySpec except steps (x8). EXTRA_CANDIDATES adds
 # more, e.g. EXTRA_CANDIDATES='s450={"steps":450}' (queued after everything else).
 #
@@ -41,6 +43,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 CANDS=(--candidate "s300=${S300:-{\}}" --candidate "s600=${S600:-{\"steps\": 600\}}")
 # queued after the main runs and their seed-1 runs; started only if they can end in time
+CANDS+=(--extra-candidate "s600lm4=${S600LM4:-{\"steps\": 600, \"task_batch\": {\"lm\": 4\}\}}")
 CANDS+=(--extra-candidate "s300lr2=${S300LR2:-{\"lr\": 0.02\}}" --extra-candidate "s600lr2=${S600LR2:-{\"steps\": 600, \"lr\": 0.02\}}")
 for extra in ${EXTRA_CANDIDATES:-}; do CANDS+=(--extra-candidate "$extra"); done
 COMMON=(--out-dir "$OUT" --factor 8 "${CANDS[@]}" ${LAYOUTS:+--layouts $LAYOUTS})
