@@ -80,9 +80,14 @@ def jobs():
             out.append((f"gate_prep vec={vec} keys={keys}", tlin._gate_prep_kernel, c, 8 if vec else 4, 1, ()))
     c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=2, PREC="tf32")
     out.append(("out_fwd gate=2", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
-    for bv, warps in ((64, 4), (128, 4), (128, 8)):
-        c = dict(K=K, V=V, BT=BT, BK=K, BV=bv, PREC="tf32")
-        out.append((f"gla_out BV={bv} warps={warps}", tlin._gla_out_kernel, c, warps, 2, ("g_ptr",)))
+    for gate in (0, 1, 2):
+        for bv, warps in ((64, 4), (64, 8), (128, 8)):
+            c = dict(K=K, V=V, BT=BT, BK=K, BV=bv, GATE=gate, PREC="tf32")
+            out.append((f"out_chunk gate={gate} BV={bv} warps={warps}", tlin._out_chunk_kernel, c, warps, 2,
+                        ("g_ptr",) if gate == 1 else ()))
+    for gate in (0, 1):
+        c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=gate, PREC="tf32")
+        out.append((f"out_fwd gate={gate}", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))

@@ -42,6 +42,10 @@ CANDIDATES = {
     "out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("linear", "gla")),
     "out_w8": ("linear_attention", {"out_num_warps": 8}, ("linear", "gla")),
     "gated_bwd_bv32": ("linear_attention", {"GATED_BWD_BLOCK_V": 32}, ("retention", "mamba2", "gla")),
+    "out_v_loop": ("linear_attention", {"OUT_V_LOOP": 1}, ("linear", "retention", "mamba2")),
+    "out_v_loop_w8": ("linear_attention", {"OUT_V_LOOP": 1, "out_num_warps": 8}, ("linear", "retention", "mamba2")),
+    "delta_out_v_loop": ("delta_rule", {"OUT_V_LOOP": 1}, ("delta", "gated_delta")),
+    "delta_out_v_loop_w8": ("delta_rule", {"OUT_V_LOOP": 1, "out_num_warps": 8}, ("delta", "gated_delta")),
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
     "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
@@ -54,6 +58,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
     ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
+    ("out_v_loop", "linear:none,linear:BTH,delta:none,delta:BTH",
+     {"linear_attention": {"OUT_V_LOOP": 1}, "delta_rule": {"OUT_V_LOOP": 1}}),
 ]
 
 

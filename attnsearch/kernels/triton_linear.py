@@ -17,7 +17,7 @@ Gate paths (config keys, see CONFIG_SPACE): with PREP_SCALAR / PREP_CHANNEL a ch
 `_gate_prep_kernel` replaces step 1 and also writes the operand each sequential scan would otherwise
 decay inside its loop (k exp(b_last - b) for the forward scan, q exp(b) for the backward scan) and
 exp(b_last) per chunk, so that a scan's loop only rescales its state (by a factor loaded one chunk
-ahead). With GLA_OUT_FUSED, per-channel gates take `_gla_out_kernel` for step 3: one program per chunk
+ahead). With GLA_OUT_FUSED, per-channel gates take `_out_chunk_kernel` for step 3: one program per chunk
 forms b from the raw gate in registers and A once, then loops over V tiles; the fp32 b is then written
 only for chunks of strong decay (what `_gla_intra_kernel` reads).
 Delta rule: the UT transform first solves (I + tril(beta K K^T * decay)) for w and u per chunk:
@@ -88,14 +88,17 @@ _COMMON = {
 #   GATED_BWD_BLOCK_V  V tile of the per-chunk backward kernels for gated inputs (0: BWD_BLOCK_V). The gate
 #                terms take registers: at 64 x 128 tiles and 8 warps the scalar-gated kernel spilled on sm_90
 #                where the ungated one did not, so the two may want different tiles.
+#   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
+#                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
+#                does for per-channel gates (0: a program per V tile, A formed again in each).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
-            "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED"),
+            "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V")}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
-                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1)},
-    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN},       # (the delta rule's scans hold all of K)
+                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1)},
+    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1)},  # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -124,10 +127,12 @@ def default_config(op: str, device=None) -> dict:
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
-                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0}
+                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
+                "OUT_V_LOOP": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0}
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
+            "OUT_V_LOOP": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -392,13 +397,14 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _gla_out_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
-                    T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per-channel gate, one program per chunk (GLA_OUT_FUSED): o = scale * ((q exp(b)) h_n + A v) with the
-    chunk-local cumulative gate b formed in registers from the raw gate (no fp32 b read back), q exp(b)
-    and A formed once, then one pass per V tile. A as in `_out_fwd_kernel`: one matmul of the
-    split-decay factors on chunks flagged safe, else read from a_ptr (`_gla_intra_kernel`)."""
+def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
+                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """One program per chunk: o = scale * ((q exp(b)) h_n + A v) with q (all of K) and A formed once,
+    then one pass per V tile (`_out_fwd_kernel` forms A again for every V tile).
+    GATE 2 (GLA_OUT_FUSED): g_ptr holds the raw per-channel gate; b is formed in registers (no fp32 b read
+    back) and A is one matmul of the split-decay factors on chunks flagged safe, else read from a_ptr
+    (`_gla_intra_kernel`). GATE 0 / 1 (OUT_V_LOOP): g_ptr holds b for a scalar gate, as in `_out_fwd_kernel`."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -410,16 +416,27 @@ def _gla_out_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
     m2 = rmask[:, None] & (kk < K)[None, :]
     q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
     k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
-    b = tl.cumsum(tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32), axis=0)
-    qg = (q_t * tl.exp(b)).to(h_ptr.dtype.element_ty)
-    qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
-    att = tl.dot(qf, tl.trans(kf), input_precision=PREC)
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
-    fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
-    att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
-                       mask=rmask[:, None] & ~fast[None, :], other=0)
-    att = tl.where(fast[None, :] & causal, att, att_slow).to(v_ptr.dtype.element_ty)
+    if GATE == 2:
+        b = tl.cumsum(tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32), axis=0)
+        qg = (q_t * tl.exp(b)).to(h_ptr.dtype.element_ty)
+        qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
+        att = tl.dot(qf, tl.trans(kf), input_precision=PREC)
+        fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+        att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                           mask=rmask[:, None] & ~fast[None, :], other=0)
+        att = tl.where(fast[None, :] & causal, att, att_slow)
+    else:
+        qg = q_t.to(h_ptr.dtype.element_ty)
+        att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
+        if GATE == 1:
+            b = tl.load(g_ptr + tok, mask=rmask, other=0)
+            att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            row_decay = tl.exp(b)
+        else:
+            att = tl.where(causal, att, 0)
+    att = att.to(v_ptr.dtype.element_ty)
     h_base = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
     for iv in range(tl.cdiv(V, BV)):
         vv = iv * BV + tl.arange(0, BV)
@@ -427,6 +444,8 @@ def _gla_out_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
         h_t = tl.load(h_base + kk[:, None] * V + vv[None, :], mask=(kk < K)[:, None] & vmask[None, :], other=0)
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
         acc = tl.dot(qg, h_t, input_precision=PREC)
+        if GATE == 1:
+            acc = acc * row_decay[:, None]
         acc += tl.dot(att, v_t, input_precision=PREC)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty),
                  mask=rmask[:, None] & vmask[None, :])
@@ -1193,9 +1212,10 @@ def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     BK = min(cfg["OUT_BLOCK_K"], _pow2(K))
     BV = min(cfg["OUT_BLOCK_V"], _pow2(V))
     o = torch.empty_like(v)
-    if cfg.get("GLA_OUT_FUSED", 0) and gate == 2:  # b holds the raw gate here (see `_linear_forward`)
-        _gla_out_kernel[(NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=_pow2(K),
-                                     BV=BV, PREC=_prec(q), **_launch_opts(cfg, "out"))
+    if cfg.get("GLA_OUT_FUSED", 0) if gate == 2 else cfg.get("OUT_V_LOOP", 0):
+        # per-channel gate: b holds the raw gate here (see `_linear_forward`)
+        _out_chunk_kernel[(NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V, BT=BT,
+                                       BK=_pow2(K), BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "out"))
         return o
     _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V,
                                                      BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),

@@ -171,7 +171,8 @@ def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span, paths):
 GATE_PATHS = [({"PREP_SCALAR": 0, "PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, ("BTH", "BTHK")),
               ({"PREP_SCALAR": 1}, ("H", "BTH")), ({"PREP_SCALAR": 2}, ("H", "BTH")),
               ({"PREP_CHANNEL": 1}, ("BTHK",)), ({"GLA_OUT_FUSED": 1}, ("BTHK",)),
-              ({"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}, ("BTHK",))]
+              ({"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}, ("BTHK",)),
+              ({"OUT_V_LOOP": 1, "OUT_BLOCK_V": 16}, (None, "BTH"))]
 
 
 @pytest.mark.parametrize("paths,gates", GATE_PATHS)
@@ -183,7 +184,8 @@ def test_gate_paths_match_recurrence(paths, gates):
 @pytest.mark.parametrize("prep", [0, 1, 2])
 def test_gate_paths_delta_rule(prep):
     _compare("delta", "BTH", T=37, chunk=16, K=16, V=16, config={"PREP_SCALAR": prep}, seed=12)
-    if prep == 2:  # a fixed [H] gate without an initial state
+    if prep == 2:  # a fixed [H] gate without an initial state; the output's V loop
+        _compare("delta", "BTH", T=37, chunk=16, K=16, V=32, config={"OUT_V_LOOP": 1, "OUT_BLOCK_V": 16}, seed=14)
         _compare("delta", "H", T=21, chunk=16, K=16, V=16, h0=False, config={"PREP_SCALAR": prep}, seed=13)
 
 
