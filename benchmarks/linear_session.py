@@ -141,18 +141,23 @@ def main():
         for op in GROUP:
             spec = dict(who="fla", ops=[op], B=2, H=16, K=128, T=1024)
             tasks.append((f"warm fla {op}", [__file__, "--task", json.dumps(spec)]))
+    checks = []
     for i, (name, only, cfg) in enumerate(GRADCHECKS):
         cfg_path = os.path.join(outdir, f"gc_cfg_{i}.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        tasks.append((f"gradcheck {i}", [gc, os.path.join(outdir, f"gc_{i}.json"),
-                                         "--small" if smoke else "--bench-shape", "--only", only,
-                                         "--configs", cfg_path]))
+        checks.append((f"gradcheck {i}", [gc, os.path.join(outdir, f"gc_{i}.json"),
+                                          "--small" if smoke else "--bench-shape", "--only", only,
+                                          "--configs", cfg_path]))
+    warms = []
     shape = dict(B=1, H=2, K=32, T=80) if smoke else dict(B=1, H=2, K=128, T=256)
     for op in GROUP:
         names = [n for n, (_g, _c, ops) in CANDIDATES.items() if op in ops]
         spec = dict(who="ours", ops=[op], candidates=names, **shape)
-        tasks.append((f"warm ours {op}", [__file__, "--task", json.dumps(spec)]))
+        warms.append((f"warm ours {op}", [__file__, "--task", json.dumps(spec)]))
+    # started in this order: fla, the defaults' gradient checks, our candidates, the other paths' checks
+    n_default = sum(1 for name, _o, _c in GRADCHECKS if name.startswith("default"))
+    tasks += checks[:n_default] + warms + checks[n_default:]
     # A gets what C (the table, ~90 s) and B (~15 s once compiled) leave, at most 115 s
     limit_a = max(30.0, min(115.0, left() - 110)) if not smoke else 1200
     report["compile_exit_codes"] = run_parallel(tasks, jobs, limit_a, log)
