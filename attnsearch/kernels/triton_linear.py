@@ -120,7 +120,7 @@ def default_config(op: str, device=None) -> dict:
     # Gate paths (PREP_*, GLA_OUT_FUSED): chosen from sm_90 SASS compiled on a CPU (benchmarks/linear_sass.py,
     # Triton 3.9), NOT yet timed on a GPU (benchmarks/linear_session.sh times old and new side by side): the
     # sequential loops of the scans shrink from 1164 / 1118 instructions (per-channel gate, fwd / bwd) to
-    # 260 / 290, scalar gate 428 / 480 -> 253 / 283 (ungated 244), gated delta 830 / 1292 (15 spill loads)
+    # 260 / 290, scalar gate 428 / 480 -> 253 / 283 (ungated 213 / 244), gated delta 830 / 1292 (15 spill loads)
     # -> 520 / 643 (ungated 484 / 639). Linear attention's scalar gate takes the pass for the backward scan
     # only (PREP_SCALAR 1): its forward scan lost only ~10% to the gate, less than the extra pass costs.
     if op == "linear_attention":
