@@ -20,6 +20,7 @@ import json
 import math
 
 from attnsearch.space.arch import ArchConfig, LayerSpec
+from attnsearch.space.catalogue import mechanism
 
 MIN_WINDOW = 4
 MIN_BLOCK = 16        # the kernels' smallest sparse block
@@ -95,3 +96,16 @@ def proxy_arch(arch: ArchConfig, *, d_model: int, n_layers: int | None, n_heads:
 def proxy_init_std(d_model: int) -> float:
     """Fan-in init of the proxy's width (see module doc: the target's init_std is too small here)."""
     return d_model ** -0.5
+
+
+def fit_chunks(arch: ArchConfig, seq_lens) -> ArchConfig:
+    """The linear-family layers' chunk size fitted to the proxy's shortest sequences, for the CPU
+    path: the chunked kernels zero-pad T up to a multiple of the chunk (64 by default), so a
+    32-token recall batch did twice and a 16-token one four times the work it needed. A chunk size
+    changes nothing but rounding (a quality-neutral tunable, see DESIGN); on a GPU the Triton
+    kernels keep their own defaults."""
+    chunk = min(64, max(16, 1 << (min(seq_lens) - 1).bit_length()))
+    layers = [layer if mechanism(layer.mechanism).family == "softmax" else
+              LayerSpec(mechanism=layer.mechanism, params=layer.params, kernel_config={"chunk_size": chunk})
+              for layer in arch.layers]
+    return arch.with_layers(layers)

@@ -37,7 +37,7 @@ from attnsearch.space.arch import ArchConfig
 
 from . import tasks as T
 from .corpus import DEFAULT_MAX_BYTES, bits_per_byte, load_corpus
-from .proxy import proxy_arch
+from .proxy import fit_chunks, proxy_arch
 
 EVAL_SEED = 20_231_208          # held-out task batches are the same for every trial and seed
 EXPLODE_MARGIN_NATS = 3.0       # running train loss this far above its start = diverged
@@ -366,6 +366,8 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
     device = torch.device(proxy.device)
     parch = proxy_arch(arch, d_model=proxy.d_model, n_layers=proxy.n_layers, n_heads=proxy.n_heads,
                        head_dim=proxy.head_dim, seq_len=proxy.seq_len, vocab_size=T.VOCAB_SIZE)
+    if device.type == "cpu":
+        parch = fit_chunks(parch, [spec.seq_len for spec in proxy.tasks.values()])
     needs_text = any(isinstance(s, T.LMSpec) for s in proxy.tasks.values())
     corpus = load_corpus(proxy.corpus, proxy.corpus_max_bytes) if needs_text else None
 

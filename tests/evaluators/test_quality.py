@@ -6,7 +6,7 @@ import pytest
 
 from attnsearch.evaluators import ranking
 from attnsearch.evaluators import tasks as T
-from attnsearch.evaluators.proxy import pick_layers, proxy_arch, scale_params
+from attnsearch.evaluators.proxy import fit_chunks, pick_layers, proxy_arch, scale_params
 from attnsearch.evaluators.quality import ProxySpec, QualityResult, evaluate_quality, lr_at, task_score
 from attnsearch.space.arch import ArchConfig
 from attnsearch.space.presets import preset
@@ -196,3 +196,11 @@ def test_rank_correlation_extremes_and_errors():
     assert math.isnan(ranking.spearman_own([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError):
         ranking.spearman([1, 2], [1])
+
+
+def test_cpu_chunks_fit_the_shortest_task_and_leave_softmax_layers_alone():
+    arch = ArchConfig.from_layout("FAN", d_model=32, n_heads=2, head_dim=16, max_seq_len=64)
+    for lens, chunk in (([16, 64], 16), ([32, 64], 32), ([100], 64), ([8], 16)):
+        fitted = fit_chunks(arch, lens)
+        assert [layer.kernel_config for layer in fitted.layers] == [None, {"chunk_size": chunk}, {"chunk_size": chunk}]
+        assert fitted.layout_string() == "FAN"
