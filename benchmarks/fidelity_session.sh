@@ -61,4 +61,26 @@ kill "$MON" 2>/dev/null
 # the tables and rank correlations of whatever finished (also after the time limit)
 python3 benchmarks/proxy_fidelity.py "${COMMON[@]}" --report > "$OUT/fidelity_report.txt" 2>&1
 cat "$OUT/fidelity_report.txt" | tee -a "$LOG"
+
+# throughput of the proxies sharing the GPUs (the issue's "how many fit, tokens/s on the H200")
+python3 - "$OUT" "$PER_GPU" "$NGPU" <<'PY' 2>&1 | tee "$OUT/throughput.txt" | tee -a "$LOG"
+import glob, json, statistics, sys
+out, per_gpu, ngpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+runs = [r for f in glob.glob(f"{out}/fidelity_*.json") for r in json.load(open(f))["runs"]]
+if not runs:
+    sys.exit("no finished runs")
+elapsed = max(json.load(open(f))["elapsed_s"] for f in glob.glob(f"{out}/fidelity_*.json"))
+tokens = sum(r["tokens_seen"] for r in runs)
+print(f"{len(runs)} runs finished, {per_gpu} processes per GPU on {ngpu} GPU(s), {elapsed:.0f} s: "
+      f"{tokens / elapsed:,.0f} tokens/s in all, {tokens / elapsed / ngpu:,.0f} per GPU (finished runs only)")
+for factor in sorted({r["factor"] for r in runs}):
+    by = {}
+    for r in runs:
+        if r["factor"] == factor:
+            by.setdefault(r["preset"], []).append(r)
+    print(f"x{factor:g}: steps/s per run (median over runs, while sharing the GPU): " + ", ".join(
+        f"{k} {statistics.median(x['steps_per_s'] for x in v):.1f}" for k, v in sorted(by.items())))
+    print(f"x{factor:g}: wall s per run (median): " + ", ".join(
+        f"{k} {statistics.median(x['wall_time_s'] for x in v):.0f}" for k, v in sorted(by.items())))
+PY
 stamp "done"
