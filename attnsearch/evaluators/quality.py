@@ -59,8 +59,9 @@ class ProxySpec(BaseModel):
     """How to train and score one proxy. The defaults are the budget `benchmarks/proxy_fidelity.py`
     measured (benchmarks/results/proxy_fidelity.json, 11 layouts, 1 thread): 300 steps of batch 8
     over MQAR and noisy recall (32 tokens, 4 pairs/keys, 16 values) and text (64 bytes), width 32,
-    4 layers; 19-58 s of CPU per trial on one thread (GLA slowest; wall time 2-3x that on the
-    shared, loaded CPU). Its ranking against an 8x run: Spearman 0.68, Kendall 0.45 (goal 0.8 not met):
+    4 layers; 20 s (full attention) to 53 s (GLA) of CPU per trial on one thread; a second thread
+    does not shorten it (tiny matrices; benchmarks/results/proxy_speed_cpu.json), so on a CPU run
+    trials side by side, one thread each. Its ranking against an 8x run: Spearman 0.68, Kendall 0.45 (goal 0.8 not met):
     the four layouts that learn MQAR by 2,400 steps (DeltaNet, Jamba, Qwen3-Next, Mamba-2) lead
     the 8x run, and at 300 steps only DeltaNet recalls; the rest is ordered by text loss.
 
