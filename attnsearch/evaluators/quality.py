@@ -61,9 +61,12 @@ class ProxySpec(BaseModel):
     over MQAR and noisy recall (32 tokens, 4 pairs/keys, 16 values) and text (64 bytes), width 32,
     4 layers; 20 s (full attention) to 53 s (GLA) of CPU per trial on one thread; a second thread
     does not shorten it (tiny matrices; benchmarks/results/proxy_speed_cpu.json), so on a CPU run
-    trials side by side, one thread each. Its ranking against an 8x run: Spearman 0.68, Kendall 0.45 (goal 0.8 not met):
-    the four layouts that learn MQAR by 2,400 steps (DeltaNet, Jamba, Qwen3-Next, Mamba-2) lead
-    the 8x run, and at 300 steps only DeltaNet recalls; the rest is ordered by text loss.
+    trials side by side, one thread each. Its ranking against an 8x run: Spearman 0.68, Kendall 0.45
+    on the CPU; on an H200 (Triton kernels, bf16; benchmarks/results/proxy_fidelity_h200_s300.json)
+    Spearman 0.77, Kendall 0.60 over the 10 layouts whose 2,400-step run finished, with two seeds of
+    the 300-step run agreeing at 1.00 (goal 0.8 not met): the four layouts that learn MQAR by 2,400
+    steps (DeltaNet, Qwen3-Next, Jamba, Mamba-2) lead the 8x run, and at 300 steps only DeltaNet
+    recalls; the rest is ordered by text loss.
 
     Why 300 steps and not fewer: the 8x run's order is decided by which layouts learn to recall,
     and a proxy ranks better once recall can emerge inside its own budget. At 150 steps
