@@ -297,6 +297,24 @@ def peak_mem_mb(fn, x):
             t.requires_grad_(False)
 
 
+def cpu_timed(fn, x, backward) -> float:
+    """Milliseconds of one call on the CPU (``--smoke`` / dry runs: they exercise the plumbing
+    only; interpreter times mean nothing)."""
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    t0 = time.perf_counter()
+    if backward:
+        for t in leaves:
+            t.requires_grad_(True)
+        o = fn()
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        for t in leaves:
+            t.requires_grad_(False)
+    else:
+        with torch.no_grad():
+            fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_row(row: dict, makers, op, x, timed_fn, tokens: int, floor_ms: float) -> dict:
     """Time fwd and fwd+bwd for each (who, make) in ``makers`` into ``row``, then the ratios to
     fla, our tokens/s and our forward against the memory floor."""

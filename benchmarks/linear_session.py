@@ -186,7 +186,7 @@ def main():
     B, H, K, T = (1, 2, 32, 80) if smoke else (2, 16, 128, 32768)
     device = "cpu" if smoke else "cuda"
     dtype = torch.float32 if smoke else torch.bfloat16
-    timed = (lambda fn, x, bwd: lb.timed(fn, x, bwd, warmup=10, rep=50)) if not smoke else _cpu_timed
+    timed = (lambda fn, x, bwd: lb.timed(fn, x, bwd, warmup=10, rep=50)) if not smoke else lb.cpu_timed
     report["sweep"] = []
     for op in GROUP:
         if left() < 95 and not smoke:
@@ -295,22 +295,6 @@ def _cpu_once(fn):
     return (time.perf_counter() - t0) * 1e3
 
 
-def _cpu_timed(fn, x, backward):
-    """--smoke: exercises the plumbing only (interpreter times mean nothing)."""
-    import torch
-    leaves = [t for n, t in x.items() if n != "g_head"]
-    t0 = time.perf_counter()
-    if backward:
-        for t in leaves:
-            t.requires_grad_(True)
-        o = fn()
-        torch.autograd.grad(o, leaves, torch.randn_like(o))
-        for t in leaves:
-            t.requires_grad_(False)
-    else:
-        with torch.no_grad():
-            fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def compare_to_default(rows):
