@@ -191,3 +191,39 @@ def test_decode_keys_name_how_decode_was_timed():
         assert key_of(gpu, "train").op.endswith(".train")          # only decode is replayed from a graph
         # the timing method is in the op itself, not only implied by the GPU name
         assert key_of(gpu, "decode").op != key_of(cpu, "decode").op
+
+
+def test_captured_replays_one_recorded_step(monkeypatch):
+    """``captured`` warms ``fn`` on a side stream, records it once in a CUDA graph and returns a
+    plain callable that replays that graph (CUDA stand-ins here: the CPU has no graphs)."""
+    import contextlib
+
+    import torch
+
+    log = []
+
+    class FakeGraph:
+        def replay(self):
+            log.append("replay")
+
+    class FakeStream:
+        def wait_stream(self, other):
+            log.append("wait")
+
+    @contextlib.contextmanager
+    def recording(graph):
+        log.append("capture-start")
+        yield
+        log.append("capture-end")
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", recording)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    replay = mb.captured(lambda: log.append("step"))
+    assert log == ["wait", "step", "step", "wait", "capture-start", "step", "capture-end"]
+    log.clear()
+    replay()
+    replay()
+    assert log == ["replay", "replay"]                  # replays never run the Python step again
