@@ -16,6 +16,7 @@ The JSON is rewritten after every measurement, so a run cut short still leaves i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -71,6 +72,19 @@ def sweep_configs(op):
     return [(64, c) for _, c in candidates(OP_GROUP[op])]
 
 
+def compile_once(fn, leaves, label: str) -> None:
+    """Run ``fn`` once forward+backward and once forward, so that its kernels are compiled (and
+    fla's autotuned) before timing; a failure is printed with ``label``, not raised (fla refuses
+    some gated kernels on Hopper with Triton < 3.7.1)."""
+    try:
+        o = fn()
+        torch.autograd.grad(o, leaves, torch.randn_like(o))
+        with torch.no_grad():
+            fn()
+    except Exception as e:
+        print(f"warm {label}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+
+
 def warm(who, ops, sweep, B, H, K, V):
     """Run each op once (fwd+bwd) at a short T so that Triton's disk cache (and fla's autotuner)
     hold the compiled kernels before timing; several of these run in parallel processes."""
@@ -81,13 +95,7 @@ def warm(who, ops, sweep, B, H, K, V):
         runs = [(64, None)] if sweep is None else [sweep_configs(op)[sweep]]
         for chunk, cfg in runs:
             fn = (ours_fn(op, x, cfg, chunk) if cfg else ours_fn(op, x)) if who == "ours" else fla_fn(op, x)
-            try:
-                o = fn()
-                torch.autograd.grad(o, leaves, torch.randn_like(o))
-                with torch.no_grad():
-                    fn()
-            except Exception as e:
-                print(f"warm {who} {op} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
+            compile_once(fn, leaves, f"{who} {op} {cfg}")
             if who != "ours":
                 break
     torch.cuda.synchronize()
@@ -193,15 +201,26 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
         del x
 
 
+@contextlib.contextmanager
+def grads_on(x):
+    """The float inputs of ``x`` (every tensor but the fixed ``g_head``) with requires_grad set
+    for the block, reset after it."""
+    leaves = [t for n, t in x.items() if n != "g_head"]
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        yield leaves
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+
+
 def kernel_profile(fn, x, iters=5, device="cuda", top=30):
     """GPU time per kernel name (ms per fwd+bwd call, torch.profiler over `iters` calls after one warm call),
     the largest first: which kernels the time of one op goes to (ours or fla's). device="cpu" profiles
     CPU ops instead (plumbing check only)."""
     from torch.profiler import ProfilerActivity, profile
-    leaves = [t for n, t in x.items() if n != "g_head"]
-    for t in leaves:
-        t.requires_grad_(True)
-    try:
+    with grads_on(x) as leaves:
         out = fn()
         do = torch.randn_like(out)
         torch.autograd.grad(out, leaves, do)
@@ -214,9 +233,6 @@ def kernel_profile(fn, x, iters=5, device="cuda", top=30):
                 o = fn()
                 torch.autograd.grad(o, leaves, do)
             sync()
-    finally:
-        for t in leaves:
-            t.requires_grad_(False)
     times = {}
     for e in prof.key_averages():
         us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
@@ -255,15 +271,12 @@ def sdpa_fn(x):
 def timed(fn, x, backward, warmup=25, rep=100):
     """Median ms of fwd (no grad) or fwd+bwd (grads of every float input)."""
     from triton.testing import do_bench
-    leaves = [t for n, t in x.items() if n != "g_head"]
     if not backward:
         def run():
             with torch.no_grad():
                 fn()
         return do_bench(run, warmup=warmup, rep=rep, return_mode="median")
-    for t in leaves:
-        t.requires_grad_(True)
-    try:
+    with grads_on(x) as leaves:
         out = fn()
         do = torch.randn_like(out)
 
@@ -271,16 +284,10 @@ def timed(fn, x, backward, warmup=25, rep=100):
             o = fn()
             torch.autograd.grad(o, leaves, do)
         return do_bench(run, warmup=warmup, rep=rep, return_mode="median")
-    finally:
-        for t in leaves:
-            t.requires_grad_(False)
 
 
 def peak_mem_mb(fn, x):
-    leaves = [t for n, t in x.items() if n != "g_head"]
-    for t in leaves:
-        t.requires_grad_(True)
-    try:
+    with grads_on(x) as leaves:
         out = fn()
         do = torch.randn_like(out)
         del out
@@ -292,23 +299,16 @@ def peak_mem_mb(fn, x):
         del o
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    finally:
-        for t in leaves:
-            t.requires_grad_(False)
 
 
 def cpu_timed(fn, x, backward) -> float:
     """Milliseconds of one call on the CPU (``--smoke`` / dry runs: they exercise the plumbing
     only; interpreter times mean nothing)."""
-    leaves = [t for n, t in x.items() if n != "g_head"]
     t0 = time.perf_counter()
     if backward:
-        for t in leaves:
-            t.requires_grad_(True)
-        o = fn()
-        torch.autograd.grad(o, leaves, torch.randn_like(o))
-        for t in leaves:
-            t.requires_grad_(False)
+        with grads_on(x) as leaves:
+            o = fn()
+            torch.autograd.grad(o, leaves, torch.randn_like(o))
     else:
         with torch.no_grad():
             fn()

@@ -468,7 +468,7 @@ def measure_parts(arch, shape: TargetShape, *, cache=None, timer=None, device="c
         if head_fns is None and cache.get(hk) is None:
             head_fns = _head_fns(arch, shape, device, dtype, l2)
         head[p] = _measure(cache, hk, (head_fns or {}).get(p), timer, on_gpu).median_ms
-    if str(device).startswith("cuda"):
+    if on_gpu:
         torch.cuda.empty_cache()
     return compose(mixer_ms, dense, head, arch.n_layers, shape.batch, shape.seq_len)
 
