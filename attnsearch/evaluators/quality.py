@@ -209,13 +209,18 @@ def _scored(batch, device: torch.device):
     return tuple(t.pin_memory().to(device, non_blocking=True) for t in (inputs, positions, wanted))
 
 
-def _masked_loss(logits: torch.Tensor, positions: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the scored positions (flat indices into [B * T]); a batch that
-    scores nothing contributes a zero loss (its mean would be NaN and read as divergence)."""
+def _picked(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The logits of the scored positions (flat indices into [B * T]), in fp32."""
+    return logits.reshape(-1, logits.shape[-1]).index_select(0, positions).float()
+
+
+def _masked_loss(logits: torch.Tensor, positions: torch.Tensor, wanted: torch.Tensor,
+                 picked: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the scored positions; a batch that scores nothing contributes a
+    zero loss (its mean would be NaN and read as divergence). ``picked``: `_picked` already made."""
     if wanted.numel() == 0:
         return logits.float().sum() * 0.0
-    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, positions).float()
-    return F.cross_entropy(picked, wanted)
+    return F.cross_entropy(_picked(logits, positions) if picked is None else picked, wanted)
 
 
 def _autocast(device: torch.device):
@@ -262,8 +267,9 @@ def _evaluate(model, proxy: ProxySpec, corpus, device) -> dict[str, dict[str, fl
             inputs, positions, wanted = _scored(batch, device)
             with _autocast(device):
                 logits = model(inputs)
-            loss = _masked_loss(logits, positions, wanted)
-            right = (logits.reshape(-1, logits.shape[-1]).index_select(0, positions).argmax(-1) == wanted).sum()
+            picked = _picked(logits, positions)
+            loss = _masked_loss(logits, positions, wanted, picked)
+            right = (picked.argmax(-1) == wanted).sum()
             n = wanted.numel()
             nats += float(loss) * n
             correct += int(right)
