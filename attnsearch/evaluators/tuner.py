@@ -242,10 +242,10 @@ def tune_families(families: list[dict], default: dict, *, time_budget_s: float |
         left = None if deadline is None else max(0.0, deadline - clock())
         if left is not None and left <= 0 and parts:
             break
-        space = {k: (list(family[k]) if k in family else [best[k]]) for k in best}
-        for k in family:
-            if best.get(k) not in space[k]:
-                space[k] = [best[k]] + space[k] if k in best else space[k]
+        # this family's values (the current best among them), every other key at its best
+        space = {k: [v] for k, v in best.items()}
+        for k, values in family.items():
+            space[k] = list(values) if k not in best or best[k] in values else [best[k], *values]
         result = tune_configs(space, best, time_budget_s=left, clock=clock, op=op, **kwargs)
         parts.append(result)
         if result.best_stats is not None:
@@ -473,13 +473,6 @@ def layer_signature(layer) -> str:
     if layer.kernel_config:
         sig["kernel_config"] = layer.kernel_config
     return canonical_json(sig)
-
-
-def restricted_space(space: dict, fixed: dict | None) -> dict:
-    """The config space with the keys the search space already set (fixed or sampled) pinned:
-    the tuner only chooses what was left ``auto``."""
-    fixed = fixed or {}
-    return {k: ([fixed[k]] if k in fixed else list(v)) for k, v in space.items()}
 
 
 def capture_layer_op(arch, layer, batch: int, seq_len: int, dtype, device) -> CapturedOp:
