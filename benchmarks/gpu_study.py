@@ -70,6 +70,8 @@ class GpuSampler:
     def __init__(self, period_s: float = 0.5, gpus: int | None = None):
         self.period_s = period_s
         self.gpus = gpus                   # the first N GPUs are the study's (Ray numbers them so)
+        # nvidia-smi ignores CUDA_VISIBLE_DEVICES and lists every GPU: keep the study's
+        self.visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
         self.samples: list[tuple[float, list[float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -93,11 +95,9 @@ class GpuSampler:
         self._thread.join(timeout=10)
 
     def study_gpus(self, v: list[float]) -> list[float]:
-        """The study's GPUs: those CUDA_VISIBLE_DEVICES names (nvidia-smi ignores it and lists
-        all), else the first N, as Ray numbers them."""
-        visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
-        if visible and all(i < len(v) for i in visible):
-            v = [v[i] for i in visible]
+        """The study's GPUs of one sample: those CUDA_VISIBLE_DEVICES names, else the first N."""
+        if self.visible and all(i < len(v) for i in self.visible):
+            v = [v[i] for i in self.visible]
         return v[:self.gpus] if self.gpus else v
 
     def busy_fraction(self) -> float | None:
