@@ -88,6 +88,12 @@ def jobs():
     for gate in (0, 1):
         c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=gate, PREC="tf32")
         out.append((f"out_fwd gate={gate}", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
+    for gate in (0, 1, 2):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
+        # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32; its stages are capped at 2
+        out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
+                    min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
+                    ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))

@@ -63,6 +63,24 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 ]
 
 
+def _env_list(name):
+    """A comma-separated environment list, or None when unset (then everything is run)."""
+    value = os.environ.get(name)
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def selected_candidates():
+    """CANDIDATES filtered by LINEAR_CANDIDATES (e.g. "default"); "default" is always kept."""
+    keep = _env_list("LINEAR_CANDIDATES")
+    return {n: c for n, c in CANDIDATES.items() if keep is None or n in keep or n == "default"}
+
+
+def selected_gradchecks():
+    """GRADCHECKS whose name starts with one of LINEAR_GRADCHECKS (e.g. "default")."""
+    keep = _env_list("LINEAR_GRADCHECKS")
+    return [g for g in GRADCHECKS if keep is None or any(g[0].startswith(k) for k in keep)]
+
+
 def config_for(name, op):
     group, over, _ops = CANDIDATES[name]
     return dict(over) if group in ("both", GROUP[op]) else {}
@@ -84,6 +102,8 @@ def task_warm(spec):
 
 
 def main():
+    global CANDIDATES, GRADCHECKS
+    CANDIDATES, GRADCHECKS = selected_candidates(), selected_gradchecks()
     args = sys.argv[1:]
     if args and args[0] == "--task":
         task_warm(json.loads(args[1]))
@@ -152,7 +172,8 @@ def main():
     n_default = sum(1 for name, _o, _c in GRADCHECKS if name.startswith("default"))
     tasks += checks[:n_default] + warms + checks[n_default:]
     # A gets what C (the table, ~90 s) and B (~15 s once compiled) leave, at most 115 s
-    limit_a = max(30.0, min(115.0, left() - 110)) if not smoke else 1200
+    # LINEAR_A_MAX_S raises the cap where fla's autotuned compiles need it (GLA alone took > 170 s)
+    limit_a = max(30.0, min(float(os.environ.get("LINEAR_A_MAX_S", 115)), left() - 110)) if not smoke else 1200
     report["compile_exit_codes"] = run_parallel(tasks, jobs, limit_a, log)
     results = []
     for i, (name, only, cfg) in enumerate(GRADCHECKS):
@@ -216,7 +237,7 @@ def main():
     t0 = time.time()
     limit_c = max(10, int(left()))
     cmd = [sys.executable, os.path.join(HERE, "linear.py"), os.path.join(outdir, "table.json"),
-           "--T", "32768,8192", "--no-sdpa",
+           "--T", "32768,8192"] + ([] if os.environ.get("LINEAR_SDPA") == "1" else ["--no-sdpa"]) + [
            # fla's GLA compiles longest (it ran past 170 s of compiling last session): last, so that a cut
            # loses the fewest rows
            "--ops", "linear,retention,mamba2,delta,gated_delta,gla"] + ([] if report["fla"] else ["--no-fla"])
