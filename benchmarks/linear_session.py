@@ -49,6 +49,7 @@ CANDIDATES = {
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
     "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
+    "scan_hg_off": ("linear_attention", {"SCAN_HG": 0}, ("retention", "mamba2")),
 }
 # gradient-check jobs: (name, --only cases, configs over the defaults)
 GRADCHECKS = [(f"default {c}", c, {}) for c in
@@ -73,6 +74,14 @@ def selected_candidates():
     """CANDIDATES filtered by LINEAR_CANDIDATES (e.g. "default"); "default" is always kept."""
     keep = _env_list("LINEAR_CANDIDATES")
     return {n: c for n, c in CANDIDATES.items() if keep is None or n in keep or n == "default"}
+
+
+def selected_ops():
+    """The ops this session runs (LINEAR_OPS, a comma list; default all), in the table's order: fla's GLA
+    compiles longest (it ran past 170 s of compiling), so it comes last and a cut loses the fewest rows."""
+    keep = _env_list("LINEAR_OPS")
+    return [op for op in ("linear", "retention", "mamba2", "delta", "gated_delta", "gla")
+            if keep is None or op in keep]
 
 
 def selected_gradchecks():
@@ -151,7 +160,7 @@ def main():
     gc = os.path.join(HERE, "linear_gradcheck.py")
     tasks = []
     if report["fla"] and not smoke:  # fla's autotuned compiles are the long pole: start them first
-        for op in GROUP:
+        for op in selected_ops():
             spec = dict(who="fla", ops=[op], B=2, H=16, K=128, T=1024)
             tasks.append((f"warm fla {op}", [__file__, "--task", json.dumps(spec)]))
     checks = []
@@ -164,7 +173,7 @@ def main():
                                           "--configs", cfg_path]))
     warms = []
     shape = dict(B=1, H=2, K=32, T=80) if smoke else dict(B=1, H=2, K=128, T=256)
-    for op in GROUP:
+    for op in selected_ops():
         names = [n for n, (_g, _c, ops) in CANDIDATES.items() if op in ops]
         spec = dict(who="ours", ops=[op], candidates=names, **shape)
         warms.append((f"warm ours {op}", [__file__, "--task", json.dumps(spec)]))
@@ -202,7 +211,7 @@ def main():
     dtype = torch.float32 if smoke else torch.bfloat16
     timed = (lambda fn, x, bwd: lb.timed(fn, x, bwd, warmup=10, rep=50)) if not smoke else lb.cpu_timed
     report["sweep"] = []
-    for op in GROUP:
+    for op in selected_ops():
         if left() < 95 and not smoke:
             report["sweep_cut"] = f"stopped before {op}: {left():.0f} s left"
             break
@@ -238,9 +247,7 @@ def main():
     limit_c = max(10, int(left()))
     cmd = [sys.executable, os.path.join(HERE, "linear.py"), os.path.join(outdir, "table.json"),
            "--T", "32768,8192"] + ([] if os.environ.get("LINEAR_SDPA") == "1" else ["--no-sdpa"]) + [
-           # fla's GLA compiles longest (it ran past 170 s of compiling last session): last, so that a cut
-           # loses the fewest rows
-           "--ops", "linear,retention,mamba2,delta,gated_delta,gla"] + ([] if report["fla"] else ["--no-fla"])
+           "--ops", ",".join(selected_ops())] + ([] if report["fla"] else ["--no-fla"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     with open(log, "a") as logf:
         try:
@@ -266,7 +273,7 @@ def main():
     report["breakdown"] = []
     if left() > 20:
         try:
-            lb.run_breakdown(report, list(GROUP), 32768, 2, 16, 128, 128, save)
+            lb.run_breakdown(report, selected_ops(), 32768, 2, 16, 128, 128, save)
         except Exception as e:  # the table and candidates above are what matter; keep them
             report["breakdown_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     else:
@@ -285,7 +292,7 @@ def profile_kernels(report, go_on, device, shape, save):
     rows = (table.get("rows") or []) if isinstance(table, dict) else []
     fla_ok = {r["op"] for r in rows if r.get("T") == T and r.get("fla_fwdbwd_ms")}
     out = []
-    for op in GROUP:
+    for op in selected_ops():
         makers = [("ours", lb.ours_fn)] + ([("fla", lb.fla_fn)] if op in fla_ok else [])
         x = lb.make_inputs(op, B, T, H, K, K, device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
         for who, make in makers:
