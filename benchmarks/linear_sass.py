@@ -28,8 +28,7 @@ from attnsearch.kernels import triton_linear as tlin  # noqa: E402
 
 # pointer arguments that hold fp32 / int32 data (the rest are bf16 inputs, outputs or states)
 FP32 = {"b_ptr", "h0_ptr", "ht_ptr", "dht_ptr", "dh0_ptr", "a_ptr", "d_ptr", "dl_ptr", "da_ptr", "e_ptr",
-        "dqi_ptr", "dki_ptr", "x_ptr_f", "dk_part", "db_ptr", "y_ptr", "dbeta_ptr", "tm_ptr", "dkp_ptr",
-        "hg_ptr", "hgp_ptr"}
+        "dqi_ptr", "dki_ptr", "x_ptr_f", "dk_part", "db_ptr", "y_ptr", "dbeta_ptr", "tm_ptr", "dkp_ptr"}
 INT32 = {"flag_ptr"}
 
 
@@ -64,7 +63,7 @@ def jobs():
             out.append((f"state_fwd gate={gate} pre={pre}", tlin._state_fwd_kernel, c, lin["num_warps"],
                         lin["num_stages"], ()))
             c = dict(scan, BK=lin["BLOCK_K"], BV=lin["BLOCK_V"], GATE=gate, DELTA=False, HAS_DHT=False,
-                     STORE_DH0=False, PRE=pre, HG=gate == 1 and bool(lin["SCAN_HG"]))
+                     STORE_DH0=False, PRE=pre)
             out.append((f"state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, lin["num_warps"],
                         lin["num_stages"], ()))
     for gate in (0, 1):
@@ -72,8 +71,7 @@ def jobs():
             c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_H0=False, STORE_HT=False, PRE=pre)
             out.append((f"delta state_fwd gate={gate} pre={pre}", tlin._state_fwd_kernel, c, dl["num_warps"],
                         dl["num_stages"], ()))
-            c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_DHT=False, STORE_DH0=False, PRE=pre,
-                     HG=False)
+            c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_DHT=False, STORE_DH0=False, PRE=pre)
             out.append((f"delta state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, dl["num_warps"],
                         dl["num_stages"], ("dvl_ptr",)))
     for vec in (False, True):
@@ -91,9 +89,7 @@ def jobs():
         c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=gate, PREC="tf32")
         out.append((f"out_fwd gate={gate}", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
     for gate in (0, 1, 2):
-        # NP: the scan's <h_n, G_n> tile partials (K / BLOCK_K * V / BLOCK_V of them) under SCAN_HG
-        n_tiles = (K // lin["BLOCK_K"]) * (V // lin["BLOCK_V"]) if gate == 1 and lin["SCAN_HG"] else 0
-        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32", NP=n_tiles)
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
         # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32; its stages are capped at 2
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],

@@ -49,7 +49,6 @@ CANDIDATES = {
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
     "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
-    "scan_hg_off": ("linear_attention", {"SCAN_HG": 0}, ("retention", "mamba2")),
 }
 # gradient-check jobs: (name, --only cases, configs over the defaults)
 GRADCHECKS = [(f"default {c}", c, {}) for c in

@@ -44,8 +44,7 @@ Gate gradients are formed chunk-locally from terms that each carry their own dec
 difference of large sums: for a step s of chunk n,
   dg_s = sum_{i>=s} q_i.dq_inter_i + sum_{i>=s, j<s} dA_ij A_ij + exp(b_last) <h_n, G_n> + sum_{j<s} k_j.dk_inter_j
 (per channel for GLA, where the intra term is taken as q.dq_offdiag - k.dk_offdiag inside the chunk;
-the scalar gate takes the first two sums together as sum_{i>=s} (q_i.dq_i - k_i.dk_i) over the chunk's
-off-diagonal terms, which needs no second A; the delta rule adds the UT-transform terms). The textbook identity dg = revcumsum(q dq - k dk) over the
+the delta rule adds the UT-transform terms). The textbook identity dg = revcumsum(q dq - k dk) over the
 whole sequence is exact in exact arithmetic but cancels O(1) terms down to O(exp(g)) results, which
 lost all precision at g = -20 on the GPU (measured: relative error up to 3e2 for a fixed [H] gate).
 """
@@ -89,20 +88,16 @@ _COMMON = {
 #   GATED_BWD_BLOCK_V  V tile of the per-chunk backward kernels for gated inputs (0: BWD_BLOCK_V). The gate
 #                terms take registers: at 64 x 128 tiles and 8 warps the scalar-gated kernel spilled on sm_90
 #                where the ungated one did not, so the two may want different tiles.
-#   SCAN_HG      scalar gates: 1 = the backward scan, which holds G_n, also sums <h_n, G_n> (a gate-gradient
-#                term); 0 = the per-chunk backward multiplies the two state tiles elementwise in its V loop
-#                (sm_90 SASS: that loop grew from 292 instructions ungated to 523 scalar-gated).
 #   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
-            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "SCAN_HG")}
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V")}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
-                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
-                         "SCAN_HG": (0, 1)},
+                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1)},  # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
@@ -133,7 +128,7 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
-                "OUT_V_LOOP": 0, "SCAN_HG": 1}
+                "OUT_V_LOOP": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
@@ -507,14 +502,11 @@ def _gla_intra_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, a_ptr, T, NT, H, K: tl.cons
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_ptr, gs_ptr, dvn_ptr,
-                      h_ptr, hg_ptr, scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
-                      PRE: tl.constexpr = False, HG: tl.constexpr = False):
+                      PRE: tl.constexpr = False):
     """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
-    HG (scalar gate): also this tile's part of <h_n, G_n> (h_n the state entering chunk n) to
-    hg_ptr [tiles, B*H, NT], a term of the gate gradient; the scan holds G_n already, so the per-chunk
-    kernel need not multiply two state tiles elementwise.
 
     dh_n = exp(b_last) G_n + scale (q exp(b))^T do  [- w^T dv_new for the delta rule, where
     dv_new = dv_local + (k exp(b_last - b)) G_n is stored to dvn_ptr].
@@ -543,11 +535,6 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
             d_next = _chunk_decay(b_ptr, bh, tl.maximum(n - 1, 0), NT, kk, kmask, K, GATE)
         tl.store(gs_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
                  dstate.to(gs_ptr.dtype.element_ty), mask=kvmask)
-        if HG:
-            h_n = tl.load(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs, mask=kvmask, other=0)
-            tile = ik * tl.num_programs(1) + iv
-            tl.store(hg_ptr + (tile * tl.num_programs(2) + bh).to(tl.int64) * NT + n,
-                     tl.sum(tl.sum(h_n.to(tl.float32) * dstate, axis=1), axis=0))
         rows = n * BT + tl.arange(0, BT)
         rmask = rows < T
         tok = (bb * T + rows).to(tl.int64) * H + hh
@@ -595,19 +582,17 @@ def _exclusive_prefix(y, BT: tl.constexpr):
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr, flag_ptr,
-                       dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, hgp_ptr, scale,
+                       dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                       NP: tl.constexpr = 0):
+                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
     """Per chunk gradients of linear attention. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
     others it writes the inter-chunk parts of dq/dk (fp32) and the intra-chunk dA, and
     `_gla_intra_bwd_kernel` adds the intra parts. Both write the state term of dg.
-    NP > 0 (scalar gate): <h_n, G_n> comes from the scan as NP tile partials (`_state_bwd_kernel`, HG).
 
     Gate gradient (scalar gate), chunk-local so that nothing large cancels under strong decay:
-    dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + exp(b_last) <h_n, G_n> + sum_j k_j.dk_inter_j, from the
-    complete dq, dk (every term is bounded: each carries a decay factor <= 1)."""
+    dg_s = sum_{i>=s} q_i.dq_inter_i + sum_{i>=s, j<s} dA_ij A_ij + exp(b_last) <h_n, G_n>
+           + sum_{j<s} k_j.dk_inter_j."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -640,7 +625,6 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             b_last = tl.load(b_ptr + last)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             kdec_f = tl.exp(tl.minimum(b_last - b, 0))
-            k_dec = (k_t * kdec_f[:, None]).to(k_t.dtype)
         else:
             att = tl.where(causal, att, 0)
     att_t = tl.trans(att * scale).to(k_t.dtype)
@@ -664,11 +648,11 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         if GATE == 2:
             dv += tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
         elif GATE == 1:
-            dv += tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
+            dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC) * kdec_f[:, None]
         else:
             dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC)
         tl.store(dv_ptr + tok[:, None] * V + vv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=m_v)
-        if GATE == 2 or (GATE == 1 and NP == 0):
+        if GATE > 0:
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
@@ -698,38 +682,22 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         if GATE == 1:
             dq = dq * (scale * tl.exp(b))[:, None]
             dk = dk * kdec_f[:, None]
-            # dL/db_i = q_i.dq_i - k_i.dk_i (b_i scales q_i by exp(b_i) and k_i by exp(-b_i)), and g_s moves
-            # every b_i with i >= s and the chunk's last b. Summed so that no O(1) terms cancel under
-            # strong decay: the diagonal (gate-free, equal on both sides) is left out, and the keys'
-            # decay into the next state enters as the prefix over j < s of k_j.dk_inter_j.
-            if NP > 0:
-                h_dot_g = 0.0
-                for p in tl.static_range(NP):
-                    h_dot_g += tl.load(hgp_ptr + (p * tl.num_programs(1) + bh).to(tl.int64) * NT + n)
-            else:
-                h_dot_g = tl.sum(hg, axis=0)
-            dg = tl.exp(b_last) * h_dot_g + _exclusive_prefix(tl.sum(k_t.to(tl.float32) * dk, axis=1), BT)
-            da = da * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-            da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
-            da = tl.where(ii[:, None] > ii[None, :], da, 0)
-            qx = q_t.to(tl.float32)
-            kx = k_t.to(tl.float32)
-            # dk is finished and stored first, so that three [BT, BK] fp32 tiles are never live at once
-            dk_intra = tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
-            x = -tl.sum(kx * dk_intra, axis=1)
-            dk += dk_intra + da_diag[:, None] * qx
-            tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
-            dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
-            x += tl.sum(qx * dq, axis=1)
-            tl.store(dg_ptr + tok, dg + tl.cumsum(x, axis=0, reverse=True), mask=rmask)
-            dq += da_diag[:, None] * kx
-            tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+            x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
+            y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
+            strict = ii[:, None] > ii[None, :]
+            decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            # dA_ij A_ij for j < i (diagonal terms carry no gate); A recomputed rather than kept live
+            m = tl.where(strict, da * tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay, 0)
+            x += tl.sum(m, axis=1) - tl.sum(m, axis=0)
+            dg = tl.cumsum(x, axis=0, reverse=True) + tl.exp(b_last) * tl.sum(hg, axis=0) + _exclusive_prefix(y, BT)
+            tl.store(dg_ptr + tok, dg, mask=rmask)
+            da = da * decay
         else:
             dq = dq * scale
-            dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
-            dk += tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
-            tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
-            tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+        dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
+        dk += tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -1255,9 +1223,8 @@ def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     return o
 
 
-def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, pre=False, h=None):
-    """pre: q holds q exp(b), k (delta) the decayed keys, b exp(b_last) per chunk. With the forward's
-    states h (scalar gate), also returns the tile partials of <h_n, G_n> [tiles, B*H, NT] (else None)."""
+def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, pre=False):
+    """pre: q holds q exp(b), k (delta) the decayed keys, b exp(b_last) per chunk."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -1267,11 +1234,10 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, 
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
     dvn = torch.empty_like(do) if delta else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
-    hgp = torch.empty(grid[0] * grid[1], B * H, NT, dtype=torch.float32, device=q.device) if h is not None else None
-    _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, h, hgp, scale, T, NT, H=H, K=K, V=V,
+    _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
                             BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,
-                            STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, HG=h is not None, **_launch_opts(cfg))
-    return gs, dh0, dvn, hgp
+                            STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, **_launch_opts(cfg))
+    return gs, dh0, dvn
 
 
 # --------------------------------------------------------------------------------------------
@@ -1299,16 +1265,13 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
-    scan_hg = gate == 1 and bool(cfg.get("SCAN_HG", 0))
     if _use_prep(cfg, gate, backward=True):
         b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
-        gs, dh0, _, hgp = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True,
-                                     h=h if scan_hg else None)
+        gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
         del qd, d
     else:
         b, flag = _chunk_cumsum(g, BT, flags=True) if gate == 2 else (_chunk_cumsum(g, BT), None)
-        gs, dh0, _, hgp = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0,
-                                     h=h if scan_hg else None)
+        gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0)
     att = _gla_intra(q, k, b, flag, BT) if gate == 2 else None
     BK = _pow2(K)
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
@@ -1329,9 +1292,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     dq = dk = None
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, hgp, scale,
-                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
-                                    NP=hgp.shape[0] if scan_hg else 0, **opts)
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
+                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)
@@ -1441,10 +1403,10 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, qd, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
                                   PREC=_prec(q), STORE_QD=pre, **_launch_opts(cfg, "bwd"))
     if pre:
-        gs, dh0, dvn, _ = _state_bwd(qd, kd, w, d, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0, pre=True)
+        gs, dh0, dvn = _state_bwd(qd, kd, w, d, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0, pre=True)
         del qd, kd, d
     else:
-        gs, dh0, dvn, _ = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
+        gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
     del dvl  # folded into dvn; free it before the gradient buffers are allocated (peak memory)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dk_part = torch.empty(k.shape, dtype=torch.float32, device=q.device)
