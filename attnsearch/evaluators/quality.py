@@ -65,24 +65,26 @@ def default_tasks() -> dict:
 
 class ProxySpec(BaseModel):
     """How to train and score one proxy. The defaults are the budget `benchmarks/proxy_fidelity.py`
-    measured (benchmarks/results/proxy_fidelity.json, 11 layouts, 1 thread): 300 steps of batch 8
-    over MQAR and noisy recall (32 tokens, 4 pairs/keys, 16 values) and text (64 bytes), width 32,
-    4 layers; 20 s (full attention) to 53 s (GLA) of CPU per trial on one thread; a second thread
-    does not shorten it (tiny matrices; benchmarks/results/proxy_speed_cpu.json), so on a CPU run
-    trials side by side, one thread each. Its ranking against an 8x run: Spearman 0.68, Kendall 0.45
-    on the CPU; on an H200 (Triton kernels, bf16; benchmarks/results/proxy_fidelity_h200_s300.json)
-    Spearman 0.77, Kendall 0.60 over the 10 layouts whose 2,400-step run finished, with two seeds of
-    the 300-step run agreeing at 1.00 (goal 0.8 not met): the four layouts that learn MQAR by 2,400
-    steps (DeltaNet, Qwen3-Next, Jamba, Mamba-2) lead the 8x run, and at 300 steps only DeltaNet
-    recalls; the rest is ordered by text loss.
+    measured: 300 steps of batch 8 over MQAR and noisy recall (32 tokens, 4 pairs/keys, 16 values) and
+    text (64 bytes), width 32, 4 layers, the tasks of a step packed into one batch.
 
-    Why 300 steps and not fewer: the 8x run's order is decided by which layouts learn to recall,
-    and a proxy ranks better once recall can emerge inside its own budget. At 150 steps
-    no layout recalled (every recall score 0), the proxy ranked by text loss alone, and the 8x run
-    (1,200 steps) put DeltaNet and Mamba-2, which had learnt MQAR by then, on top: Spearman 0.03
-    over the same 11 layouts, with two seeds of that proxy agreeing at 0.82. DeltaNet's MQAR
-    accuracy was 0.22 / 0.76 / 0.99 at 150 / 300 / 600 steps, Mamba-2's stayed at the plateau up
-    to 600 and reached 0.81 by 1,200. Raise `steps` where compute allows (a GPU)."""
+    Cost: 19 s (full attention) to 35 s (GLA) of wall time on 2 CPU threads
+    (benchmarks/results/h200_session4/proxy_speed_cpu_packed.log; 1.35-1.5x less than one pass per
+    task); on an H200, 16 proxies at once, 9-24 s each (block top-k 66 s), about 300 steps/s together.
+
+    Fidelity against an 8x run (H200, Triton kernels, bf16, 11 layouts incl. block top-k;
+    benchmarks/results/h200_session4/proxy_fidelity_*.json), goal Spearman 0.8, NOT met:
+    - 300 vs 2,400 steps, seeds 0 / 1 / 2: Spearman 0.727 / 0.364 / 0.345 per seed, 0.709 on the
+      three-seed means (Kendall 0.527). The 2,400-step runs agree with each other at 0.955-0.988; the
+      300-step runs at 0.58-0.97. What decides it: the 8x order is led by the layouts that learn to
+      recall (DeltaNet, Qwen3-Next, Jamba, Mamba-2; the last three in 1-2 of 3 seeds), and at 300 steps
+      DeltaNet's recall emerges in one seed of three (score 0.42 vs 0.08); the rest is ordered by text
+      loss, where softmax layouts lead early and conv-based recurrent ones catch up later.
+    - 600 vs 4,800 steps (seed 0): Spearman 0.709; DeltaNet recalls at 600 steps, Qwen3-Next not yet.
+    - Before tasks were packed (session 3, 10 layouts, seed 0): 300 vs 2,400 steps 0.770.
+    Why 300 steps and not fewer: at 150 steps no layout recalled and the figure was 0.03. Raise
+    `steps` where compute allows (a GPU); the ranking of layouts whose recall emerges late is the
+    proxy's known weak point."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     d_model: int = Field(32, ge=8)
