@@ -393,7 +393,7 @@ def summarise(runs, factor) -> dict:
         long = [r["long_score"] for r in rows]
         report["spearman"] = spearman(short, long)
         report["kendall"] = kendall(short, long)
-        report.update(seed_noise(by, [r["preset"] for r in rows]))
+        report.update(seed_noise(by, [r["preset"] for r in rows], factor))
         # per task: does the task's own 1x score order layouts as its 8x score does (diagnostic)
         with_metrics = [r for r in rows if r["short_metrics"] and r["long_metrics"]]
         tasks = sorted(set.intersection(*(set(r["long_metrics"]) for r in with_metrics))) if with_metrics else []
@@ -405,18 +405,24 @@ def summarise(runs, factor) -> dict:
     return report
 
 
-def seed_noise(by: dict, names: list) -> dict:
-    """How well the default budget agrees with itself across two seeds (Spearman over the same
-    layouts): the ceiling a fidelity figure can reach when layouts are near-tied."""
+def seed_noise(by: dict, names: list, factor: float = 8.0) -> dict:
+    """How well each budget agrees with itself across two seeds (Spearman over the same layouts): the
+    default budget's figure is the ceiling a fidelity figure can reach when layouts are near-tied; the
+    long budget's says how stable the reference itself is."""
     from attnsearch.evaluators.ranking import spearman
 
-    seeds = sorted(set.intersection(*({r["seed"] for r in by[n][1.0]} for n in names)))
-    if len(seeds) < 2:
-        return {}
-    score = {(r["preset"], r["seed"]): r["score"] for n in names for r in by[n][1.0]}
-    a, b = seeds[:2]
-    return {"short_seed_spearman": spearman([score[(n, a)] for n in names], [score[(n, b)] for n in names]),
-            "short_seed_pair": [a, b]}
+    out = {}
+    for f, tag in ((1.0, "short"), (factor, "long")):
+        if not all(f in by[n] for n in names):
+            continue
+        seeds = sorted(set.intersection(*({r["seed"] for r in by[n][f]} for n in names)))
+        if len(seeds) < 2:
+            continue
+        score = {(r["preset"], r["seed"]): r["score"] for n in names for r in by[n][f]}
+        a, b = seeds[:2]
+        out[f"{tag}_seed_spearman"] = spearman([score[(n, a)] for n in names], [score[(n, b)] for n in names])
+        out[f"{tag}_seed_pair"] = [a, b]
+    return out
 
 
 def print_table(report):
@@ -447,6 +453,10 @@ def print_table(report):
     if "short_seed_spearman" in report:
         a, b = report["short_seed_pair"]
         print(f"1x seed {a} vs 1x seed {b}: Spearman {report['short_seed_spearman']:.3f} (noise ceiling)")
+    if "long_seed_spearman" in report:
+        a, b = report["long_seed_pair"]
+        print(f"{report['factor']:g}x seed {a} vs {report['factor']:g}x seed {b}: Spearman "
+              f"{report['long_seed_spearman']:.3f} (stability of the reference)")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ class ProxySpec(BaseModel):
 
     Fidelity against an 8x run (H200, Triton kernels, bf16, 11 layouts incl. block top-k;
     benchmarks/results/h200_session4/proxy_fidelity_*.json), goal Spearman 0.8, NOT met:
-    - 300 vs 2,400 steps, seeds 0 / 1 / 2: Spearman 0.727 / 0.364 / 0.345 per seed, 0.709 on the
-      three-seed means (Kendall 0.527). The 2,400-step runs agree with each other at 0.955-0.988; the
+    - 300 vs 2,400 steps, seeds 0 / 1 / 2: Spearman 0.727 / 0.364 / 0.345 per seed, 0.718 on the
+      seed means (Kendall 0.564). The 2,400-step runs agree with each other at 0.955-0.988; the
       300-step runs at 0.58-0.97. What decides it: the 8x order is led by the layouts that learn to
       recall (DeltaNet, Qwen3-Next, Jamba, Mamba-2; the last three in 1-2 of 3 seeds), and at 300 steps
       DeltaNet's recall emerges in one seed of three (score 0.42 vs 0.08); the rest is ordered by text
