@@ -81,6 +81,8 @@ class ProxySpec(BaseModel):
       DeltaNet's recall emerges in one seed of three (score 0.42 vs 0.08); the rest is ordered by text
       loss, where softmax layouts lead early and conv-based recurrent ones catch up later.
     - 600 vs 4,800 steps (seed 0): Spearman 0.709; DeltaNet recalls at 600 steps, Qwen3-Next not yet.
+    - CPU (fp32 torch path, seed 0, 1 thread a run): 300 vs 2,400 steps 0.727 (Kendall 0.564); a
+      default run took 14-49 s on one thread (benchmarks/results/h200_session4/proxy_fidelity_cpu_s300.*).
     - Before tasks were packed (session 3, 10 layouts, seed 0): 300 vs 2,400 steps 0.770.
     Why 300 steps and not fewer: at 150 steps no layout recalled and the figure was 0.03. Raise
     `steps` where compute allows (a GPU); the ranking of layouts whose recall emerges late is the
