@@ -115,6 +115,22 @@ def rescore(run: dict, proxy_overrides: dict) -> None:
     run["rescored"] = True
 
 
+RECALLED_NATS = 0.5   # a recall task's training loss below this: recall has emerged (plateau: ln 4 = 1.39)
+
+
+def recall_step(run: dict, threshold: float = RECALLED_NATS) -> float | None:
+    """First learning-curve step at which every recall task's training loss is below `threshold`
+    nats (the layout has learnt to recall), or None if it never got there. Recall tasks are the
+    curve's per-task columns other than the text task "lm"."""
+    tasks = [t for t in (run.get("metrics") or {}) if t != "lm"]
+    if not tasks:
+        return None
+    for point in run.get("curve") or []:
+        if all(point.get(t, float("inf")) < threshold for t in tasks):
+            return point["step"]
+    return None
+
+
 def _key(r):
     return f"{r['preset']}|{r['factor']}|{r['seed']}"
 
@@ -380,6 +396,7 @@ def summarise(runs, factor) -> dict:
             row[f"{tag}_cpu_s"] = sum(r["cpu_time_s"] for r in rs) / len(rs)
             row[f"{tag}_score"] = sum(r["score"] for r in rs) / len(rs)
             row[f"{tag}_wall_s"] = sum(r["wall_time_s"] for r in rs) / len(rs)
+            row[f"{tag}_recall_steps"] = [recall_step(r) for r in sorted(rs, key=lambda r: r["seed"])]
             row[f"{tag}_metrics"] = {t: {k: sum(r["metrics"][t][k] for r in rs) / len(rs)
                                          for k in rs[0]["metrics"][t]} for t in rs[0]["metrics"]} \
                 if not any(r["diverged"] for r in rs) else {}
@@ -431,14 +448,17 @@ def print_table(report):
     head = f"{'layout':12s} {'proxy':6s} {'score 1x':>9s} {'score ' + format(report['factor'], 'g') + 'x':>9s}"
     for t in tasks:
         head += f" {t[:12]:>12s}"
-    print(head + f" {'wall 1x':>8s} {'wall ' + format(report['factor'], 'g') + 'x':>8s} {'cpu 1x':>7s}")
+    print(head + f" {'wall 1x':>8s} {'wall ' + format(report['factor'], 'g') + 'x':>8s} {'cpu 1x':>7s}"
+                 f"  recalled at step (1x | {report['factor']:g}x, per seed)")
     for r in rows:
         line = f"{r['preset']:12s} {r['proxy_layout']:6s} {r['short_score']:9.4f} {r['long_score']:9.4f}"
         for t in tasks:
             m_s, m_l = r["short_metrics"].get(t, {}), r["long_metrics"].get(t, {})
             key = "bpb" if "bpb" in m_l else "accuracy"
             line += f" {m_s.get(key, float('nan')):5.2f}>{m_l.get(key, float('nan')):5.2f}{'b' if key == 'bpb' else 'a'}"
-        print(line + f" {r['short_wall_s']:7.1f}s {r['long_wall_s']:7.1f}s {r['short_cpu_s']:6.1f}s")
+        steps = " | ".join(",".join("-" if s is None else f"{s:g}" for s in r.get(f"{tag}_recall_steps", []))
+                           for tag in ("short", "long"))
+        print(line + f" {r['short_wall_s']:7.1f}s {r['long_wall_s']:7.1f}s {r['short_cpu_s']:6.1f}s  {steps}")
     if "spearman" in report:
         print(f"Spearman {report['spearman']:.3f}  Kendall {report['kendall']:.3f}  over {len(rows)} layouts "
               f"(1x vs {report['factor']:g}x budget)")
