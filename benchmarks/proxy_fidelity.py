@@ -110,9 +110,19 @@ def rescore(run: dict, proxy_overrides: dict) -> None:
         bits = load_corpus(proxy.corpus, proxy.corpus_max_bytes).unigram_bits()
     for name, m in run["metrics"].items():
         m["score"] = task_score(proxy.tasks[name], m["loss"], bits)
-    total = sum(proxy.weight(n) for n in proxy.tasks)
-    run["score"] = sum(proxy.weight(n) * run["metrics"][n]["score"] for n in proxy.tasks) / total
+    run["score"] = proxy.quality_score({n: m["score"] for n, m in run["metrics"].items()})
     run["rescored"] = True
+
+
+def reweight(run: dict, proxy_overrides: dict) -> None:
+    """A stored run's score recomputed from its stored task scores with the current score weights
+    (in place; for a change of `ProxySpec.score_weights`, no corpus or losses needed)."""
+    from attnsearch.evaluators.quality import ProxySpec
+
+    if run["diverged"] or not run["metrics"]:
+        return
+    run["score"] = ProxySpec(**proxy_overrides).quality_score({n: m["score"] for n, m in run["metrics"].items()})
+    run["reweighted"] = True
 
 
 RECALLED_NATS = 0.5   # a recall task's training loss below this: recall has emerged (plateau: ln 4 = 1.39)
@@ -274,6 +284,9 @@ def main(argv=None):
     ap.add_argument("--rescore", action="store_true",
                     help="recompute every stored run's task scores and score from its stored held-out losses "
                          "with the current scoring code (no training; for a change of the score definition)")
+    ap.add_argument("--reweight", action="store_true",
+                    help="recompute every stored run's score from its stored task scores with the current "
+                         "score weights (no training; with --report, in the printed tables only)")
     args = ap.parse_args(argv)
 
     if args.candidate or args.extra_candidate:
@@ -294,6 +307,9 @@ def main(argv=None):
                 print(f"{c or path}: no results yet ({path})")
                 continue
             runs = json.loads(path.read_text())["runs"]
+            if args.reweight:
+                for r in runs:
+                    reweight(r, cands[c])
             print(f"== candidate {c or path}: {json.dumps(cands[c])} ({len(runs)} runs)")
             print_table(summarise(runs, args.factor))
         return
@@ -308,6 +324,9 @@ def main(argv=None):
         if args.rescore:
             for r in done[c].values():
                 rescore(r, cands[c])
+        if args.reweight:
+            for r in done[c].values():
+                reweight(r, cands[c])
     factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
     main_cands = [c for c in cands if c not in extras]
     todo = [j for j in job_order(main_cands, args.layouts, factors, args.seeds, args.extra_short_seeds, list(extras))
@@ -411,6 +430,16 @@ def summarise(runs, factor) -> dict:
         report["spearman"] = spearman(short, long)
         report["kendall"] = kendall(short, long)
         report.update(seed_noise(by, [r["preset"] for r in rows], factor))
+        # each seed on its own (a trial trains one seed): the figure above averages the seeds' scores
+        names = [r["preset"] for r in rows]
+        common = set.intersection(*({r["seed"] for r in by[n][f]} for n in names for f in (1.0, factor)))
+        if len(common) > 1:
+            report["per_seed_spearman"] = {}
+            for seed in sorted(common):
+                pick = {(n, f): next(r["score"] for r in by[n][f] if r["seed"] == seed)
+                        for n in names for f in (1.0, factor)}
+                report["per_seed_spearman"][seed] = spearman([pick[(n, 1.0)] for n in names],
+                                                             [pick[(n, factor)] for n in names])
         # per task: does the task's own 1x score order layouts as its 8x score does (diagnostic)
         with_metrics = [r for r in rows if r["short_metrics"] and r["long_metrics"]]
         tasks = sorted(set.intersection(*(set(r["long_metrics"]) for r in with_metrics))) if with_metrics else []
@@ -470,6 +499,9 @@ def print_table(report):
         print(f"per task, 1x vs {report['factor']:g}x task score: " + "  ".join(
             f"{t} {'-- (all equal at one budget)' if v is None else format(v, '.3f')}"
             for t, v in report["task_spearman"].items()))
+    if report.get("per_seed_spearman"):
+        print("each seed alone (1x vs 8x, over the layouts run at every seed): " + "  ".join(
+            f"seed {s} {v:.3f}" for s, v in report["per_seed_spearman"].items()))
     if "short_seed_spearman" in report:
         a, b = report["short_seed_pair"]
         print(f"1x seed {a} vs 1x seed {b}: Spearman {report['short_seed_spearman']:.3f} (noise ceiling)")

@@ -204,3 +204,22 @@ def test_cpu_chunks_fit_the_shortest_task_and_leave_softmax_layers_alone():
         fitted = fit_chunks(arch, lens)
         assert [layer.kernel_config for layer in fitted.layers] == [None, {"chunk_size": chunk}, {"chunk_size": chunk}]
         assert fitted.layout_string() == "FAN"
+
+
+def test_score_weights_weight_the_score_but_not_the_training():
+    spec = ProxySpec()
+    # the default: noisy recall is trained (weight 1) but not scored
+    assert spec.weight("noisy_recall") == 1.0 and spec.score_weight("noisy_recall") == 0.0
+    assert spec.quality_score({"lm": 0.2, "mqar": 0.6, "noisy_recall": 0.9}) == pytest.approx(0.4)
+    both = ProxySpec(score_weights={"noisy_recall": 1.0})
+    assert both.quality_score({"lm": 0.2, "mqar": 0.6, "noisy_recall": 0.9}) == pytest.approx(1.7 / 3)
+    # tasks without noisy recall: the default score weights do not apply, the task weights do
+    only = ProxySpec(tasks={"lm": T.LMSpec(seq_len=16)}, task_weights={"lm": 2.0})
+    assert only.quality_score({"lm": 0.3}) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("bad", [dict(score_weights={"nope": 1.0}), dict(score_weights={"lm": -1.0}),
+                                 dict(score_weights={"lm": 0.0, "mqar": 0.0, "noisy_recall": 0.0})])
+def test_invalid_score_weights_raise(bad):
+    with pytest.raises(ValueError, match="score_weights"):
+        ProxySpec(**bad)
