@@ -96,32 +96,35 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(l for l in listing.splitlines() if l.startswith("GPU "))]
 
 
-def rescore(run: dict, proxy_overrides: dict) -> None:
-    """Task scores and score of a stored run recomputed from its held-out losses (in place)."""
+def unigram_bits(proxy) -> float | None:
+    """The corpus byte entropy an LM task's score needs (loaded once per candidate), or None."""
     from attnsearch.evaluators import tasks as T
     from attnsearch.evaluators.corpus import load_corpus
-    from attnsearch.evaluators.quality import ProxySpec, task_score
+
+    if not any(isinstance(spec, T.LMSpec) for spec in proxy.tasks.values()):
+        return None
+    return load_corpus(proxy.corpus, proxy.corpus_max_bytes).unigram_bits()
+
+
+def rescore(run: dict, proxy, bits: float | None) -> None:
+    """Task scores and score of a stored run recomputed from its held-out losses (in place);
+    `proxy` the candidate's ProxySpec, `bits` its `unigram_bits`."""
+    from attnsearch.evaluators.quality import task_score
 
     if run["diverged"]:
         return
-    proxy = ProxySpec(**proxy_overrides)
-    bits = None
-    if any(isinstance(spec, T.LMSpec) for spec in proxy.tasks.values()):
-        bits = load_corpus(proxy.corpus, proxy.corpus_max_bytes).unigram_bits()
     for name, m in run["metrics"].items():
         m["score"] = task_score(proxy.tasks[name], m["loss"], bits)
-    run["score"] = proxy.quality_score({n: m["score"] for n, m in run["metrics"].items()})
+    reweight(run, proxy)
     run["rescored"] = True
 
 
-def reweight(run: dict, proxy_overrides: dict) -> None:
-    """A stored run's score recomputed from its stored task scores with the current score weights
-    (in place; for a change of `ProxySpec.score_weights`, no corpus or losses needed)."""
-    from attnsearch.evaluators.quality import ProxySpec
-
+def reweight(run: dict, proxy) -> None:
+    """A stored run's score recomputed from its stored task scores with `proxy`'s score weights (in
+    place; for a change of `ProxySpec.score_weights`, no corpus or losses needed)."""
     if run["diverged"] or not run["metrics"]:
         return
-    run["score"] = ProxySpec(**proxy_overrides).quality_score({n: m["score"] for n, m in run["metrics"].items()})
+    run["score"] = proxy.quality_score({n: m["score"] for n, m in run["metrics"].items()})
     run["reweighted"] = True
 
 
@@ -288,6 +291,7 @@ def main(argv=None):
                     help="recompute every stored run's score from its stored task scores with the current "
                          "score weights (no training; with --report, in the printed tables only)")
     args = ap.parse_args(argv)
+    from attnsearch.evaluators.quality import ProxySpec
 
     if args.candidate or args.extra_candidate:
         try:
@@ -308,8 +312,9 @@ def main(argv=None):
                 continue
             runs = json.loads(path.read_text())["runs"]
             if args.reweight:
+                proxy = ProxySpec(**cands[c])
                 for r in runs:
-                    reweight(r, cands[c])
+                    reweight(r, proxy)
             print(f"== candidate {c or path}: {json.dumps(cands[c])} ({len(runs)} runs)")
             print_table(summarise(runs, args.factor))
         return
@@ -321,12 +326,11 @@ def main(argv=None):
             done[c] = {_key(r): r for r in json.loads(path.read_text())["runs"]}
         for other in args.merge:
             done[c].update({_key(r): r for r in json.loads(Path(other).read_text())["runs"]})
-        if args.rescore:
+        if args.rescore or args.reweight:
+            proxy = ProxySpec(**cands[c])
+            bits = unigram_bits(proxy) if args.rescore else None
             for r in done[c].values():
-                rescore(r, cands[c])
-        if args.reweight:
-            for r in done[c].values():
-                reweight(r, cands[c])
+                rescore(r, proxy, bits) if args.rescore else reweight(r, proxy)
     factors = {"both": (1.0, args.factor), "short": (1.0,), "long": (args.factor,)}[args.budgets]
     main_cands = [c for c in cands if c not in extras]
     todo = [j for j in job_order(main_cands, args.layouts, factors, args.seeds, args.extra_short_seeds, list(extras))

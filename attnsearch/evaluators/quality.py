@@ -245,11 +245,14 @@ def _scored(batch, device: torch.device):
     The copies go through pinned memory without a sync; every device trains on the same data."""
     inputs, targets, mask = batch
     flat_mask = mask.reshape(-1)
-    positions = flat_mask.nonzero().squeeze(1)
-    wanted = targets.reshape(-1)[flat_mask]
+    return _to_device(device, inputs, flat_mask.nonzero().squeeze(1), targets.reshape(-1)[flat_mask])
+
+
+def _to_device(device: torch.device, *tensors: torch.Tensor) -> tuple:
+    """Host tensors copied to a GPU through pinned memory without a sync (unchanged on a CPU)."""
     if device.type != "cuda":
-        return inputs, positions, wanted
-    return tuple(t.pin_memory().to(device, non_blocking=True) for t in (inputs, positions, wanted))
+        return tensors
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
 
 
 def _padded(batch, length: int):
@@ -268,9 +271,8 @@ def _packed(batches: list, length: int):
     of its scored positions into the stacked batch, their targets))."""
     rows, scored, offset = [], [], 0
     for batch in batches:
-        inputs, targets, mask = _padded(batch, length)
-        flat_mask = mask.reshape(-1)
-        scored.append((flat_mask.nonzero().squeeze(1) + offset * length, targets.reshape(-1)[flat_mask]))
+        inputs, positions, wanted = _scored(_padded(batch, length), torch.device("cpu"))
+        scored.append((positions + offset * length, wanted))
         rows.append(inputs)
         offset += inputs.shape[0]
     return torch.cat(rows), scored
@@ -434,9 +436,8 @@ def _packed_step(model, batches: list, length: int, weights: list[float], device
     """One forward and backward over all task batches packed into one (module doc); the detached
     per-task losses."""
     inputs, scored = _packed(batches, length)
-    if device.type == "cuda":
-        inputs = inputs.pin_memory().to(device, non_blocking=True)
-        scored = [tuple(t.pin_memory().to(device, non_blocking=True) for t in pair) for pair in scored]
+    inputs, *flat = _to_device(device, inputs, *(t for pair in scored for t in pair))
+    scored = list(zip(flat[0::2], flat[1::2]))
     with _autocast(device):
         logits = model(inputs)
     losses = [_masked_loss(logits, positions, wanted) for positions, wanted in scored]
@@ -487,15 +488,9 @@ def evaluate_quality(arch: ArchConfig, proxy: ProxySpec | None = None) -> Qualit
         tokens += sum(batch[0].numel() for batch in batches)
         if proxy.pack_tasks:
             losses = _packed_step(model, batches, proxy.seq_len, weights, device)
-        else:
-            losses = []
-            for batch, w in zip(batches, weights):
-                inputs, positions, wanted = _scored(batch, device)
-                with _autocast(device):
-                    logits = model(inputs)
-                loss = _masked_loss(logits, positions, wanted)
-                (loss * w).backward()
-                losses.append(loss.detach())
+        else:  # one pass per task, each at its own length (a "pack" of one batch is not padded)
+            losses = [loss for batch, w in zip(batches, weights)
+                      for loss in _packed_step(model, [batch], batch[0].shape[1], [w], device)]
         if proxy.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip)
         else:
