@@ -136,15 +136,19 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
         q, k, v = x["q"], x["k"], x["v"]
         g = x.get("g")
         if op == "retention":
-            g = x["g_head"].view(1, 1, H).expand(B, T, H).contiguous()
-        gate = tlin._gate_kind(g)
+            g = x["g_head"]  # [H], no gradient: the kernels' fixed-decay path (no pass over the gate)
+        gate, fixed = tlin._gate_kind(g), tlin._fixed(g)
         pre_fwd, pre_bwd = tlin._use_prep(cfg, gate, False), tlin._use_prep(cfg, gate, True)
+        pre_fwd, pre_bwd = pre_fwd and not fixed, pre_bwd and not fixed
         fused_out = gate == 2 and bool(cfg.get("GLA_OUT_FUSED", 0))
-        b, flag = tlin._chunk_cumsum(g, BT, flags=True) if gate == 2 else (tlin._chunk_cumsum(g, BT), None)
+        if fixed:
+            b, flag = g, None
+        else:
+            b, flag = tlin._chunk_cumsum(g, BT, flags=True) if gate == 2 else (tlin._chunk_cumsum(g, BT), None)
         do = torch.randn_like(v)
-        stages = {"paths": {"prep_fwd": pre_fwd, "prep_bwd": pre_bwd, "gla_out_fused": fused_out}}
+        stages = {"paths": {"prep_fwd": pre_fwd, "prep_bwd": pre_bwd, "gla_out_fused": fused_out, "fixed": fixed}}
         bench = timer or (lambda f: do_bench(f, warmup=10, rep=50, return_mode="median"))  # noqa: E731
-        if g is not None and not (pre_fwd and "delta" not in op):
+        if g is not None and not fixed and not (pre_fwd and "delta" not in op):
             stages["cumsum"] = bench(lambda: tlin._chunk_cumsum(g, BT, flags=gate == 2))
         if "delta" in op:
             beta = x["beta"]
@@ -173,16 +177,16 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
                 stages["state_fwd_pre"] = bench(lambda: tlin._state_fwd(kd, v, d, None, None, BT, cfg, gate, False,
                                                                         False, pre=True))
             else:
-                h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False)
+                h, ht, _ = tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False, False, fixed=fixed)
                 stages["state_fwd"] = bench(lambda: tlin._state_fwd(k, v, b, None, None, BT, cfg, gate, False,
-                                                                    False))
+                                                                    False, fixed=fixed))
             att = tlin._gla_intra(q, k, b, flag, BT) if gate == 2 else None
             if gate == 2:
                 stages["gla_intra"] = bench(lambda: tlin._gla_intra(q, k, b, flag, BT))
                 stages["gla_safe_chunks"] = flag.float().mean().item()
             src = g if fused_out else b
             stages["gla_out_fused" if fused_out else "out_fwd"] = bench(
-                lambda: tlin._out_fwd(q, k, v, src, h, att, scale, BT, cfg, gate, flag))
+                lambda: tlin._out_fwd(q, k, v, src, h, att, scale, BT, cfg, gate, flag, fixed=fixed))
             if pre_bwd:
                 _b, _f, qd, d = tlin._gate_prep(g, q, BT, False, 2)
                 stages["gate_prep_bwd"] = bench(lambda: tlin._gate_prep(g, q, BT, False, 2))
@@ -191,7 +195,7 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
                 del qd
             else:
                 stages["state_bwd"] = bench(lambda: tlin._state_bwd(q, k, None, b, do, None, None, scale, BT, cfg,
-                                                                    gate, False, False))
+                                                                    gate, False, False, fixed=fixed))
             stages["bwd_total"] = bench(lambda: tlin._linear_backward(q, k, v, g, h, do, None, scale, BT, cfg,
                                                                       False))
         report["breakdown"].append({"op": op, "T": T, "config": cfg, "ms": stages})

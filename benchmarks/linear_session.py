@@ -49,10 +49,28 @@ CANDIDATES = {
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
     "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
+    # the backward state scan on its own tile / launch (SCAN_BWD_*), apart from the forward scan's
+    "dscan_bv64": ("delta_rule", {"SCAN_BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
+    "dscan_bv64_w8": ("delta_rule", {"SCAN_BWD_BLOCK_V": 64, "scan_bwd_num_warps": 8}, ("delta", "gated_delta")),
+    "dscan_w8": ("delta_rule", {"scan_bwd_num_warps": 8}, ("delta", "gated_delta")),
+    "dscan_w2": ("delta_rule", {"scan_bwd_num_warps": 2}, ("delta", "gated_delta")),
+    "dscan_s2": ("delta_rule", {"scan_bwd_num_stages": 2}, ("delta", "gated_delta")),
+    "dscan_s4": ("delta_rule", {"scan_bwd_num_stages": 4}, ("delta", "gated_delta")),
+    "dscan_bv16": ("delta_rule", {"SCAN_BWD_BLOCK_V": 16}, ("delta", "gated_delta")),
+    "dscan_bv16_w2": ("delta_rule", {"SCAN_BWD_BLOCK_V": 16, "scan_bwd_num_warps": 2}, ("delta", "gated_delta")),
+    "lscan_bwd_w8": ("linear_attention", {"scan_bwd_num_warps": 8}, ("linear", "retention", "mamba2")),
+    "lscan_bwd_bv128": ("linear_attention", {"SCAN_BWD_BLOCK_V": 128, "scan_bwd_num_warps": 8},
+                        ("linear", "retention", "mamba2")),
+    "ret_out_w8": ("linear_attention", {"out_num_warps": 8}, ("retention",)),
+    "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
 }
 # gradient-check jobs: (name, --only cases, configs over the defaults)
 GRADCHECKS = [(f"default {c}", c, {}) for c in
-              ("linear:none", "linear:H", "linear:BTH", "linear:BTHK", "delta:none", "delta:H", "delta:BTH")] + [
+              ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH", "linear:BTHK", "delta:none", "delta:H",
+               "delta:BTH")] + [
+    ("scan_bwd_own", "linear:none,linear:Hfixed,delta:none,delta:BTH",
+     {"linear_attention": {"SCAN_BWD_BLOCK_V": 128, "scan_bwd_num_warps": 8},
+      "delta_rule": {"SCAN_BWD_BLOCK_V": 64, "scan_bwd_num_warps": 8}}),
     ("prep_scalar_fwd_too", "linear:H,linear:BTH", {"linear_attention": {"PREP_SCALAR": 2}}),
     ("gla_prep_only", "linear:BTHK", {"linear_attention": {"GLA_OUT_FUSED": 0}}),
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),

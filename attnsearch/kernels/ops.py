@@ -123,8 +123,12 @@ def linear_attention(q, k, v, g=None, *, scale=None, chunk_size=64, initial_stat
     _check_qkv(q, k, v)
     _check_state(initial_state, q, v)
     _check_chunk(chunk_size)
-    g = _normalise_gate(g, q, allow_vector=True)
     be = resolve_backend(backend, q)
+    # a fixed per-head decay that needs no gradient (RetNet's) stays [H] for the triton kernels, which
+    # form its cumulative decay from the row index; otherwise [H] is expanded and autograd sums dg over it
+    fixed = (be == "triton" and g is not None and g.dim() == 1 and g.shape[0] == q.shape[2]
+             and not (g.requires_grad and torch.is_grad_enabled()))
+    g = g if fixed else _normalise_gate(g, q, allow_vector=True)
     config = tunables.validate("linear_attention", be, config, chunk_size=chunk_size)
     if be == "torch":
         from .chunked import linear_attention_chunked as impl

@@ -25,8 +25,10 @@ Delta rule: the UT transform first solves (I + tril(beta K K^T * decay)) for w a
 `_wy_fwd_kernel` combines them with a few matmuls (block Neumann product) and forms w, u; the state
 scan then uses v_new = u - w h_n and the output kernel runs on v_new.
 
-Tunables come in three families (scans, forward output, backward gradients; FAMILIES), each with its
-own tiles, warps and stages, so that each can be tuned alone and the winners combined.
+Tunables come in four families (forward scan, backward scan, forward output, backward gradients;
+FAMILIES), each with its own tiles, warps and stages, so that each can be tuned alone and the winners
+combined. A fixed per-head decay g [H] that needs no gradient (RetNet) takes no pass over the gate at
+all: the kernels form a chunk's cumulative decay from the row index (`_scalar_decay`).
 
 Backward mirrors this: `_state_bwd_kernel` scans dh backwards and stores, per chunk, the
 gradient G_n of the state *leaving* chunk n; then one parallel kernel per chunk produces
@@ -73,6 +75,11 @@ _COMMON = {
     "GATED_BWD_BLOCK_V": (0,) + _TILES,
     "bwd_num_warps": (2, 4, 8, 16),
     "bwd_num_stages": (1, 2, 3, 4),
+    # the backward state scan's own tile and launch (0: the forward scan's BLOCK_V / num_warps / num_stages);
+    # for the delta rule it carries three matmuls a chunk and five input tiles against the forward's two and three
+    "SCAN_BWD_BLOCK_V": (0,) + _TILES,
+    "scan_bwd_num_warps": (0, 1, 2, 4, 8, 16),
+    "scan_bwd_num_stages": (0, 1, 2, 3, 4),
 }
 # Gate paths (each selectable so that one GPU run can time old and new side by side):
 #   PREP_SCALAR  scalar gates ([H], [B,T,H]): 0 = the sequential scans load the gate and scale their operand
@@ -94,7 +101,8 @@ _COMMON = {
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
-            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V")}
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
+            "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages")}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1)},
@@ -128,11 +136,11 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
-                "OUT_V_LOOP": 0}
+                "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
-            "OUT_V_LOOP": 0}
+            "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -150,7 +158,7 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
     if op == "linear_attention" and tile > 128 * 128:
         raise ValueError(f"BLOCK_K * BLOCK_V must be <= {128 * 128} (register budget), got "
                          f"{config['BLOCK_K']} * {config['BLOCK_V']}")
-    for key in ("BLOCK_V", "OUT_BLOCK_V", "BWD_BLOCK_V", "GATED_BWD_BLOCK_V"):
+    for key in ("BLOCK_V", "OUT_BLOCK_V", "BWD_BLOCK_V", "GATED_BWD_BLOCK_V", "SCAN_BWD_BLOCK_V"):
         if chunk_size == 128 and config.get(key, 64) > 128:
             raise ValueError(f"{key} must be <= 128 with chunk_size=128 (register budget)")
     out_tile = config.get("OUT_BLOCK_K", 64) * config.get("OUT_BLOCK_V", 64)
@@ -278,12 +286,30 @@ def _decay_state(state, d, GATE: tl.constexpr):
         return state * d[:, None]
 
 
+@triton.jit
+def _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT: tl.constexpr, FIXED: tl.constexpr):
+    """b (the within-chunk cumulative log-decay of each row, fp32) and b_last of chunk n, scalar gate:
+    read from the cumulative gate, or (FIXED, RetNet) formed from the head's fixed log-decay g_h that
+    b_ptr then holds ([H]): b_i = (i + 1) g_h, b_last = L g_h for the chunk's L valid rows. No pass over
+    the sequence, no gate load in the scans' loops. Rows past T get b_last (their q and k are zero)."""
+    if FIXED:
+        lg = tl.load(b_ptr + hh).to(tl.float32)
+        L = tl.minimum(T - n * BT, BT)
+        ii = tl.arange(0, BT)
+        b = (tl.minimum(ii, L - 1) + 1).to(tl.float32) * lg
+        b_last = L.to(tl.float32) * lg
+    else:
+        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b_last = tl.load(b_ptr + last)
+    return b, b_last
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_ptr,
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-                      PRE: tl.constexpr = False):
+                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False):
     """Sequential scan over chunks: stores h_n (state entering chunk n) and the final state.
 
     DELTA: v_ptr holds u and w_ptr holds w of the UT transform; the values written into the state
@@ -328,8 +354,7 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
         if PRE:
             state = _decay_state(state, d_cur, GATE)
         elif GATE == 1:
-            b = tl.load(b_ptr + tok, mask=rmask, other=0)
-            b_last = tl.load(b_ptr + last)
+            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
             k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
             state = state * tl.exp(b_last)
         elif GATE == 2:
@@ -345,7 +370,8 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
                     T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+                    BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                    FIXED: tl.constexpr = False):
     """o = scale * ((q * exp(b)) h_n + A v). Per-channel gates: A is one matmul of the split-decay
     factors on chunks flagged safe, else read from a_ptr (`_gla_intra_kernel`)."""
     iv = tl.program_id(0)
@@ -380,7 +406,10 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        if FIXED:
+            b, _b_last = _scalar_decay(b_ptr, tok, tok, rmask, hh, n, T, BT, FIXED)
+        else:
+            b = tl.load(b_ptr + tok, mask=rmask, other=0)
         acc = acc * tl.exp(b)[:, None]
         att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     elif GATE == 2:
@@ -399,7 +428,8 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, scale,
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                      FIXED: tl.constexpr = False):
     """One program per chunk: o = scale * ((q exp(b)) h_n + A v) with q (all of K) and A formed once,
     then one pass per V tile (`_out_fwd_kernel` forms A again for every V tile).
     GATE 2 (GLA_OUT_FUSED): g_ptr holds the raw per-channel gate; b is formed in registers (no fp32 b read
@@ -431,7 +461,10 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
         qg = q_t.to(h_ptr.dtype.element_ty)
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
-            b = tl.load(g_ptr + tok, mask=rmask, other=0)
+            if FIXED:
+                b, _b_last = _scalar_decay(g_ptr, tok, tok, rmask, hh, n, T, BT, FIXED)
+            else:
+                b = tl.load(g_ptr + tok, mask=rmask, other=0)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             row_decay = tl.exp(b)
         else:
@@ -505,7 +538,7 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
                       scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
-                      PRE: tl.constexpr = False):
+                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False):
     """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
 
     dh_n = exp(b_last) G_n + scale (q exp(b))^T do  [- w^T dv_new for the delta rule, where
@@ -550,8 +583,7 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
         if PRE:
             dnext = _decay_state(dstate, d_cur, GATE)
         elif GATE == 1:
-            b = tl.load(b_ptr + tok, mask=rmask, other=0)
-            b_last = tl.load(b_ptr + last)
+            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
             q_t = (q_t * tl.exp(b)[:, None]).to(do_t.dtype)
             if DELTA:
                 k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(do_t.dtype)
@@ -584,8 +616,10 @@ def _exclusive_prefix(y, BT: tl.constexpr):
 def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr, flag_ptr,
                        dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk gradients of linear attention. GATE 2 on chunks flagged safe (see `_split_decay`)
+                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                       FIXED: tl.constexpr = False):
+    """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
+    gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
     others it writes the inter-chunk parts of dq/dk (fp32) and the intra-chunk dA, and
     `_gla_intra_bwd_kernel` adds the intra parts. Both write the state term of dg.
@@ -621,8 +655,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     else:
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
-            b = tl.load(b_ptr + tok, mask=rmask, other=0)
-            b_last = tl.load(b_ptr + last)
+            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             kdec_f = tl.exp(tl.minimum(b_last - b, 0))
         else:
@@ -652,7 +685,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         else:
             dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC)
         tl.store(dv_ptr + tok[:, None] * V + vv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=m_v)
-        if GATE > 0:
+        if GATE > 0 and not FIXED:
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
@@ -679,7 +712,11 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                  mask=rmask[:, None] & ~fast[None, :])
         tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
     else:
-        if GATE == 1:
+        if GATE == 1 and FIXED:
+            dq = dq * (scale * tl.exp(b))[:, None]
+            dk = dk * kdec_f[:, None]
+            da = da * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+        elif GATE == 1:
             dq = dq * (scale * tl.exp(b))[:, None]
             dk = dk * kdec_f[:, None]
             x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
@@ -1119,7 +1156,14 @@ def _prec(x: torch.Tensor) -> str:
 
 
 def _gate_kind(g) -> int:
-    return 0 if g is None else (1 if g.dim() == 3 else 2)
+    """0 no gate, 1 scalar per head and step ([B, T, H]) or fixed per head ([H], see `_fixed`), 2 per channel."""
+    return 0 if g is None else (2 if g.dim() == 4 else 1)
+
+
+def _fixed(g) -> bool:
+    """A fixed per-head decay g [H] (RetNet, no gradient): the kernels form the chunk's cumulative decay
+    from the row index (`_scalar_decay`), with no pass over the sequence and no gate gradient."""
+    return g is not None and g.dim() == 1
 
 
 def _chunk_cumsum(g, BT, flags=False):
@@ -1171,7 +1215,11 @@ def _gate_prep(g, x, BT, keys, store_b):
 
 
 def _launch_opts(cfg, kind="scan"):
-    """Launch options of one kernel family: "scan" (state scans), "out" (forward output), "bwd"."""
+    """Launch options of one kernel family: "scan" (forward state scan), "scan_bwd" (backward state scan),
+    "out" (forward output), "bwd" (per-chunk gradients)."""
+    if kind == "scan_bwd":
+        return {"num_warps": cfg.get("scan_bwd_num_warps", 0) or cfg["num_warps"],
+                "num_stages": cfg.get("scan_bwd_num_stages", 0) or cfg["num_stages"]}
     if kind == "bwd":
         return {"num_warps": cfg["bwd_num_warps"], "num_stages": cfg["bwd_num_stages"]}
     if kind == "out":
@@ -1179,8 +1227,9 @@ def _launch_opts(cfg, kind="scan"):
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
-def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False):
-    """pre: k holds the decayed keys and b exp(b_last) per chunk (`_gate_prep`, `_wy(keys=True)`)."""
+def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=False):
+    """pre: k holds the decayed keys and b exp(b_last) per chunk (`_gate_prep`, `_wy(keys=True)`);
+    fixed: b holds the fixed per-head log-decay [H]."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -1192,7 +1241,7 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False):
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_fwd_kernel[grid](k, v, b, w, h0, h, ht, vnew, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                             GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=want_ht,
-                            PREC=_prec(k), PRE=pre, **_launch_opts(cfg))
+                            PREC=_prec(k), PRE=pre, FIXED=fixed, **_launch_opts(cfg))
     return h, ht, vnew
 
 
@@ -1205,7 +1254,7 @@ def _gla_intra(q, k, b, flag, BT):
     return att
 
 
-def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
+def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None, fixed=False):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -1215,28 +1264,30 @@ def _out_fwd(q, k, v, b, h, att, scale, BT, cfg, gate, flag=None):
     if cfg.get("GLA_OUT_FUSED", 0) if gate == 2 else cfg.get("OUT_V_LOOP", 0):
         # per-channel gate: b holds the raw gate here (see `_linear_forward`)
         _out_chunk_kernel[(NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V, BT=BT,
-                                       BK=_pow2(K), BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "out"))
+                                       BK=_pow2(K), BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
+                                       **_launch_opts(cfg, "out"))
         return o
     _out_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, b, h, att, flag, o, scale, T, NT, H=H, K=K, V=V,
                                                      BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
-                                                     **_launch_opts(cfg, "out"))
+                                                     FIXED=fixed, **_launch_opts(cfg, "out"))
     return o
 
 
-def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, pre=False):
-    """pre: q holds q exp(b), k (delta) the decayed keys, b exp(b_last) per chunk."""
+def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, pre=False, fixed=False):
+    """pre: q holds q exp(b), k (delta) the decayed keys, b exp(b_last) per chunk; fixed: b holds g [H]."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     NT = triton.cdiv(T, BT)
     BK = _pow2(K) if delta else min(cfg.get("BLOCK_K", 64), _pow2(K))
-    BV = min(cfg["BLOCK_V"], _pow2(V))
+    BV = min(cfg.get("SCAN_BWD_BLOCK_V", 0) or cfg["BLOCK_V"], _pow2(V))
     gs = torch.empty(B, H, NT, K, V, dtype=q.dtype, device=q.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
     dvn = torch.empty_like(do) if delta else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
                             BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,
-                            STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, **_launch_opts(cfg))
+                            STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, FIXED=fixed,
+                            **_launch_opts(cfg, "scan_bwd"))
     return gs, dh0, dvn
 
 
@@ -1246,6 +1297,9 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, 
 
 def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
     gate = _gate_kind(g)
+    if _fixed(g):
+        h, ht, _ = _state_fwd(k, v, g, None, h0, BT, cfg, gate, False, want_ht, fixed=True)
+        return _out_fwd(q, k, v, g, h, None, scale, BT, cfg, gate, fixed=True), h, ht
     fused_out = gate == 2 and bool(cfg.get("GLA_OUT_FUSED", 0))
     if _use_prep(cfg, gate, backward=False):
         # the fused output forms b itself: only unsafe chunks' b is written (for `_gla_intra_kernel`)
@@ -1265,7 +1319,11 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
-    if _use_prep(cfg, gate, backward=True):
+    fixed = _fixed(g)
+    if fixed:
+        b, flag = g, None
+        gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0, fixed=True)
+    elif _use_prep(cfg, gate, backward=True):
         b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
         gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
         del qd, d
@@ -1277,7 +1335,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dv = torch.empty_like(v)
     db = None
-    dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate else None
+    dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate and not fixed else None
     da = e = None
     if gate == 2:
         dq_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
@@ -1293,7 +1351,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
     _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
-                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **opts)
+                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
+                                    **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)
@@ -1329,6 +1388,7 @@ def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
         # for 279-295 KB on the H200 (limit 227 KB) and failed to launch
         for key in ("num_stages", "out_num_stages", "bwd_num_stages"):
             cfg[key] = min(cfg[key], 2)
+        cfg["scan_bwd_num_stages"] = min(cfg.get("scan_bwd_num_stages", 0) or cfg["num_stages"], 2)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
@@ -1336,7 +1396,8 @@ def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
 
 
 def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, output_final_state, config):
-    """Chunkwise linear attention; g None, [B, T, H] or [B, T, H, K] (ops.py normalises [H])."""
+    """Chunkwise linear attention; g None, [H] (fixed decay, no gradient: ops.py passes [H] here only
+    when g needs none and expands it otherwise), [B, T, H] or [B, T, H, K]."""
     if q.dtype == torch.float64:
         raise ValueError("the triton backend takes float32, bfloat16 or float16, not float64")
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)

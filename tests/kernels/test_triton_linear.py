@@ -43,7 +43,8 @@ def _gate(kind, B, T, H, K, gmin, gen):
     return {None: None, "H": u(H) * gmin, "BTH": u(B, T, H) * gmin, "BTHK": u(B, T, H, K) * gmin}[kind]
 
 
-def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=True, seed=0, config=None):
+def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=True, seed=0, config=None,
+             grad_g=True):
     gen = torch.Generator().manual_seed(seed)
     x = {"q": torch.randn(B, T, H, K, generator=gen), "k": torch.randn(B, T, H, K, generator=gen),
          "v": torch.randn(B, T, H, V, generator=gen)}
@@ -55,7 +56,7 @@ def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=Tr
         x["g"] = g
     if h0:
         x["h0"] = torch.randn(B, H, K, V, generator=gen)
-    ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+    ours = {n: t.clone().requires_grad_(n != "g" or grad_g) for n, t in x.items()}
     ref = {n: t.double().requires_grad_(True) for n, t in x.items()}
     if op == "delta":
         o, s = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=chunk,
@@ -73,7 +74,7 @@ def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=Tr
     ((o * wo).sum() + (s * ws).sum()).backward()
     ((ro * wo.double()).sum() + (rs * ws.double()).sum()).backward()
     errs = {"o": _rel(o, ro), "state": _rel(s, rs)}
-    errs.update({"d" + n: _rel(ours[n].grad, ref[n].grad) for n in ours})
+    errs.update({"d" + n: _rel(ours[n].grad, ref[n].grad) for n in ours if ours[n].requires_grad})
     bad = {n: e for n, e in errs.items() if not e <= TOL}  # NaN fails too
     assert not bad, f"{op} gate={gate}: errors above {TOL}: {bad}"
 
@@ -86,6 +87,19 @@ def test_linear_attention_matches_recurrence(gate):
 @pytest.mark.parametrize("gate", [None, "BTH"])
 def test_delta_rule_matches_recurrence(gate):
     _compare("delta", gate, T=37, chunk=16)
+
+
+@pytest.mark.parametrize("T,chunk,gmin,config", [(37, 16, -1.0, None), (32, 16, -1.0, None), (9, 16, -1.0, None),
+                                                 (35, 32, -20.0, None), (37, 16, -1.0, {"OUT_V_LOOP": 1}),
+                                                 (37, 16, -1.0, {"PREP_SCALAR": 2})])
+def test_fixed_decay_without_gate_gradient(interpreter, monkeypatch, T, chunk, gmin, config):
+    """RetNet's fixed [H] decay with no gradient takes the kernels' fixed path: the chunk's cumulative
+    decay comes from the row index, with no pass over the gate (the passes are made to fail here)."""
+    def no_pass(*a, **k):
+        raise AssertionError("the fixed-decay path made a pass over the gate")
+    monkeypatch.setattr(interpreter, "_chunk_cumsum", no_pass)
+    monkeypatch.setattr(interpreter, "_gate_prep", no_pass)
+    _compare("linear", "H", T=T, chunk=chunk, gmin=gmin, K=16, V=16, seed=5, config=config, grad_g=False)
 
 
 def test_fixed_head_gate_delta_rule():
@@ -187,6 +201,13 @@ def test_gate_paths_delta_rule(prep):
     if prep == 2:  # a fixed [H] gate without an initial state; the output's V loop
         _compare("delta", "BTH", T=37, chunk=16, K=16, V=32, config={"OUT_V_LOOP": 1, "OUT_BLOCK_V": 16}, seed=14)
         _compare("delta", "H", T=21, chunk=16, K=16, V=16, h0=False, config={"PREP_SCALAR": prep}, seed=13)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", None), ("linear", "BTHK"), ("delta", None), ("delta", "BTH")])
+def test_backward_scan_own_tile_and_launch(op, gate):
+    # the backward state scan on its own V tile (two tiles of V=32) and launch, the forward scan on another
+    config = {"SCAN_BWD_BLOCK_V": 16, "scan_bwd_num_warps": 2, "scan_bwd_num_stages": 1, "BLOCK_V": 32}
+    _compare(op, gate, T=37, chunk=16, K=16, V=32, config=config, seed=15)
 
 
 @pytest.mark.parametrize("op,gate", [("linear", "H"), ("linear", "BTHK"), ("delta", "BTH")])
