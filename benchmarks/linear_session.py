@@ -61,6 +61,10 @@ CANDIDATES = {
     "lscan_bwd_w8": ("linear_attention", {"scan_bwd_num_warps": 8}, ("linear", "retention", "mamba2")),
     "lscan_bwd_bv128": ("linear_attention", {"SCAN_BWD_BLOCK_V": 128, "scan_bwd_num_warps": 8},
                         ("linear", "retention", "mamba2")),
+    # chunk 128 (an op argument, not a config key; the tuner's scan family searches it): half the states
+    # written and read, twice the intra-chunk work
+    "chunk128": ("both", {"chunk_size": 128}, tuple(GROUP)),
+    "chunk32": ("both", {"chunk_size": 32}, tuple(GROUP)),
     "ret_out_w8": ("linear_attention", {"out_num_warps": 8}, ("retention",)),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
 }
@@ -112,6 +116,13 @@ def config_for(name, op):
     return dict(over) if group in ("both", GROUP[op]) else {}
 
 
+def candidate_fn(lb, op, x, name):
+    """Our op under a candidate: its config, and its chunk size where it names one (key "chunk_size")."""
+    cfg = config_for(name, op)
+    chunk = cfg.pop("chunk_size", 64)
+    return lb.ours_fn(op, x, cfg, chunk_size=chunk)
+
+
 def task_warm(spec):
     """Compile: run ours (each candidate config) or fla once, fwd+bwd and fwd, at a short T."""
     import torch
@@ -123,7 +134,7 @@ def task_warm(spec):
         x = lb.make_inputs(op, spec["B"], spec["T"], spec["H"], spec["K"], spec["K"], device, dtype=dtype)
         leaves = [t.requires_grad_(True) for n, t in x.items() if n != "g_head"]
         for name in spec.get("candidates") or [None]:
-            fn = lb.ours_fn(op, x, config_for(name, op)) if spec["who"] == "ours" else lb.fla_fn(op, x)
+            fn = candidate_fn(lb, op, x, name) if spec["who"] == "ours" else lb.fla_fn(op, x)
             lb.compile_once(fn, leaves, f"{spec['who']} {op} {name}")
 
 
@@ -239,7 +250,7 @@ def main():
             cfg = config_for(name, op)
             row = {"op": op, "candidate": name, "config": cfg, "T": T}
             for mode, bwd in (("fwd", False), ("fwdbwd", True)):
-                row[f"{mode}_ms"], err = lb.attempt(timed, lb.ours_fn(op, x, cfg), x, bwd)
+                row[f"{mode}_ms"], err = lb.attempt(timed, candidate_fn(lb, op, x, name), x, bwd)
                 if err:
                     row[f"{mode}_error"] = err
             report["sweep"].append(row)
