@@ -32,7 +32,12 @@ FP32 = {"b_ptr", "h0_ptr", "ht_ptr", "dht_ptr", "dh0_ptr", "a_ptr", "d_ptr", "dl
 INT32 = {"flag_ptr"}
 
 
+# constexpr flags with a default in the kernels' signatures (not every job names them)
+DEFAULT_FLAGS = {"PRE": False, "FIXED": False}
+
+
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
+    constexprs = {**{k: v for k, v in DEFAULT_FLAGS.items() if k in fn.arg_names}, **constexprs}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:

@@ -1380,15 +1380,36 @@ class _LinearAttention(torch.autograd.Function):
         return dq, dk, dv, dg, dh0, None, None, None, None
 
 
+_STAGE_KEYS = ("num_stages", "out_num_stages", "bwd_num_stages", "scan_bwd_num_stages")
+
+
+def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
+    """cfg with its pipeline stages capped so that every kernel's shared memory fits sm_90's 227 KB.
+    Stages multiply the buffered tiles, and tiles grow with the element size and the chunk:
+    - fp32 inputs, chunk <= 64: at most 2 stages (with 3, the backward kernels asked for 279-295 KB on
+      the H200 and failed to launch);
+    - chunk 128, half inputs: the per-chunk backward kernels at 1 stage, the rest at 2 (on the H200 the
+      defaults' 3 stages asked for 311 KB (linear backward) and 332 KB (delta-rule backward scan); compiled
+      for sm_90 here, the linear backward needs 246 KB at 2 stages and 197 KB at 1, every other kernel
+      <= 225 KB at 2);
+    - chunk 128, fp32 inputs: every family at 1 stage."""
+    out = dict(cfg)
+    out["scan_bwd_num_stages"] = out.get("scan_bwd_num_stages", 0) or out["num_stages"]
+    if chunk_size >= 128:
+        caps = dict.fromkeys(_STAGE_KEYS, 1 if dtype == torch.float32 else 2)
+        caps["bwd_num_stages"] = 1
+    elif dtype == torch.float32:
+        caps = dict.fromkeys(_STAGE_KEYS, 2)
+    else:
+        return out
+    for key, most in caps.items():
+        out[key] = min(out[key], most)
+    return out
+
+
 def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    cfg = dict(config)
-    if q.dtype == torch.float32:
-        # fp32 tiles take twice the shared memory of bf16 ones: with 3 stages the backward kernels asked
-        # for 279-295 KB on the H200 (limit 227 KB) and failed to launch
-        for key in ("num_stages", "out_num_stages", "bwd_num_stages"):
-            cfg[key] = min(cfg[key], 2)
-        cfg["scan_bwd_num_stages"] = min(cfg.get("scan_bwd_num_stages", 0) or cfg["num_stages"], 2)
+    cfg = fit_stages(config, q.dtype, chunk_size)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()

@@ -228,6 +228,18 @@ def test_gate_paths_split_tiles():
                                                                  "GATED_BWD_BLOCK_V": 16}, seed=8)
 
 
+@pytest.mark.parametrize("dtype,chunk,most,most_bwd", [(torch.bfloat16, 64, 3, 3), (torch.float32, 64, 2, 2),
+                                                      (torch.bfloat16, 128, 2, 1), (torch.float32, 128, 1, 1)])
+def test_stages_fit_shared_memory(interpreter, dtype, chunk, most, most_bwd):
+    # chunk 128 with the defaults' 3 stages asked for 311-332 KB of shared memory on the H200 (limit 227 KB)
+    for op in interpreter.OPS:
+        cfg = {**interpreter.default_config(op), "num_stages": 3, "out_num_stages": 3, "bwd_num_stages": 3}
+        used = interpreter.fit_stages(cfg, dtype, chunk)
+        assert used["num_stages"] == used["out_num_stages"] == used["scan_bwd_num_stages"] == most
+        assert used["bwd_num_stages"] == most_bwd
+        assert interpreter.fit_stages({**cfg, "num_stages": 1, "bwd_num_stages": 1}, dtype, chunk)["num_stages"] == 1
+
+
 def test_fp32_inputs_cap_pipeline_stages(interpreter):
     # 3 stages of fp32 tiles overflowed the H200's shared memory (279-295 KB of 227 KB); bf16 keeps them
     cfg = interpreter.default_config("linear_attention")
