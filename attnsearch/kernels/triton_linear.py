@@ -1392,7 +1392,8 @@ def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
       defaults' 3 stages asked for 311 KB (linear backward) and 332 KB (delta-rule backward scan); compiled
       for sm_90 here, the linear backward needs 246 KB at 2 stages and 197 KB at 1, every other kernel
       <= 225 KB at 2);
-    - chunk 128, fp32 inputs: every family at 1 stage."""
+    - chunk 128, fp32 inputs: every family at 1 stage (the interpreter only: on a GPU `_prepare` refuses
+      them, the linear backward needs 262-393 KB even at 1 stage and V tiles of 32)."""
     out = dict(cfg)
     out["scan_bwd_num_stages"] = out.get("scan_bwd_num_stages", 0) or out["num_stages"]
     if chunk_size >= 128:
@@ -1408,6 +1409,9 @@ def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
 
 
 def _prepare(q, k, v, g, initial_state, scale, chunk_size, config):
+    if q.is_cuda and q.dtype == torch.float32 and chunk_size >= 128:
+        raise ValueError("chunk_size=128 with float32 inputs needs more shared memory than the GPU has "
+                         "(262-393 KB per block for the backward); use chunk_size <= 64 or bf16/fp16 inputs")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     cfg = fit_stages(config, q.dtype, chunk_size)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
