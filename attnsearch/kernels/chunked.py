@@ -5,13 +5,16 @@ chunks at once with batched matmuls; only the [K, V] state is carried across chu
 short Python loop (T / C steps of a few small matmuls).
 
 Gates are log-decays (g <= 0). Within a chunk they are summed cumulatively (G_i), and only
-differences that are <= 0 are ever exponentiated: exp(G_i - G_j) for j <= i, exp(G_i) and
-exp(G_last - G_j). So a decay of -20 per step underflows towards 0 (float32 decays are floored
-at exp(-28), see FLOAT32_LOG_DECAY_FLOOR) instead of producing inf * 0 = NaN, in the forward and
-in the backward. Causal masks are applied to the exponent (-inf) before exp, never to exp's
-result, so the backward of the masked entries is 0, not NaN.
+differences that are <= 0 are ever exponentiated on their own: exp(G_i - G_j) for j <= i,
+exp(G_i) and exp(G_last - G_j). So a decay of -20 per step underflows towards 0 (float32 decays
+are floored at exp(-28), see FLOAT32_LOG_DECAY_FLOOR) instead of producing inf * 0 = NaN, in the
+forward and in the backward. Causal masks are applied to the exponent (-inf) before exp, or by
+zeroing (tril, never a multiply) a product that is finite, so the backward of the masked entries
+is 0, not NaN. The one exception is the split about a midpoint (FACTORISED_SPREAD): there both
+signs are exponentiated, but only where G spreads so little that neither can overflow.
 
-Inputs arrive already normalised by ops.py: g is None, [B, T, H] or [B, T, H, K].
+Inputs arrive already normalised by ops.py: g is None, [B, T, H] or [B, T, H, K]; here a scalar
+gate is carried as [..., C, 1], a per-channel gate broadcast over the K channels.
 bf16 / fp16 inputs are computed in float32; float64 stays float64. The output has the input
 dtype; the final state is returned in the compute dtype (float32 for half inputs), because a
 decode cache kept in half precision drifts.
@@ -27,19 +30,24 @@ from .reference import compute_dtype
 
 CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 
-# Per-channel (GLA) gates need exp(G_i - G_j) per channel; within sub-chunks of this many steps
-# it is formed explicitly ([c, c, K] per sub-chunk), between sub-chunks it factorises safely.
-# The explicit part costs ~ 4 passes over T * c * K, the factorised part ~ 2 over T * (C / c) * K;
-# c = 8 keeps both small at the usual C = 32..64 (chosen from that count: CPU timings on the
-# shared development machine were too noisy to separate 4 from 8; 16 was clearly slower).
-SUB_CHUNK = 8
+# A block of steps whose cumulative log-gate G spreads (max - min, per channel) by at most this
+# much is factorised about its midpoint r: e^(G_i - G_j) = e^(G_i - r) e^(r - G_j), so its scores
+# are one matmul, (q e^(G - r)) (k e^(r - G))ᵀ. Both factors lie in [e^(-s/2), e^(s/2)]: normal
+# floats (no subnormal slowdown, no factor underflowing while its partner is large, so every
+# product keeps full relative precision), and even the masked-out products (j > i, at most
+# e^s |q| |k| before masking) stay far from overflow.
+# float32: e^30 ~ 1e13, e^60 ~ 1e26 (max ~ e^88); float64: e^300 ~ 1e130 (max ~ e^709).
+FACTORISED_SPREAD = {torch.float32: 60.0, torch.float64: 600.0}
 
 
-def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
-    """[B, T, H, ...] -> [B, H, N, C, ...], zero-padding T up to a multiple of C.
+def _to_chunks(x: torch.Tensor, C: int, cumulative: bool = False) -> torch.Tensor:
+    """[B, T, H, ...] -> contiguous [B, H, N, C, ...], zero-padding T up to a multiple of C;
+    cumulative: summed over the steps of each chunk (a gate's G).
 
     Zero padding is harmless for every op here: a padded step has k = 0, v = 0, beta = 0 (it
     writes nothing into the state) and g = 0 (it does not decay the state).
+    Contiguous because every later op (elementwise and matmul alike) reads it: a transposed view
+    costs a strided copy in each of them, forward and backward.
     """
     B, T, H = x.shape[:3]
     N = -(-T // C)
@@ -47,7 +55,9 @@ def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
         pad = [0, 0] * (x.dim() - 2) + [0, N * C - T]
         x = F.pad(x, pad)
     x = x.reshape(B, N, C, H, *x.shape[3:])
-    return x.transpose(1, 3).transpose(2, 3)  # [B, H, N, C, ...]
+    if cumulative:  # here, where the summed dim is outer to contiguous [H, ...] rows
+        x = x.cumsum(dim=2)
+    return x.transpose(1, 3).transpose(2, 3).contiguous()  # [B, H, N, C, ...]
 
 
 def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
@@ -56,16 +66,16 @@ def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
 
 
-def _causal(C: int, device, strict: bool = False) -> torch.Tensor:
+def _causal(C: int, device) -> torch.Tensor:
     """Lower-triangular bool mask (read-only: shared between calls)."""
-    return _causal_cached(C, torch.device(device), strict)
+    return _causal_cached(C, torch.device(device))
 
 
 @functools.lru_cache(maxsize=64)
-def _causal_cached(C: int, device: torch.device, strict: bool) -> torch.Tensor:
+def _causal_cached(C: int, device: torch.device) -> torch.Tensor:
     # Cached because tril on a tiny matrix can cost milliseconds on a busy machine (it opens a
     # parallel region), which dominated small calls.
-    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1 if strict else 0)
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril()
 
 
 # float32 decays are floored at exp(-28) ~ 7e-13 before use: a float32 sum of O(1) terms cannot
@@ -89,46 +99,104 @@ def _masked_decay(log_decay: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return _floored(log_decay).masked_fill(~keep, float("-inf")).exp()
 
 
-def _pairwise_decay(G: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """exp(G_i - G_j) for j <= i (j < i when strict), 0 elsewhere. G: [..., C] -> [..., C, C]."""
-    C = G.shape[-1]
-    return _masked_decay(G.unsqueeze(-1) - G.unsqueeze(-2), _causal(C, G.device, strict))
+def _pairwise_decay(G: torch.Tensor) -> torch.Tensor:
+    """exp(G_i - G_j) for j <= i, 0 elsewhere. G: [..., C, 1] (a scalar gate) -> [..., C, C]."""
+    return _masked_decay(G - G.transpose(-1, -2), _causal(G.shape[-2], G.device))
 
 
-def _intra_scores_channel_gate(q, k, G):
-    """A[i, j] = sum_c q_ic k_jc exp(G_ic - G_jc) for j <= i, per chunk. q, k, G: [B, H, N, C, K].
+def _leaf_block(G: torch.Tensor) -> int:
+    """Largest block of steps (the chunk, halved as often as needed) in which G spreads by at most
+    FACTORISED_SPREAD in every chunk, head and channel. One size for the whole call: a few
+    strongly decaying channels cost one more halving level for all, not a second code path.
+    G: [..., C, K], C a power of two (ops checks chunk_size); g <= 0, so a block's spread is its
+    first G minus its last."""
+    limit = FACTORISED_SPREAD[G.dtype]
+    G = G.detach()
+    w = G.shape[-2]
+    while w > 1:
+        blocks = G.unflatten(-2, (-1, w))
+        if bool((blocks[..., 0, :] - blocks[..., -1, :] <= limit).all()):
+            break
+        w //= 2
+    return w
 
-    The chunk is cut into sub-chunks of c steps. For i in sub-chunk a and j in an earlier
-    sub-chunk b, the decay splits into three factors, each an exp of a difference <= 0:
-        exp(G_i - P_{a-1}) * exp(P_{a-1} - P_b) * exp(P_b - G_j),   P_s = G at the end of sub-chunk s
-    so nothing overflows, and a term that matters (product not tiny) has no tiny factor.
-    Inside a sub-chunk the [c, c, K] tensor of differences is formed explicitly.
+
+def _centred(G: torch.Tensor) -> torch.Tensor:
+    """G minus the midpoint r of its range over the steps (dim -2; g <= 0: its first and last).
+    r is detached: a product e^(G_i - r) e^(r - G_j) does not depend on it, nor does its gradient."""
+    return G - (G[..., :1, :] + G[..., -1:, :]).detach() / 2
+
+
+def _leaf_outputs(q, k, v, G, w: int) -> torch.Tensor:
+    """Causal output within blocks of w steps: sum_{j<=i} (q_i e^(G_i - G_j) · k_j) v_j, factorised
+    about each block's midpoint r (safe by _leaf_block's choice of w). [..., C, K|V] -> [..., C, V]."""
+    qb, kb, vb, Gb = (x.unflatten(-2, (-1, w)) for x in (q, k, v, G))
+    rel = _centred(Gb)
+    scores = (qb * rel.exp()) @ (kb * (-rel).exp()).transpose(-1, -2)   # [..., C / w, w, w]
+    # tril zeroes, it does not multiply: the masked entries may be large, their gradient is exactly 0
+    return (scores.tril() @ vb).flatten(-3, -2)
+
+
+def _add_first_halves(o, q, k, v, G, w: int) -> torch.Tensor:
+    """Adds, within each block of 2w steps, what its first half contributes to its second half.
+    Split at the last step b of the first half, e^(G_i - G_j) = e^(G_i - G_b) e^(G_b - G_j): both
+    exponents <= 0, so each factor is <= 1 and at least as large as the product (a term that
+    matters has no tiny factor). The first half enters as a [K, V] state, as between chunks."""
+    # unbind, not indexing: its backward is one stack, where each select would zero a full gradient
+    (_, q2), (k1, _), (v1, _), (G1, G2), (o1, o2) = (x.unflatten(-2, (-1, 2, w)).unbind(-3)
+                                                     for x in (q, k, v, G, o))
+    G_b = G1[..., -1:, :]                                               # [..., C / 2w, 1, K]
+    added = (q2 * _decay(G2 - G_b)) @ ((k1 * _decay(G_b - G1)).transpose(-1, -2) @ v1)
+    return torch.stack([o1, o2 + added], dim=-3).flatten(-4, -2)
+
+
+def _intra_chunk(q, k, v, G, w: int | None = None):
+    """o_i = sum_{j<=i} (sum_c q_ic k_jc e^(G_ic - G_jc)) v_j within each chunk. q, k: [..., C, K],
+    v: [..., C, V], G: [..., C, K] per channel, [..., C, 1] scalar or None (no gate);
+    w: _leaf_block(G) if known.
+
+    Blocks whose G spreads little (the whole chunk, for the usual gates) are factorised about
+    their midpoint; the chunk is halved until its blocks are such blocks (down to single steps,
+    spread 0), and each halving level adds first half -> second half with factors <= 1. Nothing
+    of size [C, C, K] (a decay per channel and pair of steps) is ever formed.
     """
-    B, H, N, C, K = q.shape
-    c = min(SUB_CHUNK, C)
-    m = C // c
-    qs, ks, Gs = (x.reshape(B, H, N, m, c, K) for x in (q, k, G))
+    C = q.shape[-2]
+    if G is None:
+        return (q @ k.transpose(-1, -2)).tril() @ v
+    w = _leaf_block(G) if w is None else w
+    o = _leaf_outputs(q, k, v, G, w)
+    while w < C:
+        o = _add_first_halves(o, q, k, v, G, w)
+        w *= 2
+    return o
 
-    # Diagonal sub-chunks: explicit per-channel decays. Not floored: this is the largest tensor
-    # (T * c * K) and spans only c steps, so it reaches subnormals only for g < -11 per step.
-    diff = Gs.unsqueeze(-2) - Gs.unsqueeze(-3)                          # [..., m, c(i), c(j), K]
-    diff = diff.masked_fill(~_causal(c, q.device).unsqueeze(-1), float("-inf"))
-    decayed_k = ks.unsqueeze(-3) * diff.exp()                          # [..., m, c(i), c(j), K]
-    diag = (decayed_k @ qs.unsqueeze(-1)).squeeze(-1)                   # [B, H, N, m, c, c]
-    if m == 1:
-        return diag.reshape(B, H, N, C, C)
 
-    # Off-diagonal sub-chunks (query sub-chunk a > key sub-chunk b).
-    P = Gs[..., -1, :]                                                   # [B, H, N, m, K]
-    P_before = F.pad(P[..., :-1, :], (0, 0, 1, 0))                       # G just before sub-chunk a (0 for a = 0)
-    q_hat = qs * _decay(Gs - P_before.unsqueeze(-2))
-    k_hat = ks * _decay(P.unsqueeze(-2) - Gs)
-    between = _masked_decay(P_before.unsqueeze(4) - P.unsqueeze(3),     # [B, H, N, m(a), m(b), K]
-                            _causal(m, q.device, strict=True).unsqueeze(-1))
-    q_between = q_hat.unsqueeze(4) * between.unsqueeze(-2)              # [B, H, N, m(a), m(b), c, K]
-    full = torch.einsum("bhnaxik,bhnxjk->bhnaixj", q_between, k_hat)     # [B, H, N, a, c, b, c]
-    full.diagonal(dim1=3, dim2=5).copy_(diag.permute(0, 1, 2, 4, 5, 3))  # a == b blocks (were 0)
-    return full.reshape(B, H, N, C, C)
+def _delta_L(bk, k, G, w):
+    """β_i (k_i·k_j) e^(G_i - G_j), [..., C, C], correct in its strict lower triangle only (all the
+    unitriangular solve reads and differentiates). bk = β k; w = _leaf_block(G)."""
+    if G is None:
+        return bk @ k.transpose(-1, -2)
+    if w == k.shape[-2]:  # the chunk factorises about its midpoint: no [C, C] decay to form
+        rel = _centred(G)
+        return (bk * rel.exp()) @ (k * (-rel).exp()).transpose(-1, -2)
+    # A scalar gate's explicit decay is [C, C], no larger than L itself (unlike a per-channel one)
+    return (bk @ k.transpose(-1, -2)) * _pairwise_decay(G)
+
+
+def _decayed_for_state(qc, kc, G):
+    """Queries decayed from their chunk's start, keys decayed to its end, and the chunk's total
+    decay ([B, H, N, K or 1, 1], None without a gate): what the recurrence over chunks needs."""
+    if G is None:
+        return qc, kc, None
+    G_last = G[..., -1:, :]
+    return qc * _decay(G), kc * _decay(G_last - G), _decay(G_last).transpose(-1, -2)
+
+
+def _chunked_gate(g, C: int, dtype):
+    """Cumulative log-gate per chunk: [B, H, N, C, K] per channel, [B, H, N, C, 1] scalar."""
+    if g is None:
+        return None
+    return _to_chunks((g if g.dim() == 4 else g.unsqueeze(-1)).to(dtype), C, cumulative=True)
 
 
 def linear_attention_chunked(q, k, v, g, *, scale, chunk_size, initial_state, output_final_state, config):
@@ -141,27 +209,13 @@ def linear_attention_chunked(q, k, v, g, *, scale, chunk_size, initial_state, ou
     qc = chunk(q.to(dtype)) * scale
     kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
     N = qc.shape[2]
-    G = None if g is None else chunk(g.to(dtype)).cumsum(dim=3)          # [B,H,N,C] or [B,H,N,C,K]
-
-    # Intra-chunk scores, and the decayed queries / keys for the inter-chunk terms.
-    if G is None:
-        scores = (qc @ kc.transpose(-1, -2)).masked_fill(~_causal(C, q.device), 0.0)
-        q_in, k_out, chunk_decay = qc, kc, None
-    elif G.dim() == 4:  # scalar gate per step and head
-        scores = (qc @ kc.transpose(-1, -2)) * _pairwise_decay(G)
-        G_last = G[..., -1:]
-        q_in = qc * _decay(G).unsqueeze(-1)
-        k_out = kc * _decay(G_last - G).unsqueeze(-1)
-        chunk_decay = _decay(G_last).unsqueeze(-1)                       # [B, H, N, 1, 1]
-    else:  # per-channel gate
-        scores = _intra_scores_channel_gate(qc, kc, G)
-        G_last = G[..., -1:, :]
-        q_in = qc * _decay(G)
-        k_out = kc * _decay(G_last - G)
-        chunk_decay = _decay(G_last).transpose(-1, -2)                   # [B, H, N, K, 1]
-    o = scores @ vc                                                      # [B, H, N, C, V]
+    G = _chunked_gate(g, C, dtype)                                       # [B, H, N, C, K|1]
+    o = _intra_chunk(qc, kc, vc, G)                                      # [B, H, N, C, V]
+    if N == 1 and initial_state is None and not output_final_state:
+        return _from_chunks(o, T).to(q.dtype), None  # one chunk from a zero state: nothing to add
 
     # What each chunk adds to the state, then the short recurrence over chunks.
+    q_in, k_out, chunk_decay = _decayed_for_state(qc, kc, G)
     added = k_out.transpose(-1, -2) @ vc                                 # [B, H, N, K, V]
     S = (torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if initial_state is None
          else initial_state.to(dtype))
@@ -186,37 +240,38 @@ def delta_rule_chunked(q, k, v, beta, g, *, scale, chunk_size, initial_state, ou
     (I + L) W = diag(β) V - diag(β Γ) K S0 with L strictly lower triangular. Solving the
     triangular system once per chunk (batched over all chunks) gives W = U - Wk S0, so the loop
     over chunks only does W_n = U_n - Wk_n S and S <- Γ_C S + (decayed K_n)ᵀ W_n.
+
+    L is one matmul where the chunk's gate spreads little (FACTORISED_SPREAD); where it does not,
+    the chunk is shrunk (down to C / 4) until it does, and only a decay stronger still forms the
+    [C, C] decay explicitly. The chunk size changes nothing but rounding.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     dtype = compute_dtype(q.dtype)
     scale = K ** -0.5 if scale is None else scale
+    G = _chunked_gate(g, C, dtype)                                       # [B, H, N, C, 1]
+    w = None if G is None else _leaf_block(G)
+    if w is not None and C // 4 <= w < C:
+        # Chunks of w factorise whole: measured ~1.5x faster than forming the [C, C] decay at
+        # T = C = 64 (w = 32, 16), for a Python loop over at most 4x as many chunks.
+        return delta_rule_chunked(q, k, v, beta, g, scale=scale, chunk_size=w, initial_state=initial_state,
+                                  output_final_state=output_final_state, config=config)
     chunk = lambda x: _to_chunks(x, C)  # noqa: E731
     qc = chunk(q.to(dtype)) * scale
     kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
     bc = chunk(beta.to(dtype)).unsqueeze(-1)                             # [B, H, N, C, 1]
     N = qc.shape[2]
 
-    kk = kc @ kc.transpose(-1, -2)                                       # [B, H, N, C, C]
-    qk = qc @ kc.transpose(-1, -2)
-    if g is None:
-        L = (bc * kk).masked_fill(~_causal(C, q.device, strict=True), 0.0)
-        scores = qk.masked_fill(~_causal(C, q.device), 0.0)
-        rhs_k, q_in, k_out, chunk_decay = bc * kc, qc, kc, None
-    else:
-        G = chunk(g.to(dtype)).cumsum(dim=3)                             # [B, H, N, C]
-        gamma = _decay(G).unsqueeze(-1)
-        G_last = G[..., -1:]
-        L = bc * kk * _pairwise_decay(G, strict=True)
-        scores = qk * _pairwise_decay(G)
-        rhs_k, q_in = bc * gamma * kc, qc * gamma
-        k_out = kc * _decay(G_last - G).unsqueeze(-1)
-        chunk_decay = _decay(G_last).unsqueeze(-1)                       # [B, H, N, 1, 1]
+    L = _delta_L(bc * kc, kc, G, w)                                      # [B, H, N, C, C]
+    solve = functools.partial(torch.linalg.solve_triangular, L, upper=False, unitriangular=True)
+    if N == 1 and initial_state is None and not output_final_state:
+        # one chunk from a zero state: W = U, and nothing else to add
+        return _from_chunks(_intra_chunk(qc, kc, solve(bc * vc), G, w), T).to(q.dtype), None
 
-    eye = torch.eye(C, dtype=dtype, device=q.device)
-    solved = torch.linalg.solve_triangular(eye + L, torch.cat([bc * vc, rhs_k], dim=-1),
-                                           upper=False, unitriangular=True)
+    q_in, k_out, chunk_decay = _decayed_for_state(qc, kc, G)
+    rhs_k = bc * kc if G is None else bc * _decay(G) * kc
+    solved = solve(torch.cat([bc * vc, rhs_k], dim=-1))
     U, Wk = solved[..., :V], solved[..., V:]                             # [B, H, N, C, V|K]
 
     S = (torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if initial_state is None
@@ -228,6 +283,7 @@ def delta_rule_chunked(q, k, v, beta, g, *, scale, chunk_size, initial_state, ou
         W = U_n - Wk_n @ S
         pseudo_values.append(W)
         S = (S if decay_n is None else decay_n * S) + k_n @ W
-    o = q_in @ torch.stack(states_before, dim=2) + scores @ torch.stack(pseudo_values, dim=2)
+    o = q_in @ torch.stack(states_before, dim=2) + _intra_chunk(qc, kc, torch.stack(pseudo_values, dim=2),
+                                                                 G, w)
     out = _from_chunks(o, T).to(q.dtype)
     return out, (S if output_final_state else None)

@@ -170,7 +170,7 @@ def test_recall_score_is_zero_at_the_guess_among_context_values_and_one_when_cer
 def test_default_proxy_spec_is_the_measured_budget():
     # benchmarks/results/proxy_fidelity.json was measured at these; change both together
     p = ProxySpec()
-    assert (p.d_model, p.n_layers, p.steps, p.batch, p.lr) == (32, 4, 300, 8, 1e-2)
+    assert (p.d_model, p.n_layers, p.steps, p.batch, p.lr) == (32, 4, 600, 8, 1e-2)
     assert {n: s.seq_len for n, s in p.tasks.items()} == {"mqar": 32, "noisy_recall": 32, "lm": 64}
 
 

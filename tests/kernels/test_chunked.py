@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attnsearch import kernels
-from attnsearch.kernels import delta_rule_ref, linear_attention_ref
+from attnsearch.kernels import chunked, delta_rule_ref, linear_attention_ref
 
 F64 = torch.float64
 
@@ -186,3 +186,90 @@ def test_auto_backend_on_cpu_is_the_chunked_path():
     o_auto, _ = kernels.linear_attention(q, k, v, chunk_size=16)
     o_ref, _ = linear_attention_ref(q, k, v)
     torch.testing.assert_close(o_auto, o_ref, rtol=1e-10, atol=1e-10)
+
+
+# --- the factorised paths (chunked.FACTORISED_SPREAD) and their halving / explicit fallbacks ---
+
+
+def _compare_with_reference(op, gate, T, chunk, *, strength=1.0, with_state=True, final_state=True,
+                            seed=0, dtype=F64, tol=1e-9):
+    """Outputs, final state and all gradients of the chunked op vs the float64 reference."""
+    B, H, K, V = 2, 2, 8, 4
+    (q, k, v), gen = make_inputs(B, T, H, K, V, seed=seed, normalise_k=op == "delta")
+    if torch.is_tensor(strength):  # per-head strengths: [H]
+        g = make_gate(gate, B, T, H, K, gen)
+        g = g * strength.view(1, 1, H, *([1] * (g.dim() - 3)))
+    else:
+        g = make_gate(gate, B, T, H, K, gen, strength)
+    beta = torch.rand(B, T, H, generator=gen, dtype=F64) if op == "delta" else None
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=F64) if with_state else None
+
+    def run(fn, xs, **kw):
+        q_, k_, v_, g_, b_, s_ = xs
+        args = (q_, k_, v_, g_) if op == "linear" else (q_, k_, v_, b_, g_)
+        return fn(*args, initial_state=s_, output_final_state=final_state, **kw)
+
+    ref_fn = {"linear": linear_attention_ref, "delta": delta_rule_ref}[op]
+    fast_fn = {"linear": kernels.linear_attention, "delta": kernels.delta_rule}[op]
+    ref_in = [_leaf(x) for x in (q, k, v, g, beta, s0)]
+    fast_in = [_leaf(None if x is None else x.to(dtype)) for x in (q, k, v, g, beta, s0)]
+    o_ref, s_ref = run(ref_fn, ref_in)
+    o, s = run(fast_fn, fast_in, chunk_size=chunk, backend="torch")
+    assert torch.isfinite(o).all() and (s is None or torch.isfinite(s).all())
+    torch.testing.assert_close(o.double(), o_ref, rtol=tol, atol=tol)
+    if final_state:
+        torch.testing.assert_close(s.double(), s_ref, rtol=tol, atol=tol)
+    got = _grads((o.double(), None if s is None else s.double()), fast_in, 9)  # same projections
+    want = _grads((o_ref, s_ref), ref_in, 9)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
+@pytest.mark.parametrize("spread", [0.0, 0.5, 2.0, 5.0, 8.0, float("inf")])
+def test_every_halving_depth_matches_reference(monkeypatch, op, gate, spread):
+    """A spread limit of 0 halves chunks down to single steps, inf factorises whole chunks:
+    every leaf size against the reference; for the delta rule, the explicit decay (leaf 1, 2),
+    smaller chunks that factorise (leaf 4, 8: spreads 5 and 8) and whole chunks (inf).
+    T = 45 with chunk 16: three chunks, the last one padded."""
+    monkeypatch.setitem(chunked.FACTORISED_SPREAD, F64, spread)
+    _compare_with_reference(op, gate, 45, 16, strength=1.0)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
+@pytest.mark.parametrize("T", [20, 64])
+def test_single_chunk_from_zero_state_matches_reference(op, gate, T):
+    """The shortcut for one chunk from a zero state without final state (the proxy's case)."""
+    _compare_with_reference(op, gate, T, 64, with_state=False, final_state=False, seed=T)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
+def test_mixed_decay_is_exact(op, gate):
+    """One head decays by up to 20 per step (forces halving / the explicit fallback for the whole
+    call), the other barely decays (its chunks alone would factorise whole)."""
+    strength = torch.tensor([20.0, 0.05], dtype=F64)
+    _compare_with_reference(op, gate, 70, 32, strength=strength, seed=4)
+
+
+@pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-9), (torch.float32, 2e-4)])
+def test_strong_decay_gradients_are_exact(op, gate, dtype, tol):
+    """g down to -20 per step: forward and every gradient finite and equal to the reference, in
+    float64 and (to float32 precision) in the float32 proxy dtype."""
+    _compare_with_reference(op, gate, 70, 64, strength=20.0, seed=5, dtype=dtype, tol=tol)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_leaf_block_choice(dtype):
+    """Mild gates factorise whole chunks; strong ones halve until each block's spread is in range."""
+    gen = torch.Generator().manual_seed(6)
+    C, limit = 64, chunked.FACTORISED_SPREAD[dtype]
+    mild = -(0.5 * limit / C) * torch.rand(3, 2, 1, C, 4, generator=gen, dtype=F64)
+    assert chunked._leaf_block(mild.cumsum(-2).to(dtype)) == C
+    # a block of w steps spreads over w - 1 of them: blocks of 4 spread exactly the limit
+    strong = torch.full((3, 2, 1, C, 4), -limit / 3, dtype=F64)
+    strong[1, 1, 0, :, 2] = -1e-3  # a mild channel among strong ones changes nothing
+    assert chunked._leaf_block(strong.cumsum(-2).to(dtype)) == 4
+    strong[2, 0, 0, 7, 1] = -limit * 2  # one step stronger than the limit: single steps
+    assert chunked._leaf_block(strong.cumsum(-2).to(dtype)) == 1
