@@ -36,14 +36,16 @@ INT32 = {"flag_ptr"}
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False}
 
 
-def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
+def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=(), half=()):
+    """half: pointer names that hold bf16 here although FP32 lists them (b_ptr holding a raw gate)."""
     constexprs = {**{k: v for k, v in DEFAULT_FLAGS.items() if k in fn.arg_names}, **constexprs}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name in INT32 else ("*fp32" if name in FP32 or name in fp32 else "*bf16")
+            is_fp32 = (name in FP32 or name in fp32) and name not in half
+            sig[name] = "*i32" if name in INT32 else ("*fp32" if is_fp32 else "*bf16")
         elif name == "scale":
             sig[name] = "fp32"
         else:
@@ -54,7 +56,7 @@ def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
 
 
 def jobs():
-    """(label, kernel, constexprs, warps, stages, extra fp32 pointer names)."""
+    """(label, kernel, constexprs, warps, stages, extra fp32 pointer names[, bf16 pointer names])."""
     lin = tlin.default_config("linear_attention")
     dl = tlin.default_config("delta_rule")
     K = V = 128
@@ -95,10 +97,19 @@ def jobs():
         out.append((f"out_fwd gate={gate}", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
     for gate in (0, 1, 2):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
-        # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32; its stages are capped at 2
+        if gate == 2:
+            c["PREC_X"] = "tf32x3"
+        # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32, reads the raw gate (b_ptr, bf16) and
+        # writes dg in the gate's dtype; its stages are capped at 2
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
-                    ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
+                    ("dq_ptr", "dk_ptr") if gate == 2 else ("dg_ptr",), ("b_ptr",) if gate == 2 else ()))
+    for gate in (0, 1):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
+        out.append((f"delta_bwd_dqk gate={gate}", tlin._delta_bwd_dqk_kernel, c, dl["bwd_num_warps"],
+                    dl["bwd_num_stages"], ("dk_ptr",)))
+        out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, dl["bwd_num_warps"],
+                    dl["bwd_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))
@@ -119,11 +130,11 @@ def main():
     prefixes = [p for p in args.only.split(",") if p]
     print(f"triton {triton.__version__}, sm_90, bf16, K=V=128, chunk 64")
     failed = 0
-    for label, fn, constexprs, warps, stages, fp32 in jobs():
+    for label, fn, constexprs, warps, stages, fp32, *half in jobs():
         if prefixes and not any(label.startswith(p) for p in prefixes):
             continue
         try:
-            compiled = compile_sm90(fn, constexprs, warps, stages, fp32)
+            compiled = compile_sm90(fn, constexprs, warps, stages, fp32, *half)
         except Exception as e:  # report and go on: one broken variant must not hide the others
             failed += 1
             print(f"{label}: COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")

@@ -187,13 +187,10 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
         cols = tl.arange(0, BD)
         offs = tok[:, None] * D + cols[None, :]
         mask = (rows < T)[:, None] & (cols < D)[None, :]
-        g = tl.load(g_ptr + offs, mask=mask, other=0).to(tl.float32)
-        b = tl.cumsum(g, axis=0)
-        tl.store(b_ptr + offs, b, mask=mask)
+        g = tl.load(g_ptr + offs, mask=mask, other=0)
+        tl.store(b_ptr + offs, _cumsum_rows(g, BT), mask=mask)
         if FLAG:
-            span = tl.max(tl.where(mask, b, float("-inf")), axis=0) - tl.min(tl.where(mask, b, float("inf")), axis=0)
-            span = tl.where(cols < D, span, 0)
-            tl.store(flag_ptr + bh.to(tl.int64) * NT + n, (tl.max(span, axis=0) <= SAFE).to(tl.int32))
+            tl.store(flag_ptr + bh.to(tl.int64) * NT + n, _safe_chunk(g, BT, SAFE))
     else:
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
@@ -223,11 +220,10 @@ def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K:
     m2 = rmask[:, None] & kmask[None, :]
     x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
     if VEC:
-        g = tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32)
-        b = tl.cumsum(g, axis=0)
-        b_last = tl.sum(tl.where(is_last[:, None], b, 0), axis=0)  # b at the last valid row, exactly
-        span = tl.max(tl.where(m2, b, float("-inf")), axis=0) - tl.min(tl.where(m2, b, float("inf")), axis=0)
-        safe = (tl.max(tl.where(kmask, span, 0), axis=0) <= SAFE).to(tl.int32)
+        g = tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+        b = _cumsum_rows(g, BT)
+        b_last = tl.sum(g.to(tl.float32), axis=0)  # rows past T hold 0
+        safe = _safe_chunk(g, BT, SAFE)
         tl.store(flag_ptr + bh.to(tl.int64) * NT + n, safe)
         if STORE_B == 2:
             tl.store(b_ptr + tok[:, None] * K + kk[None, :], b, mask=m2)
@@ -254,19 +250,49 @@ def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K:
 
 
 @triton.jit
-def _split_decay(q, k, b, rmask):
-    """q exp(b - r) and k exp(r - b) with r the middle of each channel's span of b over the valid rows,
-    in the matmul dtype (fp32 for fp32 inputs, else bf16 for its range). Their product gives
-    exp(b_i - b_j) exactly up to rounding; used only on chunks flagged safe (span <= SAFE)."""
-    r = 0.5 * (tl.max(tl.where(rmask[:, None], b, float("-inf")), axis=0)
-               + tl.min(tl.where(rmask[:, None], b, float("inf")), axis=0))
+def _cumsum_rows(g, BT: tl.constexpr):
+    """Cumulative sum over the rows of a gate tile g [BT, D] (rows past T zero), in fp32. 16-bit gates:
+    one matmul with a lower-triangular 0/1 matrix, exact up to the fp32 accumulation (the products are the
+    gate values themselves) and on tensor cores: tl.cumsum across the warps of a [64, 128] tile cost
+    more than the memory traffic of the whole gate pass. fp32 gates keep tl.cumsum (a 16-bit matmul would
+    round them)."""
+    if g.dtype == tl.float32:
+        return tl.cumsum(g, axis=0)
+    else:
+        ii = tl.arange(0, BT)
+        tri = (ii[:, None] >= ii[None, :]).to(g.dtype)
+        return tl.dot(tri, g, out_dtype=tl.float32)
+
+
+@triton.jit
+def _safe_chunk(g, BT: tl.constexpr, SAFE: tl.constexpr):
+    """1 (int32) when, in every channel of the gate tile g [BT, D] (rows past T zero), the steps after the
+    first move b by at most SAFE in total: a = sum_{i>=1} |g_i| <= SAFE. Then every b_i lies within a/2 of
+    the midpoint r = (b_0 + b_last) / 2 (`_midpoint`); for log-decays (g <= 0) a is the chunk's span
+    b_0 - b_last, so the test is "span <= SAFE", from two sums instead of a cumulative sum and a max / min."""
+    ii = tl.arange(0, BT)
+    a = tl.sum(tl.where(ii[:, None] >= 1, tl.abs(g.to(tl.float32)), 0), axis=0)
+    return (tl.max(a, axis=0) <= SAFE).to(tl.int32)
+
+
+@triton.jit
+def _midpoint(b_first, b_last):
+    """r = (b_0 + b_last) / 2 per channel: within SAFE / 2 of every b_i of a chunk flagged safe."""
+    return 0.5 * (b_first + b_last)
+
+
+@triton.jit
+def _split_decay(q, k, b, r):
+    """q exp(b - r) and k exp(r - b), r from `_midpoint`, in the matmul dtype (fp32 for fp32 inputs, else
+    bf16 for its range). Their product gives exp(b_i - b_j) exactly up to rounding; used only on chunks
+    flagged safe (`_safe_chunk`: |b - r| <= SAFE / 2 there)."""
     # the clamp only matters on unsafe chunks, whose results are discarded (keeps them finite)
     qf = q.to(tl.float32) * tl.exp(tl.minimum(b - r[None, :], 40.0))
     kf = k.to(tl.float32) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
     if q.dtype != tl.float32:
         qf = qf.to(tl.bfloat16)
         kf = kf.to(tl.bfloat16)
-    return qf, kf, r
+    return qf, kf
 
 
 @triton.jit
@@ -382,6 +408,8 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
     rows = n * BT + tl.arange(0, BT)
     rmask = rows < T
     tok = (bb * T + rows).to(tl.int64) * H + hh
+    first = (bb * T + n * BT).to(tl.int64) * H + hh
+    last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
     vv = iv * BV + tl.arange(0, BV)
     vmask = vv < V
     acc = tl.zeros([BT, BV], dtype=tl.float32)
@@ -397,7 +425,9 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
             b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
             acc += tl.dot((q_t * tl.exp(b)).to(h_t.dtype), h_t, input_precision=PREC)
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
-            qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
+            r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0),
+                          tl.load(b_ptr + last * K + kk, mask=kmask, other=0))
+            qf, kf = _split_decay(q_t, k_t, b, r)
             att += tl.dot(qf, tl.trans(kf), input_precision=PREC)
         else:
             k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
@@ -449,9 +479,13 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     if GATE == 2:
-        b = tl.cumsum(tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0).to(tl.float32), axis=0)
+        g_t = tl.load(g_ptr + tok[:, None] * K + kk[None, :], mask=m2, other=0)
+        b = _cumsum_rows(g_t, BT)
+        first = (bb * T + n * BT).to(tl.int64) * H + hh
+        r = _midpoint(tl.load(g_ptr + first * K + kk, mask=kk < K, other=0).to(tl.float32),
+                      tl.sum(g_t.to(tl.float32), axis=0))
         qg = (q_t * tl.exp(b)).to(h_ptr.dtype.element_ty)
-        qf, kf, _r = _split_decay(q_t, k_t, b, rmask)
+        qf, kf = _split_decay(q_t, k_t, b, r)
         att = tl.dot(qf, tl.trans(kf), input_precision=PREC)
         fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
         att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
@@ -597,10 +631,13 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
         else:
             dnext = dstate
         if DELTA:
+            # q^T do does not depend on the state: issued first, off the chain dstate -> dv -> dstate
+            qdo = tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
             dv += tl.dot(k_t, dstate.to(k_t.dtype), input_precision=PREC)
             tl.store(dvn_ptr + tok[:, None] * V + vv[None, :], dv.to(dvn_ptr.dtype.element_ty), mask=m_v)
-            dnext -= tl.dot(tl.trans(w_t), dv.to(w_t.dtype), input_precision=PREC)
-        dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
+            dstate = dnext + scale * qdo - tl.dot(tl.trans(w_t), dv.to(w_t.dtype), input_precision=PREC)
+        else:
+            dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0_ptr + bh.to(tl.int64) * K * V + kv_offs, dstate, mask=kvmask)
 
@@ -617,7 +654,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                       FIXED: tl.constexpr = False):
+                       FIXED: tl.constexpr = False, PREC_X: tl.constexpr = "ieee"):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -643,15 +680,18 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     # intra-chunk attention matrix (with decay); the decay of keys into the next state
-    if GATE == 2:
-        b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+    if GATE == 2:  # b_ptr holds the raw gate: b is formed here (no fp32 b written and read back)
+        gate_t = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        b = _cumsum_rows(gate_t, BT)
+        b_last = tl.sum(gate_t.to(tl.float32), axis=0)  # rows past T hold 0
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
         fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
-        qf, kf, r = _split_decay(q_t, k_t, b, rmask)
+        first = (bb * T + n * BT).to(tl.int64) * H + hh
+        r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0).to(tl.float32), b_last)
+        qf0, kf0 = _split_decay(q_t, k_t, b, r)
         att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
                            mask=rmask[:, None] & ~fast[None, :], other=0)
-        att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
+        att = tl.where(fast[None, :] & causal, tl.dot(qf0, tl.trans(kf0), input_precision=PREC), att_slow)
     else:
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
@@ -689,28 +729,43 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
+        # ordered so that few [BT, K] fp32 tiles are live at once (the epilogue spills on sm_90); b is formed
+        # again from the gate (read back from cache) rather than kept live through the V loop
+        b = _cumsum_rows(tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0), BT)
         dq = dq * scale * tl.exp(b)
         dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
-        # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
-        # (the diagonal carries no gate and is left out of X, where it would only cancel)
-        da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
-        # the factors are recomputed rather than kept live through the V loop (registers)
-        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
-        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
-        qx = q_t.to(tl.float32)
-        kx = k_t.to(tl.float32)
-        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
         fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
-        tl.store(dq_ptr + tok[:, None] * K + kk[None, :],
-                 tl.where(fast_k[None, :], qx * (dq + dq_off) - kx * dk_off, dq), mask=m_k)
-        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], tl.where(fast_k[None, :], kx * dk, dk), mask=m_k)
-        tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
-                 (dq + dq_off + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
-        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
-                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+        m_fast = m_k & fast_k[None, :]
+        m_slow = m_k & ~fast_k[None, :]
+        e = tl.exp(b_last) * hg
+        # unsafe chunks: the inter-chunk parts, dA and E for `_gla_intra_bwd_kernel` / `_gla_gate_grad_kernel`
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_slow)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_slow)
         tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
                  mask=rmask[:, None] & ~fast[None, :])
-        tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
+        tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, e, mask=kmask & ~fast_k)
+        # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
+        # (the diagonal carries no gate and is left out of X, where it would only cancel); the factors
+        # are formed again here rather than kept live through the V loop
+        qf, kf = _split_decay(q_t, k_t, b, r)
+        da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
+        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
+        qx = q_t.to(tl.float32)
+        kx = k_t.to(tl.float32)
+        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
+        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
+                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_fast)
+        # the gate gradient of a safe chunk, here (`_gla_gate_grad_kernel` does the same for the others):
+        # dg_s = sum_{i>=s} X_i + E + sum_{j<s} Y_j, as matmuls with 0/1 triangles (the reverse cumulative
+        # sum of X at ~fp32 accuracy: tf32x3 for half inputs), X = q (dq + dq_off) - k dk_off, Y = k dk
+        before = (ii[None, :] < ii[:, None]).to(tl.float32)
+        dg = tl.dot(before, kx * dk, input_precision=PREC) + e[None, :]
+        dq = dq + tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+        tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
+                 (dq + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_fast)
+        from_s = (ii[:, None] <= ii[None, :]).to(tl.float32)
+        dg += tl.dot(from_s, qx * dq - kx * dk_off, input_precision=PREC_X)
+        tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_fast)
     else:
         if GATE == 1 and FIXED:
             dq = dq * (scale * tl.exp(b))[:, None]
@@ -816,27 +871,29 @@ def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, da_ptr, dqi_ptr, dki_pt
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, dg_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
+def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, flag_ptr, dg_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, PREC: tl.constexpr):
     """Per-channel gate gradient of one chunk: dg_s = sum_{i>=s} X_i + E + sum_{j<s} Y_j, where E is the
-    state term exp(b_last) <h_n, G_n>. Only included terms are summed (no total-minus-prefix)."""
+    state term exp(b_last) <h_n, G_n>. Only included terms are summed (no total-minus-prefix).
+    Unsafe chunks only: `_linear_bwd_kernel` finished the others."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
-    bb = bh // H
-    hh = bh % H
-    rows = n * BT + tl.arange(0, BT)
-    rmask = rows < T
-    tok = (bb * T + rows).to(tl.int64) * H + hh
-    kk = tl.arange(0, BK)
-    kmask = kk < K
-    m_k = rmask[:, None] & kmask[None, :]
-    x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-    y = tl.load(y_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-    e = tl.load(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
-    ii = tl.arange(0, BT)
-    before = tl.where(ii[None, :] < ii[:, None], 1.0, 0.0)
-    dg = tl.cumsum(x, axis=0, reverse=True) + e[None, :] + tl.dot(before, y, input_precision=PREC)
-    tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_k)
+    if tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0:
+        bb = bh // H
+        hh = bh % H
+        rows = n * BT + tl.arange(0, BT)
+        rmask = rows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        kk = tl.arange(0, BK)
+        kmask = kk < K
+        m_k = rmask[:, None] & kmask[None, :]
+        x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        y = tl.load(y_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        e = tl.load(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
+        ii = tl.arange(0, BT)
+        before = tl.where(ii[None, :] < ii[:, None], 1.0, 0.0)
+        dg = tl.cumsum(x, axis=0, reverse=True) + e[None, :] + tl.dot(before, y, input_precision=PREC)
+        tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_k)
 
 
 @triton.jit(do_not_specialize=['T', 'H'])
@@ -1324,7 +1381,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         b, flag = g, None
         gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0, fixed=True)
     elif _use_prep(cfg, gate, backward=True):
-        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
+        # b of unsafe chunks only (the sub-block kernels'); `_linear_bwd_kernel` forms the rest itself
+        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=1 if gate == 2 else 2)
         gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
         del qd, d
     else:
@@ -1350,8 +1408,10 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     dq = dk = None
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
-                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
+    # per-channel gates: the kernel forms b from the raw gate
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, g if gate == 2 else b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da,
+                                    e, dq, dk, scale, T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+                                    PREC=_prec(q), FIXED=fixed, PREC_X="ieee" if q.dtype == torch.float32 else "tf32x3",
                                     **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
@@ -1359,7 +1419,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     _gla_intra_bwd_kernel[grid](q, k, b, flag, da, dq_i, dk_i, dq, dk, T, NT, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
                                 PREC=_prec(q))
     # dq_i / dk_i now hold the X / Y terms of the gate gradient
-    _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))
+    _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, flag, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))
     return dq, dk, dv, dg, dh0
 
 
