@@ -28,7 +28,7 @@ from attnsearch.kernels import triton_linear as tlin  # noqa: E402
 
 # pointer arguments that hold fp32 / int32 data (the rest are bf16 inputs, outputs or states)
 FP32 = {"b_ptr", "h0_ptr", "ht_ptr", "dht_ptr", "dh0_ptr", "a_ptr", "d_ptr", "dl_ptr", "da_ptr", "e_ptr",
-        "dqi_ptr", "dki_ptr", "x_ptr_f", "dk_part", "db_ptr", "y_ptr", "dbeta_ptr", "tm_ptr", "dkp_ptr"}
+        "dqi_ptr", "dki_ptr", "x_ptr_f", "db_ptr", "y_ptr", "dbeta_ptr", "tm_ptr"}
 INT32 = {"flag_ptr"}
 
 
@@ -97,17 +97,16 @@ def jobs():
         out.append((f"out_fwd gate={gate}", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
     for gate in (0, 1, 2):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
-        if gate == 2:
-            c["PREC_X"] = "tf32x3"
-        # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32, reads the raw gate (b_ptr, bf16) and
-        # writes dg in the gate's dtype; its stages are capped at 2
+        # gate 2 keeps its inter-chunk dq/dk (dq_ptr, dk_ptr) in fp32; its stages are capped at 2
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
-                    ("dq_ptr", "dk_ptr") if gate == 2 else ("dg_ptr",), ("b_ptr",) if gate == 2 else ()))
+                    ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
+    c = dict(K=K, BT=BT, BK=K, PREC="tf32", PREC_X="tf32x3")
+    out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 8, 1, ("x_ptr",)))
     for gate in (0, 1):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
         out.append((f"delta_bwd_dqk gate={gate}", tlin._delta_bwd_dqk_kernel, c, dl["bwd_num_warps"],
-                    dl["bwd_num_stages"], ("dk_ptr",)))
+                    dl["bwd_num_stages"], ()))
         out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, dl["bwd_num_warps"],
                     dl["bwd_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")

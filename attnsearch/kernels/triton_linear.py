@@ -131,12 +131,14 @@ def default_config(op: str, device=None) -> dict:
     # 260 / 290, scalar gate 428 / 480 -> 253 / 283 (ungated 213 / 244), gated delta 830 / 1292 (15 spill loads)
     # -> 520 / 643 (ungated 484 / 639). Linear attention's scalar gate takes the pass for the backward scan
     # only (PREP_SCALAR 1): its forward scan lost only ~10% to the gate, less than the extra pass costs.
+    # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
+    # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
-                "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
+                "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
@@ -194,7 +196,7 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
     else:
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
-        tl.store(b_ptr + tok, tl.cumsum(g, axis=0), mask=mask)
+        tl.store(b_ptr + _srow(bh, rows, T), tl.cumsum(g, axis=0), mask=mask)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -240,7 +242,7 @@ def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K:
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(tl.where(is_last, b, 0), axis=0)
         if STORE_B > 0:
-            tl.store(b_ptr + tok, b, mask=rmask)
+            tl.store(b_ptr + _srow(bh, rows, T), b, mask=rmask)
         tl.store(d_ptr + bh.to(tl.int64) * NT + n, tl.exp(b_last))
         if KEYS:
             xd = x * tl.exp(tl.minimum(b_last - b, 0))[:, None]
@@ -313,7 +315,14 @@ def _decay_state(state, d, GATE: tl.constexpr):
 
 
 @triton.jit
-def _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT: tl.constexpr, FIXED: tl.constexpr):
+def _srow(bh, rows, T):
+    """Offsets of rows of a scalar gate's cumulative sum b, stored [B*H, T]: a chunk's rows are contiguous
+    (in the [B, T, H] layout of the gate they lie H apart, one 32-byte sector each)."""
+    return bh.to(tl.int64) * T + rows
+
+
+@triton.jit
+def _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT: tl.constexpr, FIXED: tl.constexpr):
     """b (the within-chunk cumulative log-decay of each row, fp32) and b_last of chunk n, scalar gate:
     read from the cumulative gate, or (FIXED, RetNet) formed from the head's fixed log-decay g_h that
     b_ptr then holds ([H]): b_i = (i + 1) g_h, b_last = L g_h for the chunk's L valid rows. No pass over
@@ -325,8 +334,8 @@ def _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT: tl.constexpr, FIXED: tl
         b = (tl.minimum(ii, L - 1) + 1).to(tl.float32) * lg
         b_last = L.to(tl.float32) * lg
     else:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        b_last = tl.load(b_ptr + last)
+        b = tl.load(b_ptr + _srow(bh, n * BT + tl.arange(0, BT), T), mask=rmask, other=0)
+        b_last = tl.load(b_ptr + _srow(bh, tl.minimum(n * BT + BT, T) - 1, T))
     return b, b_last
 
 
@@ -380,7 +389,7 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
         if PRE:
             state = _decay_state(state, d_cur, GATE)
         elif GATE == 1:
-            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
             state = state * tl.exp(b_last)
         elif GATE == 2:
@@ -437,9 +446,9 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
     causal = ii[:, None] >= ii[None, :]
     if GATE == 1:
         if FIXED:
-            b, _b_last = _scalar_decay(b_ptr, tok, tok, rmask, hh, n, T, BT, FIXED)
+            b, _b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
         else:
-            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
         acc = acc * tl.exp(b)[:, None]
         att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     elif GATE == 2:
@@ -496,9 +505,9 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
             if FIXED:
-                b, _b_last = _scalar_decay(g_ptr, tok, tok, rmask, hh, n, T, BT, FIXED)
+                b, _b_last = _scalar_decay(g_ptr, bh, rmask, hh, n, T, BT, FIXED)
             else:
-                b = tl.load(g_ptr + tok, mask=rmask, other=0)
+                b = tl.load(g_ptr + _srow(bh, rows, T), mask=rmask, other=0)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             row_decay = tl.exp(b)
         else:
@@ -617,7 +626,7 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
         if PRE:
             dnext = _decay_state(dstate, d_cur, GATE)
         elif GATE == 1:
-            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             q_t = (q_t * tl.exp(b)[:, None]).to(do_t.dtype)
             if DELTA:
                 k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(do_t.dtype)
@@ -654,7 +663,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                       FIXED: tl.constexpr = False, PREC_X: tl.constexpr = "ieee"):
+                       FIXED: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -680,22 +689,21 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     # intra-chunk attention matrix (with decay); the decay of keys into the next state
-    if GATE == 2:  # b_ptr holds the raw gate: b is formed here (no fp32 b written and read back)
-        gate_t = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        b = _cumsum_rows(gate_t, BT)
-        b_last = tl.sum(gate_t.to(tl.float32), axis=0)  # rows past T hold 0
+    if GATE == 2:
+        b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
         fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
         first = (bb * T + n * BT).to(tl.int64) * H + hh
-        r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0).to(tl.float32), b_last)
-        qf0, kf0 = _split_decay(q_t, k_t, b, r)
+        r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0), b_last)
+        qf, kf = _split_decay(q_t, k_t, b, r)
         att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
                            mask=rmask[:, None] & ~fast[None, :], other=0)
-        att = tl.where(fast[None, :] & causal, tl.dot(qf0, tl.trans(kf0), input_precision=PREC), att_slow)
+        att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
     else:
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
-            b, b_last = _scalar_decay(b_ptr, tok, last, rmask, hh, n, T, BT, FIXED)
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             kdec_f = tl.exp(tl.minimum(b_last - b, 0))
         else:
@@ -729,43 +737,28 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
-        # ordered so that few [BT, K] fp32 tiles are live at once (the epilogue spills on sm_90); b is formed
-        # again from the gate (read back from cache) rather than kept live through the V loop
-        b = _cumsum_rows(tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0), BT)
         dq = dq * scale * tl.exp(b)
         dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
-        fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
-        m_fast = m_k & fast_k[None, :]
-        m_slow = m_k & ~fast_k[None, :]
-        e = tl.exp(b_last) * hg
-        # unsafe chunks: the inter-chunk parts, dA and E for `_gla_intra_bwd_kernel` / `_gla_gate_grad_kernel`
-        tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_slow)
-        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_slow)
-        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
-                 mask=rmask[:, None] & ~fast[None, :])
-        tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, e, mask=kmask & ~fast_k)
         # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
-        # (the diagonal carries no gate and is left out of X, where it would only cancel); the factors
-        # are formed again here rather than kept live through the V loop
-        qf, kf = _split_decay(q_t, k_t, b, r)
+        # (the diagonal carries no gate and is left out of X, where it would only cancel)
         da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
-        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
+        # the factors are recomputed rather than kept live through the V loop (registers)
+        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
         qx = q_t.to(tl.float32)
         kx = k_t.to(tl.float32)
-        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
-        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
-                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_fast)
-        # the gate gradient of a safe chunk, here (`_gla_gate_grad_kernel` does the same for the others):
-        # dg_s = sum_{i>=s} X_i + E + sum_{j<s} Y_j, as matmuls with 0/1 triangles (the reverse cumulative
-        # sum of X at ~fp32 accuracy: tf32x3 for half inputs), X = q (dq + dq_off) - k dk_off, Y = k dk
-        before = (ii[None, :] < ii[:, None]).to(tl.float32)
-        dg = tl.dot(before, kx * dk, input_precision=PREC) + e[None, :]
-        dq = dq + tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
+        fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
+        tl.store(dq_ptr + tok[:, None] * K + kk[None, :],
+                 tl.where(fast_k[None, :], qx * (dq + dq_off) - kx * dk_off, dq), mask=m_k)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], tl.where(fast_k[None, :], kx * dk, dk), mask=m_k)
         tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
-                 (dq + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_fast)
-        from_s = (ii[:, None] <= ii[None, :]).to(tl.float32)
-        dg += tl.dot(from_s, qx * dq - kx * dk_off, input_precision=PREC_X)
-        tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_fast)
+                 (dq + dq_off + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
+                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
+                 mask=rmask[:, None] & ~fast[None, :])
+        tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
     else:
         if GATE == 1 and FIXED:
             dq = dq * (scale * tl.exp(b))[:, None]
@@ -871,29 +864,30 @@ def _gla_intra_bwd_kernel(q_ptr, k_ptr, b_ptr, flag_ptr, da_ptr, dqi_ptr, dki_pt
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, flag_ptr, dg_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
-                          BK: tl.constexpr, PREC: tl.constexpr):
+def _gla_gate_grad_kernel(x_ptr, y_ptr, e_ptr, dg_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
+                          BK: tl.constexpr, PREC: tl.constexpr, PREC_X: tl.constexpr = "ieee"):
     """Per-channel gate gradient of one chunk: dg_s = sum_{i>=s} X_i + E + sum_{j<s} Y_j, where E is the
-    state term exp(b_last) <h_n, G_n>. Only included terms are summed (no total-minus-prefix).
-    Unsafe chunks only: `_linear_bwd_kernel` finished the others."""
+    state term exp(b_last) <h_n, G_n>. Only included terms are summed (no total-minus-prefix). Both sums
+    are matmuls with 0/1 triangles (tl.cumsum across the warps of the tile was the kernel's cost); the
+    suffix sum of X at ~fp32 accuracy (PREC_X: tf32x3 for half inputs, ieee for fp32)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
-    if tl.load(flag_ptr + bh.to(tl.int64) * NT + n) == 0:
-        bb = bh // H
-        hh = bh % H
-        rows = n * BT + tl.arange(0, BT)
-        rmask = rows < T
-        tok = (bb * T + rows).to(tl.int64) * H + hh
-        kk = tl.arange(0, BK)
-        kmask = kk < K
-        m_k = rmask[:, None] & kmask[None, :]
-        x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        y = tl.load(y_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        e = tl.load(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
-        ii = tl.arange(0, BT)
-        before = tl.where(ii[None, :] < ii[:, None], 1.0, 0.0)
-        dg = tl.cumsum(x, axis=0, reverse=True) + e[None, :] + tl.dot(before, y, input_precision=PREC)
-        tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_k)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    m_k = rmask[:, None] & kmask[None, :]
+    x = tl.load(x_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    y = tl.load(y_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    e = tl.load(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, mask=kmask, other=0)
+    ii = tl.arange(0, BT)
+    before = tl.where(ii[None, :] < ii[:, None], 1.0, 0.0)
+    from_s = tl.where(ii[:, None] <= ii[None, :], 1.0, 0.0)
+    dg = tl.dot(from_s, x, input_precision=PREC_X) + e[None, :] + tl.dot(before, y, input_precision=PREC)
+    tl.store(dg_ptr + tok[:, None] * K + kk[None, :], dg.to(dg_ptr.dtype.element_ty), mask=m_k)
 
 
 @triton.jit(do_not_specialize=['T', 'H'])
@@ -923,7 +917,7 @@ def _ut_diag_kernel(k_ptr, beta_ptr, b_ptr, d_ptr, T, H, K: tl.constexpr, BT: tl
         strict = li[:, None] > li[None, :]
         kkt = tl.dot(k_c, tl.trans(k_c), input_precision=PREC)
         if GATE == 1:
-            b = tl.load(b_ptr + tok, mask=rmask, other=0)
+            b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
             x = -kkt * beta[:, None] * tl.exp(tl.where(strict, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
         else:
             x = tl.where(strict, -kkt * beta[:, None], 0)
@@ -967,7 +961,7 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr, k
     tm = tl.load(d_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BC + (ii % BC)[None, :],
                  mask=rmask[:, None] & same_blk, other=0)
     if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
     if LOG2NB > 0:
         kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
         off = (ii[:, None] // BC) > (ii[None, :] // BC)
@@ -1027,7 +1021,7 @@ def _dv_local_kernel(q_ptr, k_ptr, b_ptr, do_ptr, dvl_ptr, qd_ptr, scale,
     # P^T directly: pt[j, i] = k_j . q_i * exp(b_i - b_j) for i >= j
     pt = tl.dot(k_t, tl.trans(q_t), input_precision=PREC)
     if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
         pt = pt * tl.exp(tl.where(tl.trans(causal), tl.minimum(b[None, :] - b[:, None], 0), float("-inf")))
         if STORE_QD:
             tl.store(qd_ptr + tok[:, None] * K + kk[None, :], (q_t * tl.exp(b)[:, None]).to(qd_ptr.dtype.element_ty),
@@ -1092,8 +1086,8 @@ def _delta_bwd_dqk_kernel(q_ptr, k_ptr, b_ptr, w_ptr, u_ptr, h_ptr, gs_ptr, do_p
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     dp = tl.where(causal, dp * scale, 0)
     if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
-        b_last = tl.load(b_ptr + last)
+        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+        b_last = tl.load(b_ptr + _srow(bh, tl.minimum(n * BT + BT, T) - 1, T))
         decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
         dq = dq * (scale * tl.exp(b))[:, None]
         # db collects the terms whose gate factor spans steps <= i; dg is its suffix sum plus the
@@ -1105,7 +1099,7 @@ def _delta_bwd_dqk_kernel(q_ptr, k_ptr, b_ptr, w_ptr, u_ptr, h_ptr, gs_ptr, do_p
         p = tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay
         dpp = tl.where(strict, dp * p, 0)  # the diagonal carries no gate
         db += tl.sum(dpp, axis=1) - tl.sum(dpp, axis=0)
-        tl.store(db_ptr + tok, db, mask=rmask)
+        tl.store(db_ptr + _srow(bh, rows, T), db, mask=rmask)
         dp = dp * decay
     else:
         dq = dq * scale
@@ -1113,7 +1107,7 @@ def _delta_bwd_dqk_kernel(q_ptr, k_ptr, b_ptr, w_ptr, u_ptr, h_ptr, gs_ptr, do_p
     dq += tl.dot(dp.to(k_t.dtype), k_t, input_precision=PREC)
     dk += tl.dot(tl.trans(dp).to(q_t.dtype), q_t, input_precision=PREC)
     tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=m_k)
-    tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
+    tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -1159,7 +1153,7 @@ def _delta_bwd_wy_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tm_ptr, h_ptr, dvn_ptr, 
         dtm += tl.dot(dvn, tl.trans((v_t * beta[:, None]).to(k_t.dtype)), input_precision=PREC)
     kf = k_t.to(tl.float32)
     if GATE == 1:
-        b = tl.load(b_ptr + tok, mask=rmask, other=0)
+        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
         gam = tl.exp(b)
         kb = kf * (beta * gam)[:, None]
     else:
@@ -1187,11 +1181,11 @@ def _delta_bwd_wy_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tm_ptr, h_ptr, dvn_ptr, 
     dlb = (dl * beta[:, None]).to(k_t.dtype)
     dk += tl.dot(dlb, k_t, input_precision=PREC)
     dk += tl.dot(tl.trans(dlb), k_t, input_precision=PREC)
-    dk += tl.load(dkp_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+    dk += tl.load(dkp_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
     tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
     tl.store(dbeta_ptr + tok, dbeta, mask=rmask)
     if GATE == 1:
-        db += tl.load(db_ptr + tok, mask=rmask, other=0)
+        db += tl.load(db_ptr + _srow(bh, rows, T), mask=rmask, other=0)
         y = tl.load(y_ptr + tok, mask=rmask, other=0)
         e = tl.load(e_ptr + bh.to(tl.int64) * NT + n)
         # dg_s = sum_{i>=s} db_i + exp(b_last) <h, G> + sum_{j<s} k_j.dk_inter_j
@@ -1232,7 +1226,7 @@ def _chunk_cumsum(g, BT, flags=False):
     NT = triton.cdiv(T, BT)
     vec = g.dim() == 4
     D = g.shape[3] if vec else 1
-    b = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    b = torch.empty(g.shape if vec else (B, H, T), dtype=torch.float32, device=g.device)  # scalar: [B, H, T]
     flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if flags else None
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
                                       FLAG=flags, SAFE=GLA_SAFE_SPAN)
@@ -1261,7 +1255,7 @@ def _gate_prep(g, x, BT, keys, store_b):
     B, T, H, K = x.shape
     NT = triton.cdiv(T, BT)
     vec = g.dim() == 4
-    b = torch.empty(g.shape, dtype=torch.float32, device=g.device) if store_b else None
+    b = torch.empty(g.shape if vec else (B, H, T), dtype=torch.float32, device=g.device) if store_b else None
     flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else None
     xd = torch.empty_like(x)
     d = torch.empty((B * H, NT, K) if vec else (B * H, NT), dtype=torch.float32, device=g.device)
@@ -1381,8 +1375,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         b, flag = g, None
         gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0, fixed=True)
     elif _use_prep(cfg, gate, backward=True):
-        # b of unsafe chunks only (the sub-block kernels'); `_linear_bwd_kernel` forms the rest itself
-        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=1 if gate == 2 else 2)
+        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
         gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
         del qd, d
     else:
@@ -1408,10 +1401,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     dq = dk = None
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-    # per-channel gates: the kernel forms b from the raw gate
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, g if gate == 2 else b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da,
-                                    e, dq, dk, scale, T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-                                    PREC=_prec(q), FIXED=fixed, PREC_X="ieee" if q.dtype == torch.float32 else "tf32x3",
+    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
+                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
                                     **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
@@ -1419,7 +1410,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     _gla_intra_bwd_kernel[grid](q, k, b, flag, da, dq_i, dk_i, dq, dk, T, NT, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
                                 PREC=_prec(q))
     # dq_i / dk_i now hold the X / Y terms of the gate gradient
-    _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, flag, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))
+    _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q),
+                                       PREC_X="ieee" if q.dtype == torch.float32 else "tf32x3", num_warps=8)
     return dq, dk, dv, dg, dh0
 
 
@@ -1555,7 +1547,9 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
         gs, dh0, dvn = _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0)
     del dvl  # folded into dvn; free it before the gradient buffers are allocated (peak memory)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dk_part = torch.empty(k.shape, dtype=torch.float32, device=q.device)
+    # the first part of dk, handed from one kernel to the next: fp32 only for fp32 inputs (half inputs get
+    # half gradients; an fp32 round trip of [B, T, H, K] cost as much traffic as reading q and k twice)
+    dk_part = torch.empty(k.shape, dtype=torch.float32 if q.dtype == torch.float32 else q.dtype, device=q.device)
     dbeta = torch.empty(B, T, H, dtype=torch.float32, device=q.device)
     dg = db = y = e = None
     if gate:

@@ -201,7 +201,7 @@ GATE_PATHS = [({"PREP_SCALAR": 0, "PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, ("BTH"
               ({"PREP_SCALAR": 1}, ("H", "BTH")), ({"PREP_SCALAR": 2}, ("H", "BTH")),
               ({"PREP_CHANNEL": 1}, ("BTHK",)), ({"GLA_OUT_FUSED": 1}, ("BTHK",)),
               ({"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}, ("BTHK",)),
-              ({"OUT_V_LOOP": 1, "OUT_BLOCK_V": 16}, (None, "BTH"))]
+              ({"OUT_V_LOOP": 1, "OUT_BLOCK_V": 16}, (None, "BTH")), ({"OUT_V_LOOP": 0}, (None, "H", "BTH"))]
 
 
 @pytest.mark.parametrize("paths,gates", GATE_PATHS)
