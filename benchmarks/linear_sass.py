@@ -101,8 +101,8 @@ def jobs():
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
                     ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
-    c = dict(K=K, BT=BT, BK=K, PREC="tf32", PREC_X="tf32x3")
-    out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 8, 1, ("x_ptr",)))
+    c = dict(K=K, BT=BT, BK=K, PREC="tf32")
+    out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 4, 1, ("x_ptr",)))
     for gate in (0, 1):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
         out.append((f"delta_bwd_dqk gate={gate}", tlin._delta_bwd_dqk_kernel, c, dl["bwd_num_warps"],
