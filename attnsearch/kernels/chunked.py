@@ -4,14 +4,14 @@ The sequence is cut into chunks of C steps. Everything inside a chunk is compute
 chunks at once with batched matmuls; only the [K, V] state is carried across chunks in a
 short Python loop (T / C steps of a few small matmuls).
 
-Gates are log-decays (g <= 0). Within a chunk they are summed cumulatively (G_i), and only
-differences that are <= 0 are ever exponentiated on their own: exp(G_i - G_j) for j <= i,
-exp(G_i) and exp(G_last - G_j). So a decay of -20 per step underflows towards 0 (float32 decays
-are floored at exp(-28), see FLOAT32_LOG_DECAY_FLOOR) instead of producing inf * 0 = NaN, in the
-forward and in the backward. Causal masks are applied to the exponent (-inf) before exp, or by
-zeroing (tril, never a multiply) a product that is finite, so the backward of the masked entries
-is 0, not NaN. The one exception is the split about a midpoint (FACTORISED_SPREAD): there both
-signs are exponentiated, but only where G spreads so little that neither can overflow.
+Gates are log-decays (g <= 0). Within a chunk they are summed cumulatively (G_i), and a decay
+is only exponentiated where that cannot overflow: differences that are <= 0 (exp(G_i - G_j) for
+j <= i, exp(G_i), exp(G_last - G_j)), or G - r of either sign about a midpoint r where G spreads
+little (FACTORISED_SPREAD, BLOCK_SPREAD). So a decay of -20 per step underflows towards 0
+(float32 decays are floored at exp(-28), see FLOAT32_LOG_DECAY_FLOOR) instead of producing
+inf * 0 = NaN, in the forward and in the backward. Causal masks are applied to the exponent
+(-inf) before exp, or zero a product that is finite (tril, or a decay of exactly 0 between
+blocks), so the backward of the masked entries is 0, not NaN.
 
 Inputs arrive already normalised by ops.py: g is None, [B, T, H] or [B, T, H, K]; here a scalar
 gate is carried as [..., C, 1], a per-channel gate broadcast over the K channels.
@@ -38,6 +38,15 @@ CONFIG_SPACE = {"linear_attention": {}, "delta_rule": {}}
 # e^s |q| |k| before masking) stay far from overflow.
 # float32: e^30 ~ 1e13, e^60 ~ 1e26 (max ~ e^88); float64: e^300 ~ 1e130 (max ~ e^709).
 FACTORISED_SPREAD = {torch.float32: 60.0, torch.float64: 600.0}
+
+# A scalar gate whose chunk spreads more than that is cut into blocks, each factorised about its
+# own midpoint r_a and joined by one decay per pair of blocks (see _scalar_gate_factors):
+#     e^(G_i - G_j) = e^(G_i - r_a) e^(r_a - r_b) e^(r_b - G_j),   i in block a >= b, j in block b.
+# Blocks spread by at most this much, so the outer factors multiply to at most e^s; the middle
+# one (<= 1) is floored in float32 at e^(FLOAT32_LOG_DECAY_FLOOR - s) = e^-56: a floored term
+# stays below e^-28 (as everywhere here) and every product above e^-84, clear of float32
+# subnormals (< e^-87). float64: not floored (exact); the outer factors stay within e^±150.
+BLOCK_SPREAD = {torch.float32: 28.0, torch.float64: 300.0}
 
 
 def _to_chunks(x: torch.Tensor, C: int, cumulative: bool = False) -> torch.Tensor:
@@ -94,29 +103,21 @@ def _decay(log_decay: torch.Tensor) -> torch.Tensor:
     return _floored(log_decay).exp()
 
 
-def _masked_decay(log_decay: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """exp where keep, exactly 0 elsewhere (masked before exp: overflow there never reaches autograd)."""
-    return _floored(log_decay).masked_fill(~keep, float("-inf")).exp()
+def _spread_fits(G: torch.Tensor, w: int, limit: float) -> bool:
+    """Whether G spreads by at most limit within every block of w steps (every chunk, head and
+    channel). g <= 0, so a block's spread is its first G minus its last."""
+    blocks = G.detach().unflatten(-2, (-1, w))
+    return bool((blocks[..., 0, :] - blocks[..., -1, :] <= limit).all())
 
 
-def _pairwise_decay(G: torch.Tensor) -> torch.Tensor:
-    """exp(G_i - G_j) for j <= i, 0 elsewhere. G: [..., C, 1] (a scalar gate) -> [..., C, C]."""
-    return _masked_decay(G - G.transpose(-1, -2), _causal(G.shape[-2], G.device))
-
-
-def _leaf_block(G: torch.Tensor) -> int:
+def _leaf_block(G: torch.Tensor, limit: float | None = None) -> int:
     """Largest block of steps (the chunk, halved as often as needed) in which G spreads by at most
-    FACTORISED_SPREAD in every chunk, head and channel. One size for the whole call: a few
-    strongly decaying channels cost one more halving level for all, not a second code path.
-    G: [..., C, K], C a power of two (ops checks chunk_size); g <= 0, so a block's spread is its
-    first G minus its last."""
-    limit = FACTORISED_SPREAD[G.dtype]
-    G = G.detach()
+    limit (FACTORISED_SPREAD by default). One size for the whole call: a few strongly decaying
+    channels cost one more halving level for all, not a second code path.
+    G: [..., C, K], C a power of two (ops checks chunk_size)."""
+    limit = FACTORISED_SPREAD[G.dtype] if limit is None else limit
     w = G.shape[-2]
-    while w > 1:
-        blocks = G.unflatten(-2, (-1, w))
-        if bool((blocks[..., 0, :] - blocks[..., -1, :] <= limit).all()):
-            break
+    while w > 1 and not _spread_fits(G, w, limit):
         w //= 2
     return w
 
@@ -150,20 +151,18 @@ def _add_first_halves(o, q, k, v, G, w: int) -> torch.Tensor:
     return torch.stack([o1, o2 + added], dim=-3).flatten(-4, -2)
 
 
-def _intra_chunk(q, k, v, G, w: int | None = None):
+def _intra_chunk(q, k, v, G):
     """o_i = sum_{j<=i} (sum_c q_ic k_jc e^(G_ic - G_jc)) v_j within each chunk. q, k: [..., C, K],
-    v: [..., C, V], G: [..., C, K] per channel, [..., C, 1] scalar or None (no gate);
-    w: _leaf_block(G) if known.
+    v: [..., C, V], G: [..., C, K] per channel or None (no gate).
 
     Blocks whose G spreads little (the whole chunk, for the usual gates) are factorised about
     their midpoint; the chunk is halved until its blocks are such blocks (down to single steps,
     spread 0), and each halving level adds first half -> second half with factors <= 1. Nothing
     of size [C, C, K] (a decay per channel and pair of steps) is ever formed.
     """
-    C = q.shape[-2]
     if G is None:
         return (q @ k.transpose(-1, -2)).tril() @ v
-    w = _leaf_block(G) if w is None else w
+    C, w = q.shape[-2], _leaf_block(G)
     o = _leaf_outputs(q, k, v, G, w)
     while w < C:
         o = _add_first_halves(o, q, k, v, G, w)
@@ -171,16 +170,41 @@ def _intra_chunk(q, k, v, G, w: int | None = None):
     return o
 
 
-def _delta_L(bk, k, G, w):
-    """β_i (k_i·k_j) e^(G_i - G_j), [..., C, C], correct in its strict lower triangle only (all the
-    unitriangular solve reads and differentiates). bk = β k; w = _leaf_block(G)."""
-    if G is None:
-        return bk @ k.transpose(-1, -2)
-    if w == k.shape[-2]:  # the chunk factorises about its midpoint: no [C, C] decay to form
-        rel = _centred(G)
-        return (bk * rel.exp()) @ (k * (-rel).exp()).transpose(-1, -2)
-    # A scalar gate's explicit decay is [C, C], no larger than L itself (unlike a per-channel one)
-    return (bk @ k.transpose(-1, -2)) * _pairwise_decay(G)
+def _scalar_gate_factors(G: torch.Tensor):
+    """(ρ, κ, E) with e^(G_i - G_j) = ρ_i E_ab κ_j (i in block a, j in block b <= a) for a scalar
+    gate G [..., C, 1]: ρ = e^(G - r), κ = e^(r - G) about each block's midpoint r, and
+    E_ab = e^(r_a - r_b) for a >= b, 0 above ([..., m, m]; None when the chunk is one block).
+
+    The chunk is one block where it spreads by at most FACTORISED_SPREAD, else blocks spread by at
+    most BLOCK_SPREAD (down to single steps, spread 0: always possible). r is detached and so E
+    is a constant: the products do not depend on r, nor do their gradients.
+    """
+    C = G.shape[-2]
+    w = C if _spread_fits(G, C, FACTORISED_SPREAD[G.dtype]) else _leaf_block(G, BLOCK_SPREAD[G.dtype])
+    blocks = G.unflatten(-2, (-1, w))                                    # [..., m, w, 1]
+    r = (blocks[..., :1, :] + blocks[..., -1:, :]).detach() / 2          # [..., m, 1, 1]
+    rel = (blocks - r).flatten(-3, -2)                                   # [..., C, 1]
+    if w == C:
+        return rel.exp(), (-rel).exp(), None
+    r = r.flatten(-3, -2)                                                # [..., m, 1]
+    between = r - r.transpose(-1, -2)                                    # r_a - r_b, <= 0 for a >= b
+    if G.dtype == torch.float32:
+        between = between.clamp(min=FLOAT32_LOG_DECAY_FLOOR - BLOCK_SPREAD[G.dtype])
+    E = between.masked_fill(~_causal(C // w, G.device), float("-inf")).exp()
+    return rel.exp(), (-rel).exp(), E
+
+
+def _decayed_scores(x, k, factors) -> torch.Tensor:
+    """sum_c x_ic k_jc e^(G_i - G_j), [..., C, C], for a scalar gate given as _scalar_gate_factors.
+    Exact for j <= i; above the diagonal finite (the outer factors are bounded) but meaningless:
+    callers zero it (tril) or never read it (the unitriangular solve)."""
+    rho, kappa, E = factors
+    scores = (x * rho) @ (k * kappa).transpose(-1, -2)
+    if E is None:
+        return scores
+    m = E.shape[-1]
+    blocks = scores.unflatten(-1, (m, -1)).unflatten(-3, (m, -1))        # [..., m(a), w, m(b), w]
+    return (blocks * E[..., :, None, :, None]).flatten(-2).flatten(-3, -2)
 
 
 def _decayed_for_state(qc, kc, G):
@@ -210,7 +234,10 @@ def linear_attention_chunked(q, k, v, g, *, scale, chunk_size, initial_state, ou
     kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
     N = qc.shape[2]
     G = _chunked_gate(g, C, dtype)                                       # [B, H, N, C, K|1]
-    o = _intra_chunk(qc, kc, vc, G)                                      # [B, H, N, C, V]
+    if G is not None and g.dim() == 3:  # scalar gate
+        o = _decayed_scores(qc, kc, _scalar_gate_factors(G)).tril() @ vc
+    else:
+        o = _intra_chunk(qc, kc, vc, G)                                  # [B, H, N, C, V]
     if N == 1 and initial_state is None and not output_final_state:
         return _from_chunks(o, T).to(q.dtype), None  # one chunk from a zero state: nothing to add
 
@@ -241,33 +268,32 @@ def delta_rule_chunked(q, k, v, beta, g, *, scale, chunk_size, initial_state, ou
     triangular system once per chunk (batched over all chunks) gives W = U - Wk S0, so the loop
     over chunks only does W_n = U_n - Wk_n S and S <- Γ_C S + (decayed K_n)ᵀ W_n.
 
-    L is one matmul where the chunk's gate spreads little (FACTORISED_SPREAD); where it does not,
-    the chunk is shrunk (down to C / 4) until it does, and only a decay stronger still forms the
-    [C, C] decay explicitly. The chunk size changes nothing but rounding.
+    With a gate, L and the scores are each one matmul of decayed keys / queries, times a
+    block-constant decay where the chunk spreads too much (_scalar_gate_factors).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     dtype = compute_dtype(q.dtype)
     scale = K ** -0.5 if scale is None else scale
-    G = _chunked_gate(g, C, dtype)                                       # [B, H, N, C, 1]
-    w = None if G is None else _leaf_block(G)
-    if w is not None and C // 4 <= w < C:
-        # Chunks of w factorise whole: measured ~1.5x faster than forming the [C, C] decay at
-        # T = C = 64 (w = 32, 16), for a Python loop over at most 4x as many chunks.
-        return delta_rule_chunked(q, k, v, beta, g, scale=scale, chunk_size=w, initial_state=initial_state,
-                                  output_final_state=output_final_state, config=config)
     chunk = lambda x: _to_chunks(x, C)  # noqa: E731
     qc = chunk(q.to(dtype)) * scale
     kc, vc = chunk(k.to(dtype)), chunk(v.to(dtype))                      # [B, H, N, C, K|V]
     bc = chunk(beta.to(dtype)).unsqueeze(-1)                             # [B, H, N, C, 1]
     N = qc.shape[2]
+    G = _chunked_gate(g, C, dtype)                                       # [B, H, N, C, 1]
 
-    L = _delta_L(bc * kc, kc, G, w)                                      # [B, H, N, C, C]
+    # L is passed unmasked: the unitriangular solve reads (and differentiates) only its strict
+    # lower triangle.
+    if G is None:
+        L, scores = (bc * kc) @ kc.transpose(-1, -2), (qc @ kc.transpose(-1, -2)).tril()
+    else:
+        factors = _scalar_gate_factors(G)
+        L, scores = _decayed_scores(bc * kc, kc, factors), _decayed_scores(qc, kc, factors).tril()
     solve = functools.partial(torch.linalg.solve_triangular, L, upper=False, unitriangular=True)
     if N == 1 and initial_state is None and not output_final_state:
         # one chunk from a zero state: W = U, and nothing else to add
-        return _from_chunks(_intra_chunk(qc, kc, solve(bc * vc), G, w), T).to(q.dtype), None
+        return _from_chunks(scores @ solve(bc * vc), T).to(q.dtype), None
 
     q_in, k_out, chunk_decay = _decayed_for_state(qc, kc, G)
     rhs_k = bc * kc if G is None else bc * _decay(G) * kc
@@ -283,7 +309,6 @@ def delta_rule_chunked(q, k, v, beta, g, *, scale, chunk_size, initial_state, ou
         W = U_n - Wk_n @ S
         pseudo_values.append(W)
         S = (S if decay_n is None else decay_n * S) + k_n @ W
-    o = q_in @ torch.stack(states_before, dim=2) + _intra_chunk(qc, kc, torch.stack(pseudo_values, dim=2),
-                                                                 G, w)
+    o = q_in @ torch.stack(states_before, dim=2) + scores @ torch.stack(pseudo_values, dim=2)
     out = _from_chunks(o, T).to(q.dtype)
     return out, (S if output_final_state else None)

@@ -227,13 +227,13 @@ def _compare_with_reference(op, gate, T, chunk, *, strength=1.0, with_state=True
 
 
 @pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
-@pytest.mark.parametrize("spread", [0.0, 0.5, 2.0, 5.0, 8.0, float("inf")])
-def test_every_halving_depth_matches_reference(monkeypatch, op, gate, spread):
-    """A spread limit of 0 halves chunks down to single steps, inf factorises whole chunks:
-    every leaf size against the reference; for the delta rule, the explicit decay (leaf 1, 2),
-    smaller chunks that factorise (leaf 4, 8: spreads 5 and 8) and whole chunks (inf).
-    T = 45 with chunk 16: three chunks, the last one padded."""
+@pytest.mark.parametrize("spread", [0.0, 0.5, 2.0, 5.0, float("inf")])
+def test_every_block_size_matches_reference(monkeypatch, op, gate, spread):
+    """A spread limit of 0 cuts chunks down to single steps, inf factorises whole chunks: every
+    block size (per-channel: halving levels; scalar: blocks joined by a block-constant decay)
+    against the reference. T = 45 with chunk 16: three chunks, the last one padded."""
     monkeypatch.setitem(chunked.FACTORISED_SPREAD, F64, spread)
+    monkeypatch.setitem(chunked.BLOCK_SPREAD, F64, spread)
     _compare_with_reference(op, gate, 45, 16, strength=1.0)
 
 
@@ -245,11 +245,12 @@ def test_single_chunk_from_zero_state_matches_reference(op, gate, T):
 
 
 @pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
-def test_mixed_decay_is_exact(op, gate):
-    """One head decays by up to 20 per step (forces halving / the explicit fallback for the whole
-    call), the other barely decays (its chunks alone would factorise whole)."""
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-9), (torch.float32, 2e-4)])
+def test_mixed_decay_is_exact(op, gate, dtype, tol):
+    """One head decays by up to 20 per step (small blocks for the whole call), the other barely
+    decays (its chunks alone would factorise whole)."""
     strength = torch.tensor([20.0, 0.05], dtype=F64)
-    _compare_with_reference(op, gate, 70, 32, strength=strength, seed=4)
+    _compare_with_reference(op, gate, 70, 32, strength=strength, seed=4, dtype=dtype, tol=tol)
 
 
 @pytest.mark.parametrize("op,gate", [("linear", "channel"), ("linear", "scalar"), ("delta", "scalar")])
