@@ -1,7 +1,8 @@
 """Benchmark: our Triton linear attention / delta rule beside flash-linear-attention and cuDNN SDPA.
 
 One H200, bf16, B=2, H=16, K=V=128, T in {8192, 32768} (override with --T 8192,32768 --B 2 ...).
-For each op: forward and forward+backward medians of triton.testing.do_bench (ms), tokens/s,
+For each op: forward and forward+backward medians of triton.testing.do_bench (ms; 3 rounds that
+alternate ours / fla, the median of the rounds, so that drift during the run falls on both), tokens/s,
 the ratio to fla's nearest op (ours / fla; <= 1 means we are at least as fast), and the
 forward's ratio to the memory floor (bytes of q, k, v read + o written at 4.26 TB/s). Peak GPU
 memory of forward+backward (above the inputs) at the largest T, ours beside fla. fla's refusals
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import json
 import math
+import statistics
 import time
 
 import torch
@@ -319,16 +321,33 @@ def cpu_timed(fn, x, backward) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def time_row(row: dict, makers, op, x, timed_fn, tokens: int, floor_ms: float) -> dict:
+def time_row(row: dict, makers, op, x, timed_fn, tokens: int, floor_ms: float, rounds: int = 1) -> dict:
     """Time fwd and fwd+bwd for each (who, make) in ``makers`` into ``row``, then the ratios to
-    fla, our tokens/s and our forward against the memory floor."""
-    for who, make in makers:
-        fn, err = attempt(make, op, x)
-        for mode, bwd in (("fwd", False), ("fwdbwd", True)):
-            ms, e = (None, err) if err else attempt(timed_fn, fn, x, bwd)
-            row[f"{who}_{mode}_ms"] = ms
-            if e:
-                row[f"{who}_{mode}_error"] = e
+    fla, our tokens/s and our forward against the memory floor.
+
+    rounds > 1: each mode is timed in that many rounds that alternate between the makers (ours, fla,
+    ours, fla, ...), so that a drift of clocks or temperature during the run falls on both sides of a
+    ratio; the row keeps the median over the rounds and the rounds themselves (``*_rounds_ms``). Give
+    ``timed_fn`` 1/rounds of the repetitions to keep the time of a row."""
+    fns = {who: attempt(make, op, x) for who, make in makers}
+    for mode, bwd in (("fwd", False), ("fwdbwd", True)):
+        times = {who: [] for who in fns}
+        errors = {who: err for who, (_fn, err) in fns.items() if err}
+        for _ in range(rounds):
+            for who, (fn, _err) in fns.items():
+                if who in errors:
+                    continue
+                ms, e = attempt(timed_fn, fn, x, bwd)
+                if e:
+                    errors[who] = e
+                else:
+                    times[who].append(ms)
+        for who in fns:
+            row[f"{who}_{mode}_ms"] = None if who in errors else statistics.median(times[who])
+            if who in errors:
+                row[f"{who}_{mode}_error"] = errors[who]
+            elif rounds > 1:
+                row[f"{who}_{mode}_rounds_ms"] = [round(t, 4) for t in times[who]]
     for mode in ("fwd", "fwdbwd"):
         o, f = row.get(f"ours_{mode}_ms"), row.get(f"fla_{mode}_ms")
         row[f"ratio_{mode}_vs_fla"] = o / f if o and f else None
@@ -362,6 +381,8 @@ def main():
     ap.add_argument("--sweep-index", type=int, help="with --warm: compile only this sweep config")
     ap.add_argument("--breakdown", action="store_true", help="also time our kernels stage by stage at max T")
     ap.add_argument("--skip-main", action="store_true", help="skip the main comparison")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds alternating ours / fla per timing, each 1/rounds of the repetitions (median kept)")
     args = ap.parse_args()
     B, H, K = args.B, args.H, args.D
     V = K
@@ -396,7 +417,9 @@ def main():
             row = {"op": op, "what": OPS[op][2], "T": T, "floor_fwd_ms": floor_ms}
             t0 = time.time()
             makers = [("ours", ours_fn)] + ([] if args.no_fla else [("fla", fla_fn)])
-            time_row(row, makers, op, x, timed, B * T, floor_ms)
+            rounds = max(1, args.rounds)
+            time_row(row, makers, op, x, lambda fn, x, bwd: timed(fn, x, bwd, rep=max(20, 100 // rounds)),
+                     B * T, floor_ms, rounds=rounds)
             row["seconds"] = round(time.time() - t0, 1)
             report["rows"].append(row)
             save()
