@@ -243,6 +243,15 @@ def test_gate_paths_split_tiles():
                                                                  "GATED_BWD_BLOCK_V": 16}, seed=8)
 
 
+@pytest.mark.parametrize("tiles", [{"BLOCK_K": 32, "BLOCK_V": 16}, {"BLOCK_K": 16, "BLOCK_V": 32}])
+@pytest.mark.parametrize("gate", ["H", "BTH"])
+def test_scalar_decay_scales_the_smaller_scan_tile(tiles, gate):
+    # the forward scan decays the rows of v (BK >= BV) or of k (BK < BV): the same product either way
+    config = {**tiles, "PREP_SCALAR": 0}
+    _compare("linear", gate, T=45, K=32, V=32, chunk=16, gmin=-3.0, config=config, seed=21,
+             grad_g=gate != "H")
+
+
 @pytest.mark.parametrize("dtype,chunk,most,most_bwd", [(torch.bfloat16, 64, 3, 3), (torch.float32, 64, 2, 2),
                                                       (torch.bfloat16, 128, 2, 1), (torch.float32, 128, 1, 1)])
 def test_stages_fit_shared_memory(interpreter, dtype, chunk, most, most_bwd):
