@@ -373,30 +373,14 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
         if PRE:
             d_cur = d_next
             d_next = _chunk_decay(b_ptr, bh, tl.minimum(n + 1, NT - 1), NT, kk, kmask, K, GATE)
+        tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
+                 state.to(h_ptr.dtype.element_ty), mask=kvmask)
         rows = n * BT + tl.arange(0, BT)
         rmask = rows < T
         tok = (bb * T + rows).to(tl.int64) * H + hh
         last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
         k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
-        # the decay of a chunk's keys into the next state does not depend on the state: formed before the
-        # state is read (sm_90: 414 -> 398 instructions a loop with the fixed decay). A scalar gate scales
-        # the rows of v instead of k (the same product k^T diag(e^(b_last - b)) v) unless BK < BV: the
-        # scaled tile takes a round trip through registers and shared memory, so the smaller one should
-        if PRE:
-            pass
-        elif GATE == 1:
-            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            if DELTA or BK < BV:
-                k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
-            else:
-                v_t = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
-        elif GATE == 2:
-            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
-            b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
-            k_t = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(v_t.dtype)
-        tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
-                 state.to(h_ptr.dtype.element_ty), mask=kvmask)
         if DELTA:
             w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
             v_new = v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)
@@ -405,8 +389,13 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
         if PRE:
             state = _decay_state(state, d_cur, GATE)
         elif GATE == 1:
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
+            k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
             state = state * tl.exp(b_last)
         elif GATE == 2:
+            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+            b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+            k_t = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(v_t.dtype)
             state = state * tl.exp(b_last)[:, None]
         state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
     if STORE_HT:

@@ -245,8 +245,8 @@ def test_gate_paths_split_tiles():
 
 @pytest.mark.parametrize("tiles", [{"BLOCK_K": 32, "BLOCK_V": 16}, {"BLOCK_K": 16, "BLOCK_V": 32}])
 @pytest.mark.parametrize("gate", ["H", "BTH"])
-def test_scalar_decay_scales_the_smaller_scan_tile(tiles, gate):
-    # the forward scan decays the rows of v (BK >= BV) or of k (BK < BV): the same product either way
+def test_scalar_decay_scan_tiles(tiles, gate):
+    # the forward scan with the gate in its loop (no gate pass), K tiles wider and narrower than V tiles
     config = {**tiles, "PREP_SCALAR": 0}
     _compare("linear", gate, T=45, K=32, V=32, chunk=16, gmin=-3.0, config=config, seed=21,
              grad_g=gate != "H")
