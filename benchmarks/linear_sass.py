@@ -4,6 +4,7 @@ global loads. Also a compile check of every kernel variant the gate paths add (a
 compile for sm_90 fails here, not on the GPU).
 
     python benchmarks/linear_sass.py [--only state_fwd,state_bwd]
+    python benchmarks/linear_sass.py --launch-grid [--only delta_bwd_wy]   # blocks per SM per launch config
 
 Shapes: bf16, K = V = 128, chunk 64, the default tiles of triton_linear. Uses benchmarks/attention_sass.py's
 ptxas / nvdisasm helpers (the Triton installed here; the GPU machine may run another version).
@@ -122,11 +123,70 @@ def jobs():
     return out
 
 
+SM90_REGISTERS = 65536
+SM90_SHARED = 228 * 1024  # per SM; a block may take 227 KB, and 1 KB more is reserved per block
+
+
+def blocks_per_sm(registers: int, warps: int, shared_bytes: int) -> int:
+    """Blocks of one kernel resident on an sm_90 SM at once: registers are allocated per warp in units of 256,
+    shared memory per block with 1 KB reserved; at most 2048 threads and 32 blocks."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = SM90_REGISTERS // (per_warp * warps)
+    by_shared = SM90_SHARED // (shared_bytes + 1024)
+    return max(0, min(by_registers, by_shared, 2048 // (32 * warps), 32))
+
+
+def launch_grid_jobs(warps=(4, 8), stages=(1, 2, 3), tiles=(16, 32, 64)):
+    """The per-chunk backward kernels of the delta rule and the scalar-gated linear backward over launch
+    configurations (warps x stages x V tile): which reach two or more blocks per SM without spilling. Each of
+    these kernels has one program per chunk and took 1.1-1.7 ms at T=32768 on the H200 with one 8-warp block
+    per SM, far above its memory floor (session 6)."""
+    K = V = 128
+    out = []
+    for w in warps:
+        for st in stages:
+            for bv in tiles:
+                for gate in (0, 1):
+                    c = dict(K=K, V=V, BT=64, BK=K, BV=bv, GATE=gate, PREC="tf32")
+                    out.append((f"delta_bwd_dqk gate={gate} w={w} s={st} BV={bv}", tlin._delta_bwd_dqk_kernel, c, w,
+                                st, ()))
+                    out.append((f"delta_bwd_wy gate={gate} w={w} s={st} BV={bv}", tlin._delta_bwd_wy_kernel, c, w,
+                                st, ()))
+                c = dict(K=K, V=V, BT=64, BK=K, BV=bv, GATE=1, PREC="tf32")
+                out.append((f"linear_bwd gate=1 w={w} s={st} BV={bv}", tlin._linear_bwd_kernel, c, w, st, ("dg_ptr",)))
+    return out
+
+
+def launch_grid(prefixes) -> int:
+    print(f"triton {triton.__version__}, sm_90, bf16, K=V=128, chunk 64: registers, spill bytes, shared KB, "
+          "blocks per SM")
+    failed = 0
+    for label, fn, constexprs, warps, stages, fp32 in launch_grid_jobs():
+        if prefixes and not any(label.startswith(p) for p in prefixes):
+            continue
+        try:
+            compiled = compile_sm90(fn, constexprs, warps, stages, fp32)
+        except Exception as e:  # report and go on
+            failed += 1
+            print(f"{label:48s} COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+            continue
+        rep = ptxas_report(compiled.asm["ptx"])
+        shared = compiled.metadata.shared
+        regs = rep.get("registers", 255)
+        print(f"{label:48s} {regs:4d} {rep.get('spill_store_bytes') or 0:6d} {shared / 1024:7.1f} "
+              f"{blocks_per_sm(regs, warps, shared):3d}", flush=True)
+    return 1 if failed else 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated label prefixes")
+    parser.add_argument("--launch-grid", action="store_true",
+                        help="the per-chunk backward kernels over warps x stages x V tile: blocks per SM")
     args = parser.parse_args()
     prefixes = [p for p in args.only.split(",") if p]
+    if args.launch_grid:
+        return launch_grid(prefixes)
     print(f"triton {triton.__version__}, sm_90, bf16, K=V=128, chunk 64")
     failed = 0
     for label, fn, constexprs, warps, stages, fp32, *half in jobs():

@@ -52,6 +52,10 @@ CANDIDATES = {
     "delta_out_v_loop_w8": ("delta_rule", {"OUT_V_LOOP": 1, "out_num_warps": 8}, ("delta", "gated_delta")),
     "delta_old_paths": ("delta_rule", {"PREP_SCALAR": 0}, ("gated_delta",)),
     "delta_gated_bwd_bv16": ("delta_rule", {"GATED_BWD_BLOCK_V": 16}, ("gated_delta",)),
+    # V tiles of 16 for the ungated delta rule's per-chunk backward: its dqk kernel then fits two 8-warp blocks
+    # per SM without spilling (124 registers at 2-3 stages; sm_90 compile, results/h200_session6/sass_launch_grid_cpu.txt)
+    "delta_bwd_bv16": ("delta_rule", {"BWD_BLOCK_V": 16}, ("delta",)),
+    "delta_bwd_bv16_s2": ("delta_rule", {"BWD_BLOCK_V": 16, "bwd_num_stages": 2}, ("delta",)),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
     # the backward state scan on its own tile / launch (SCAN_BWD_*), apart from the forward scan's
     "dscan_bv64": ("delta_rule", {"SCAN_BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
