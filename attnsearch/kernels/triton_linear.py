@@ -4,8 +4,9 @@ Layout follows DESIGN.md: q, k [B, T, H, K], v [B, T, H, V], states [B, H, K, V]
 cut into chunks of BT steps; chunk n's entering state is h_n.
 
 Forward (linear attention)
-  1. `_chunk_cumsum_kernel`: b = within-chunk cumulative log gate (fp32; [B,T,H] or [B,T,H,K]); for
-     per-channel gates also a per-chunk flag: does b span at most GLA_SAFE_SPAN in every channel.
+  1. `_chunk_cumsum_kernel`: b = within-chunk cumulative log gate (fp32; scalar gates [B*H, T],
+     per-channel [B,T,H,K]); for per-channel gates also a per-chunk flag: does b span at most
+     GLA_SAFE_SPAN in every channel.
   2. `_state_fwd_kernel` (sequential over chunks, parallel over K/V tiles and B*H): stores h_n
      [B, H, NT, K, V] and the final state.
   3. `_out_fwd_kernel` (parallel over chunks): o = scale * ((q * exp(b)) h_n + A v) where A is the
