@@ -257,14 +257,18 @@ def _cumsum_rows(g, BT: tl.constexpr):
     """Cumulative sum over the rows of a gate tile g [BT, D] (rows past T zero), in fp32. 16-bit gates:
     one matmul with a lower-triangular 0/1 matrix, exact up to the fp32 accumulation (the products are the
     gate values themselves) and on tensor cores: tl.cumsum across the warps of a [64, 128] tile cost
-    more than the memory traffic of the whole gate pass. fp32 gates keep tl.cumsum (a 16-bit matmul would
-    round them)."""
+    more than the memory traffic of the whole gate pass. Other gates (fp32, fp64) keep tl.cumsum in fp32 (a
+    16-bit matmul would round them)."""
+    # (plain dtype comparisons: the form of constexpr test known to compile on Triton 3.6)
     if g.dtype == tl.float32:
         return tl.cumsum(g, axis=0)
     else:
-        ii = tl.arange(0, BT)
-        tri = (ii[:, None] >= ii[None, :]).to(g.dtype)
-        return tl.dot(tri, g, out_dtype=tl.float32)
+        if g.dtype == tl.float64:
+            return tl.cumsum(g.to(tl.float32), axis=0)
+        else:
+            ii = tl.arange(0, BT)
+            tri = (ii[:, None] >= ii[None, :]).to(g.dtype)
+            return tl.dot(tri, g, out_dtype=tl.float32)
 
 
 @triton.jit

@@ -186,6 +186,15 @@ def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span, paths):
 
 @pytest.mark.parametrize("paths", [{"PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, {"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}])
 @pytest.mark.parametrize("span", [None, 9.0])
+def test_float64_gate_with_float32_inputs(interpreter, monkeypatch, paths, span):
+    # a gate wider than the inputs keeps the fp32 cumulative sum (no 16-bit matmul)
+    if span is not None:
+        monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
+    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=6, config=paths, g_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("paths", [{"PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, {"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}])
+@pytest.mark.parametrize("span", [None, 9.0])
 def test_half_precision_gate_cumulative_sums(interpreter, monkeypatch, paths, span):
     # a 16-bit per-channel gate forms its cumulative sums as matmuls with a 0/1 triangle (exact: every
     # product is a gate value); span 9 mixes safe and sub-block chunks in one sequence. fp16 here: the
