@@ -37,16 +37,14 @@ INT32 = {"flag_ptr"}
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False}
 
 
-def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=(), half=()):
-    """half: pointer names that hold bf16 here although FP32 lists them (b_ptr holding a raw gate)."""
+def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
     constexprs = {**{k: v for k, v in DEFAULT_FLAGS.items() if k in fn.arg_names}, **constexprs}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            is_fp32 = (name in FP32 or name in fp32) and name not in half
-            sig[name] = "*i32" if name in INT32 else ("*fp32" if is_fp32 else "*bf16")
+            sig[name] = "*i32" if name in INT32 else ("*fp32" if name in FP32 or name in fp32 else "*bf16")
         elif name == "scale":
             sig[name] = "fp32"
         else:
@@ -57,7 +55,7 @@ def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=(), half=()):
 
 
 def jobs():
-    """(label, kernel, constexprs, warps, stages, extra fp32 pointer names[, bf16 pointer names])."""
+    """(label, kernel, constexprs, warps, stages, extra fp32 pointer names)."""
     lin = tlin.default_config("linear_attention")
     dl = tlin.default_config("delta_rule")
     K = V = 128
@@ -189,11 +187,11 @@ def main():
         return launch_grid(prefixes)
     print(f"triton {triton.__version__}, sm_90, bf16, K=V=128, chunk 64")
     failed = 0
-    for label, fn, constexprs, warps, stages, fp32, *half in jobs():
+    for label, fn, constexprs, warps, stages, fp32 in jobs():
         if prefixes and not any(label.startswith(p) for p in prefixes):
             continue
         try:
-            compiled = compile_sm90(fn, constexprs, warps, stages, fp32, *half)
+            compiled = compile_sm90(fn, constexprs, warps, stages, fp32)
         except Exception as e:  # report and go on: one broken variant must not hide the others
             failed += 1
             print(f"{label}: COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")

@@ -450,10 +450,7 @@ def _out_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, a_ptr, flag_ptr, o_ptr, s
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     if GATE == 1:
-        if FIXED:
-            b, _b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-        else:
-            b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+        b, _b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
         acc = acc * tl.exp(b)[:, None]
         att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
     elif GATE == 2:
@@ -509,10 +506,7 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
         qg = q_t.to(h_ptr.dtype.element_ty)
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
-            if FIXED:
-                b, _b_last = _scalar_decay(g_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            else:
-                b = tl.load(g_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+            b, _b_last = _scalar_decay(g_ptr, bh, rmask, hh, n, T, BT, FIXED)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             row_decay = tl.exp(b)
         else:
@@ -645,13 +639,10 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
         else:
             dnext = dstate
         if DELTA:
-            # q^T do does not depend on the state: issued first, off the chain dstate -> dv -> dstate
-            qdo = tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
             dv += tl.dot(k_t, dstate.to(k_t.dtype), input_precision=PREC)
             tl.store(dvn_ptr + tok[:, None] * V + vv[None, :], dv.to(dvn_ptr.dtype.element_ty), mask=m_v)
-            dstate = dnext + scale * qdo - tl.dot(tl.trans(w_t), dv.to(w_t.dtype), input_precision=PREC)
-        else:
-            dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
+            dnext -= tl.dot(tl.trans(w_t), dv.to(w_t.dtype), input_precision=PREC)
+        dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0_ptr + bh.to(tl.int64) * K * V + kv_offs, dstate, mask=kvmask)
 
@@ -1104,8 +1095,7 @@ def _delta_bwd_dqk_kernel(q_ptr, k_ptr, b_ptr, w_ptr, u_ptr, h_ptr, gs_ptr, do_p
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
     dp = tl.where(causal, dp * scale, 0)
     if GATE == 1:
-        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
-        b_last = tl.load(b_ptr + _srow(bh, tl.minimum(n * BT + BT, T) - 1, T))
+        b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, False)
         decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
         dq = dq * (scale * tl.exp(b))[:, None]
         # db collects the terms whose gate factor spans steps <= i; dg is its suffix sum plus the
@@ -1570,7 +1560,8 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     dbeta = torch.empty(B, T, H, dtype=torch.float32, device=q.device)
     dg = db = y = e = None
     if gate:
-        dg, db, y = (torch.empty(B, T, H, dtype=torch.float32, device=q.device) for _ in range(3))
+        dg, y = (torch.empty(B, T, H, dtype=torch.float32, device=q.device) for _ in range(2))
+        db = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # scalar-gate rows, as b ([B*H, T])
         e = torch.empty(B * H, NT, dtype=torch.float32, device=q.device)
     meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "bwd"))
     _delta_bwd_dqk_kernel[(NT, B * H)](q, k, b, w, u, h, gs, do, dq, dk_part, db, y, e, scale, T, NT, H, **meta)

@@ -53,7 +53,7 @@ def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=Tr
         x["beta"] = torch.rand(B, T, H, generator=gen)
     g = _gate(gate, B, T, H, K, gmin, gen)
     if g is not None:
-        # a 16-bit gate (the reference takes its rounded values exactly) takes the matmul cumulative sums
+        # a gate in its own dtype (the reference takes its rounded values exactly)
         x["g"] = g if g_dtype is None else g.to(g_dtype)
     if h0:
         x["h0"] = torch.randn(B, H, K, V, generator=gen)
@@ -186,23 +186,15 @@ def test_per_channel_gate_sub_block_path(interpreter, monkeypatch, span, paths):
 
 @pytest.mark.parametrize("paths", [{"PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, {"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}])
 @pytest.mark.parametrize("span", [None, 9.0])
-def test_float64_gate_with_float32_inputs(interpreter, monkeypatch, paths, span):
-    # a gate wider than the inputs keeps the fp32 cumulative sum (no 16-bit matmul)
-    if span is not None:
-        monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
-    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=6, config=paths, g_dtype=torch.float64)
-
-
-@pytest.mark.parametrize("paths", [{"PREP_CHANNEL": 0, "GLA_OUT_FUSED": 0}, {"PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1}])
-@pytest.mark.parametrize("span", [None, 9.0])
-def test_half_precision_gate_cumulative_sums(interpreter, monkeypatch, paths, span):
+@pytest.mark.parametrize("g_dtype,seed", [(torch.float16, 5), (torch.float64, 6)])
+def test_gate_dtype_cumulative_sums(interpreter, monkeypatch, paths, span, g_dtype, seed):
     # a 16-bit per-channel gate forms its cumulative sums as matmuls with a 0/1 triangle (exact: every
-    # product is a gate value); span 9 mixes safe and sub-block chunks in one sequence. fp16 here: the
-    # interpreter's bf16 tl.dot multiplies the raw bits (Triton 3.x), bf16 gates are checked on the GPU
-    # (benchmarks/linear_gradcheck.py)
+    # product is a gate value); a gate wider than the inputs (fp64) keeps the fp32 cumulative sum. Span 9
+    # mixes safe and sub-block chunks in one sequence. fp16, not bf16, here: the interpreter's bf16 tl.dot
+    # multiplies the raw bits (Triton 3.x); bf16 gates are checked on the GPU (benchmarks/linear_gradcheck.py)
     if span is not None:
         monkeypatch.setattr(interpreter, "GLA_SAFE_SPAN", span)
-    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=5, config=paths, g_dtype=torch.float16)
+    _compare("linear", "BTHK", T=40, chunk=16, K=16, V=16, gmin=-1.0, seed=seed, config=paths, g_dtype=g_dtype)
 
 
 # the gate paths (precomputed decayed operands of the scans, fused GLA output), each alone and together
