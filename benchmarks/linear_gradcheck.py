@@ -80,10 +80,22 @@ def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0, config=No
     ((o.float() * wo).sum() + (s.float() * ws).sum()).backward()
     ((ro * wo.double()).sum() + (rs * ws.double()).sum()).backward()
     errs = {"o": _rel(o, ro), "final_state": _rel(s, rs)}
+    # the inference forward (no gradient wanted) may take other kernels (FUSED_FWD): check it too
+    with torch.no_grad():
+        if op == "delta":
+            o_ng, s_ng = kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), chunk_size=chunk,
+                                            initial_state=x["h0"], output_final_state=True, backend="triton",
+                                            config=config)
+        else:
+            o_ng, s_ng = kernels.linear_attention(x["q"], x["k"], x["v"], x.get("g"), chunk_size=chunk,
+                                                  initial_state=x["h0"], output_final_state=True,
+                                                  backend="triton", config=config)
+    errs.update({"o_nograd": _rel(o_ng, ro.detach()), "final_state_nograd": _rel(s_ng, rs.detach())})
     grads = {n: t for n, t in ours.items() if t.requires_grad}
     for n in grads:
         errs["d" + n] = _rel(ours[n].grad, ref[n].grad)
-    finite = all(torch.isfinite(t.grad).all().item() for t in grads.values()) and torch.isfinite(o).all().item()
+    finite = (all(torch.isfinite(t.grad).all().item() for t in grads.values()) and torch.isfinite(o).all().item()
+              and torch.isfinite(o_ng).all().item())
     worst = max(errs.values())
     ok = finite and worst <= TOL[dtype]
     return {"op": op, "gate": gate, "B": B, "T": T, "H": H, "K": K, "V": V, "chunk": chunk,

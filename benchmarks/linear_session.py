@@ -74,6 +74,19 @@ CANDIDATES = {
     "chunk128": ("both", {"chunk_size": 128}, tuple(GROUP)),
     "chunk32": ("both", {"chunk_size": 32}, tuple(GROUP)),
     "ret_out_w8": ("linear_attention", {"out_num_warps": 8}, ("retention",)),
+    # the scan and the output in one sequential pass (`_fused_fwd_kernel`); FUSED_FWD 2: the fwd column (no grad)
+    # writes no states, the fwd+bwd column's forward stores h_n for the backward from the same pass
+    "fused_bv32": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32}, ("linear", "retention", "mamba2")),
+    "fused_bv32_s3": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3},
+                      ("linear", "retention", "mamba2")),
+    "fused_bv32_w8": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 8},
+                      ("linear", "retention", "mamba2")),
+    "fused_bv16": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 16}, ("linear", "retention", "mamba2")),
+    "fused_bv64": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64}, ("linear", "retention", "mamba2")),
+    "fused_bv64_w8": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64, "fused_num_warps": 8},
+                      ("linear", "retention", "mamba2")),
+    "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
+    "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
 }
 # gradient-check jobs: (name, --only cases, configs over the defaults)
@@ -88,6 +101,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
     ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
+    ("fused", "linear:none,linear:H,linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 2}}),
     ("out_v_loop", "linear:none,linear:BTH,delta:none,delta:BTH",
      {"linear_attention": {"OUT_V_LOOP": 1}, "delta_rule": {"OUT_V_LOOP": 1}}),
 ]
@@ -195,7 +209,8 @@ def main():
     t0 = time.time()
     gc = os.path.join(HERE, "linear_gradcheck.py")
     tasks = []
-    if report["fla"] and not smoke:  # fla's autotuned compiles are the long pole: start them first
+    table_wanted = os.environ.get("LINEAR_TABLE", "1") != "0"  # 0: phases A and B only (candidates, no fla)
+    if report["fla"] and not smoke and table_wanted:  # fla's autotuned compiles are the long pole: first
         for op in selected_ops():
             spec = dict(who="fla", ops=[op], B=2, H=16, K=128, T=1024)
             tasks.append((f"warm fla {op}", [__file__, "--task", json.dumps(spec)]))
@@ -278,6 +293,10 @@ def main():
         report["breakdown"] = []
         lb.run_breakdown(report, list(GROUP), 80, 1, 2, 32, 32, save, device="cpu", timer=_cpu_once)
         phase("D_breakdown", t0)
+        return 0
+    if not table_wanted:
+        report["table"] = "skipped (LINEAR_TABLE=0)"
+        save()
         return 0
     t0 = time.time()
     limit_c = max(10, int(left()))

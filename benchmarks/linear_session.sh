@@ -10,7 +10,7 @@
 # Env: LINEAR_BUDGET_S (default 225: the driver's own budget), LINEAR_JOBS (default 14 processes in A),
 #      LINEAR_CANDIDATES / LINEAR_GRADCHECKS (comma lists: only these candidates / gradient-check names,
 #      e.g. "default"), LINEAR_OPS (comma list of ops, default all), LINEAR_A_MAX_S (cap of phase A,
-#      default 115), LINEAR_SDPA=1 (cuDNN SDPA rows in C).
+#      default 115), LINEAR_SDPA=1 (cuDNN SDPA rows in C), LINEAR_TABLE=0 (A and B only: no fla, no C, no D).
 # CPU check of the plumbing: OUT=/tmp/x bash benchmarks/linear_session.sh --smoke
 set -u
 : "${OUT:?set OUT to the output folder}"

@@ -99,14 +99,22 @@ _COMMON = {
 #   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
+#   FUSED_FWD    no or scalar gate, linear attention: `_fused_fwd_kernel` runs the scan and the output in one
+#                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages): 0 = never (scan, then the
+#                chunk-parallel output), 1 = when no gradient is wanted (inference: h_n is never written),
+#                2 = always (with a gradient to come it stores h_n for the backward, as the scan does).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
+_FUSED = {"FUSED_FWD": (0, 1, 2), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
+          "fused_num_stages": (1, 2, 3, 4)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
-            "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages")}
+            "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages"),
+            "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
-                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1)},
+                         **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
+                         **_FUSED},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1)},  # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
@@ -139,7 +147,8 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
-                "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
+                "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
+                "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 2}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
@@ -524,6 +533,62 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
         acc += tl.dot(att, v_t, input_precision=PREC)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty),
                  mask=rmask[:, None] & vmask[None, :])
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
+                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
+                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False):
+    """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
+    o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v.
+
+    The state never leaves registers unless STORE_H (a forward that a backward follows stores h_n, as
+    `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K and a V tile,
+    so q k^T is formed once per V tile: the chunk-parallel output kernel forms it once per chunk, but reads h_n
+    back, which at K = V = 128 and chunk 64 is as many bytes as q and k together."""
+    iv = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    kk = tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    kmask = kk < K
+    vmask = vv < V
+    kvmask = kmask[:, None] & vmask[None, :]
+    kv_offs = kk[:, None] * V + vv[None, :]
+    ii = tl.arange(0, BT)
+    causal = ii[:, None] >= ii[None, :]
+    state = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    for n in range(NT):
+        if STORE_H:
+            tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
+                     state.to(h_ptr.dtype.element_ty), mask=kvmask)
+        rows = n * BT + ii
+        rmask = rows < T
+        tok = (bb * T + rows).to(tl.int64) * H + hh
+        m_k = rmask[:, None] & kmask[None, :]
+        m_v = rmask[:, None] & vmask[None, :]
+        q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
+        acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
+        if GATE == 1:
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
+            att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+            acc = acc * tl.exp(b)[:, None]
+            k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+            state = state * tl.exp(b_last)
+        else:
+            att = tl.where(causal, att, 0)
+        acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
+        tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
+        state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -1283,6 +1348,8 @@ def _launch_opts(cfg, kind="scan"):
         return {"num_warps": cfg["bwd_num_warps"], "num_stages": cfg["bwd_num_stages"]}
     if kind == "out":
         return {"num_warps": cfg["out_num_warps"], "num_stages": cfg["out_num_stages"]}
+    if kind == "fused":
+        return {"num_warps": cfg["fused_num_warps"], "num_stages": cfg["fused_num_stages"]}
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
@@ -1302,6 +1369,28 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=F
                             GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=want_ht,
                             PREC=_prec(k), PRE=pre, FIXED=fixed, **_launch_opts(cfg))
     return h, ht, vnew
+
+
+def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False):
+    """Scan and output in one pass (`_fused_fwd_kernel`): o, h (None unless store_h) and the final state."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
+    BV = min(cfg["FUSED_BLOCK_V"], _pow2(V))
+    o = torch.empty_like(v)
+    h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device) if store_h else None
+    ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
+    _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V, BT=BT,
+                                                   BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
+                                                   STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
+                                                   **_launch_opts(cfg, "fused"))
+    return o, h, ht
+
+
+def _takes_fused(cfg, gate, need_grad):
+    """Does this forward run `_fused_fwd_kernel` (FUSED_FWD, no or scalar gate)?"""
+    mode = cfg.get("FUSED_FWD", 0)
+    return gate != 2 and (mode == 2 or (mode == 1 and not need_grad))
 
 
 def _gla_intra(q, k, b, flag, BT):
@@ -1354,8 +1443,13 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, 
 # linear attention
 # --------------------------------------------------------------------------------------------
 
-def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht):
+def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht, need_grad=True):
+    """o, h (the per-chunk states the backward reads; None when need_grad is False and the fused pass ran)
+    and the final state."""
     gate = _gate_kind(g)
+    if _takes_fused(cfg, gate, need_grad):
+        b = g if _fixed(g) else _chunk_cumsum(g, BT)
+        return _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, need_grad, want_ht, fixed=_fixed(g))
     if _fixed(g):
         h, ht, _ = _state_fwd(k, v, g, None, h0, BT, cfg, gate, False, want_ht, fixed=True)
         return _out_fwd(q, k, v, g, h, None, scale, BT, cfg, gate, fixed=True), h, ht
@@ -1439,7 +1533,7 @@ class _LinearAttention(torch.autograd.Function):
         return dq, dk, dv, dg, dh0, None, None, None, None
 
 
-_STAGE_KEYS = ("num_stages", "out_num_stages", "bwd_num_stages", "scan_bwd_num_stages")
+_STAGE_KEYS = ("num_stages", "out_num_stages", "bwd_num_stages", "scan_bwd_num_stages", "fused_num_stages")
 
 
 def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
@@ -1463,7 +1557,8 @@ def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
     else:
         return out
     for key, most in caps.items():
-        out[key] = min(out[key], most)
+        if key in out:  # (the delta rule has no fused pass)
+            out[key] = min(out[key], most)
     return out
 
 
@@ -1485,6 +1580,10 @@ def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, out
     if q.dtype == torch.float64:
         raise ValueError("the triton backend takes float32, bfloat16 or float16, not float64")
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0))
+    if not need_grad:  # inference: nothing is saved, and the fused pass (FUSED_FWD >= 1) writes no states
+        o, _h, ht = _linear_forward(q, k, v, g, h0, scale, chunk_size, cfg, output_final_state, need_grad=False)
+        return o, (ht if output_final_state else None)
     o, ht = _LinearAttention.apply(q, k, v, g, h0, scale, chunk_size, cfg, output_final_state)
     return o, (ht if output_final_state else None)
 
