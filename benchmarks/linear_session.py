@@ -76,15 +76,29 @@ CANDIDATES = {
     "ret_out_w8": ("linear_attention", {"out_num_warps": 8}, ("retention",)),
     # the scan and the output in one sequential pass (`_fused_fwd_kernel`); FUSED_FWD 2: the fwd column (no grad)
     # writes no states, the fwd+bwd column's forward stores h_n for the backward from the same pass
-    "fused_bv32": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32}, ("linear", "retention", "mamba2")),
+    "fused_bv32": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 2},
+                   ("linear", "retention", "mamba2")),
     "fused_bv32_s3": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3},
+                      ("linear", "retention", "mamba2")),
+    "fused_bv32_s4": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 4},
                       ("linear", "retention", "mamba2")),
     "fused_bv32_w8": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 8},
                       ("linear", "retention", "mamba2")),
-    "fused_bv16": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 16}, ("linear", "retention", "mamba2")),
-    "fused_bv64": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64}, ("linear", "retention", "mamba2")),
+    "fused_bv16": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 16, "fused_num_stages": 2},
+                   ("linear", "retention", "mamba2")),
+    "fused_bv16_s3": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 16, "fused_num_stages": 3},
+                      ("linear", "retention", "mamba2")),
+    "fused_bv64": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64, "fused_num_stages": 2},
+                   ("linear", "retention", "mamba2")),
+    "fused_bv64_s3": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64, "fused_num_stages": 3},
+                      ("linear", "retention", "mamba2")),
     "fused_bv64_w8": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64, "fused_num_warps": 8},
                       ("linear", "retention", "mamba2")),
+    # how a scalar gate's decay enters the fused pass (FUSED_GATE_FORM; the candidates above take form 2)
+    "fused_form0": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
+                                         "FUSED_GATE_FORM": 0}, ("retention", "mamba2")),
+    "fused_form1": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
+                                         "FUSED_GATE_FORM": 1}, ("retention", "mamba2")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
@@ -101,7 +115,9 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
     ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
-    ("fused", "linear:none,linear:H,linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 2}}),
+] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 2}}) for c in
+       ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [
+    ("fused_form1", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 2, "FUSED_GATE_FORM": 1}}),
     ("out_v_loop", "linear:none,linear:BTH,delta:none,delta:BTH",
      {"linear_attention": {"OUT_V_LOOP": 1}, "delta_rule": {"OUT_V_LOOP": 1}}),
 ]

@@ -103,9 +103,12 @@ _COMMON = {
 #                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages): 0 = never (scan, then the
 #                chunk-parallel output), 1 = when no gradient is wanted (inference: h_n is never written),
 #                2 = always (with a gradient to come it stores h_n for the backward, as the scan does).
+#                FUSED_GATE_FORM (scalar gates): how a chunk's decay exp(b_i - b_j) enters: 0 = one exponential per
+#                score, 1 = the scores scaled by exp(b_i - r) exp(r - b_j), 2 = those two factors on the rows of v and
+#                of o instead (1 and 2 on chunks whose decay spans at most GLA_SAFE_SPAN, else 0).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4)}
+          "fused_num_stages": (1, 2, 3, 4), "FUSED_GATE_FORM": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
@@ -148,7 +151,8 @@ def default_config(op: str, device=None) -> dict:
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-                "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 2}
+                "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
+                "FUSED_GATE_FORM": 2}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
@@ -539,7 +543,8 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
-                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False):
+                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
+                      SAFE: tl.constexpr = 80.0, FORM: tl.constexpr = 2):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
     o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v.
 
@@ -578,15 +583,39 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, 
         acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
         if GATE == 1:
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-            acc = acc * tl.exp(b)[:, None]
-            k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
-            state = state * tl.exp(b_last)
+            # the decay into the next state goes on v's rows: a [BT, BV] tile, not the [BT, K] keys
+            if FORM == 2 and b_last >= -SAFE:
+                # exp(b_i - b_j) = exp(b_i - r) exp(r - b_j) about r = b_last / 2, both factors within
+                # exp(+-SAFE/2): exp(r - b_j) goes on v's rows and exp(b_i - r) on o's, so that no [BT, BT] score
+                # is scaled; then v exp(b_last - b) = exp(r) v exp(r - b) serves the state too
+                r = b_last * 0.5
+                e_r = tl.exp(r)
+                row = tl.exp(b - r)
+                coef = row * e_r  # exp(b_i) for the inter-chunk term, applied inside o's row scaling
+                att = tl.where(causal, att, 0)
+                v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
+                v_s = v_a
+                s_coef = e_r
+                acc = acc * e_r
+            else:
+                row = b * 0 + 1.0
+                if FORM == 1 and b_last >= -SAFE:
+                    r = b_last * 0.5
+                    att = tl.where(causal, att * tl.exp(b - r)[:, None] * tl.exp(r - b)[None, :], 0)
+                else:
+                    att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+                acc = acc * tl.exp(b)[:, None]
+                v_a = v_t
+                v_s = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+                s_coef = b_last * 0 + 1.0
+            acc += tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
+            acc = acc * row[:, None]
+            state = state * tl.exp(b_last) + s_coef * tl.dot(tl.trans(k_t), v_s, input_precision=PREC)
         else:
             att = tl.where(causal, att, 0)
-        acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
+            acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
+            state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
-        state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1383,6 +1412,7 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V, BT=BT,
                                                    BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
+                                                   SAFE=GLA_SAFE_SPAN, FORM=cfg.get("FUSED_GATE_FORM", 2),
                                                    **_launch_opts(cfg, "fused"))
     return o, h, ht
 
