@@ -108,12 +108,12 @@ def jobs():
                     dl["bwd_num_stages"], ()))
         out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, dl["bwd_num_warps"],
                     dl["bwd_num_stages"], ()))
-    for gate, fixed in ((0, False), (1, True), (1, False)):
+    for gate, fixed, fold in ((0, False, False), (1, True, True), (1, False, True), (1, False, False)):
         for store_h in (False, True):
             c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=store_h,
-                     STORE_HT=False, PREC="tf32", FIXED=fixed)
-            out.append((f"fused_fwd gate={gate} fixed={fixed} store_h={store_h}", tlin._fused_fwd_kernel, c,
-                        lin["fused_num_warps"], 3, ()))
+                     STORE_HT=False, PREC="tf32", FIXED=fixed, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold)
+            out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} store_h={store_h}", tlin._fused_fwd_kernel,
+                        c, lin["fused_num_warps"], lin["fused_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))

@@ -94,11 +94,11 @@ CANDIDATES = {
                       ("linear", "retention", "mamba2")),
     "fused_bv64_w8": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 64, "fused_num_warps": 8},
                       ("linear", "retention", "mamba2")),
-    # how a scalar gate's decay enters the fused pass (FUSED_GATE_FORM; the candidates above take form 2)
-    "fused_form0": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
-                                         "FUSED_GATE_FORM": 0}, ("retention", "mamba2")),
-    "fused_form1": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
-                                         "FUSED_GATE_FORM": 1}, ("retention", "mamba2")),
+    # the fused pass with one exponential per score for every sequence (FUSED_FOLD 0)
+    "fused_nofold": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
+                                          "FUSED_FOLD": 0}, ("retention", "mamba2")),
+    "fused_nofold_s4": ("linear_attention", {"FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_stages": 4,
+                                             "FUSED_FOLD": 0}, ("retention", "mamba2")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
@@ -117,7 +117,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
 ] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 2}}) for c in
        ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [
-    ("fused_form1", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 2, "FUSED_GATE_FORM": 1}}),
+    ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 2, "FUSED_FOLD": 0}}),
     ("out_v_loop", "linear:none,linear:BTH,delta:none,delta:BTH",
      {"linear_attention": {"OUT_V_LOOP": 1}, "delta_rule": {"OUT_V_LOOP": 1}}),
 ]

@@ -103,12 +103,12 @@ _COMMON = {
 #                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages): 0 = never (scan, then the
 #                chunk-parallel output), 1 = when no gradient is wanted (inference: h_n is never written),
 #                2 = always (with a gradient to come it stores h_n for the backward, as the scan does).
-#                FUSED_GATE_FORM (scalar gates): how a chunk's decay exp(b_i - b_j) enters: 0 = one exponential per
-#                score, 1 = the scores scaled by exp(b_i - r) exp(r - b_j), 2 = those two factors on the rows of v and
-#                of o instead (1 and 2 on chunks whose decay spans at most GLA_SAFE_SPAN, else 0).
+#                FUSED_FOLD (scalar gates): 1 = a sequence whose every chunk's decay spans at most GLA_SAFE_SPAN
+#                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
+#                0 = one exponential per score always.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "FUSED_GATE_FORM": (0, 1, 2)}
+          "fused_num_stages": (1, 2, 3, 4), "FUSED_FOLD": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
@@ -152,7 +152,7 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
-                "FUSED_GATE_FORM": 2}
+                "FUSED_FOLD": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
@@ -190,9 +190,10 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: tl.constexpr,
                          BD: tl.constexpr, VEC: tl.constexpr, FLAG: tl.constexpr, SAFE: tl.constexpr):
-    """b = cumulative sum of g within each chunk, in fp32. FLAG (per-channel gates): flag[bh, n] = 1 when
+    """b = cumulative sum of g within each chunk, in fp32. FLAG, per-channel gates: flag[bh, n] = 1 when
     every channel's b spans at most SAFE inside the chunk, so that A can be formed by one matmul of
-    q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2))."""
+    q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2)).
+    FLAG, scalar gates: flag[bh] = 1 when that holds for every chunk of the sequence (`_fused_fwd_kernel`)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -211,6 +212,9 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
         tl.store(b_ptr + _srow(bh, rows, T), tl.cumsum(g, axis=0), mask=mask)
+        if FLAG:  # flag[bh] (set to 1 beforehand) drops to 0 when any chunk of the sequence is unsafe
+            a = tl.sum(tl.where(tl.arange(0, BT) >= 1, tl.abs(g), 0), axis=0)
+            tl.atomic_min(flag_ptr + bh, (a <= SAFE).to(tl.int32))
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -539,38 +543,26 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
                  mask=rmask[:, None] & vmask[None, :])
 
 
-@triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
-                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
-                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
-                      SAFE: tl.constexpr = 80.0, FORM: tl.constexpr = 2):
-    """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
-    o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v.
+@triton.jit
+def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
+                  T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
+                  STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr):
+    """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them.
 
-    The state never leaves registers unless STORE_H (a forward that a backward follows stores h_n, as
-    `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K and a V tile,
-    so q k^T is formed once per V tile: the chunk-parallel output kernel forms it once per chunk, but reads h_n
-    back, which at K = V = 128 and chunk 64 is as many bytes as q and k together."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1)
-    bb = bh // H
-    hh = bh % H
-    kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    kmask = kk < K
-    vmask = vv < V
-    kvmask = kmask[:, None] & vmask[None, :]
-    kv_offs = kk[:, None] * V + vv[None, :]
+    FOLD (scalar gate, every chunk's gate moving b by at most SAFE after its first step): the decay
+    exp(b_i - b_j) = exp(b_i - r) exp(r - b_j) about r = (b_0 + b_last) / 2, both factors within exp(+-SAFE/2),
+    goes on the rows of v and of o, so that no [BT, BT] score takes an exponential or a product; and
+    v exp(b_last - b) = exp(b_last - r) v exp(r - b) feeds the state from the same tile. Else one
+    exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys)."""
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
-    for n in range(NT):
+    kmask = kk < K
+    vmask = vv < V
+    kv_offs = kk[:, None] * V + vv[None, :]
+    for n in range(n_end):
         if STORE_H:
             tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
-                     state.to(h_ptr.dtype.element_ty), mask=kvmask)
+                     state.to(h_ptr.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
         rows = n * BT + ii
         rmask = rows < T
         tok = (bb * T + rows).to(tl.int64) * H + hh
@@ -579,43 +571,73 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, 
         q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
-        att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
+        att = tl.where(causal, tl.dot(q_t, tl.trans(k_t), input_precision=PREC), 0)
         acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
         if GATE == 1:
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            # the decay into the next state goes on v's rows: a [BT, BV] tile, not the [BT, K] keys
-            if FORM == 2 and b_last >= -SAFE:
-                # exp(b_i - b_j) = exp(b_i - r) exp(r - b_j) about r = b_last / 2, both factors within
-                # exp(+-SAFE/2): exp(r - b_j) goes on v's rows and exp(b_i - r) on o's, so that no [BT, BT] score
-                # is scaled; then v exp(b_last - b) = exp(r) v exp(r - b) serves the state too
-                r = b_last * 0.5
-                e_r = tl.exp(r)
-                row = tl.exp(b - r)
-                coef = row * e_r  # exp(b_i) for the inter-chunk term, applied inside o's row scaling
-                att = tl.where(causal, att, 0)
-                v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
-                v_s = v_a
-                s_coef = e_r
-                acc = acc * e_r
-            else:
-                row = b * 0 + 1.0
-                if FORM == 1 and b_last >= -SAFE:
-                    r = b_last * 0.5
-                    att = tl.where(causal, att * tl.exp(b - r)[:, None] * tl.exp(r - b)[None, :], 0)
+            if FOLD:
+                if FIXED:
+                    b_0 = tl.load(b_ptr + hh).to(tl.float32)
                 else:
-                    att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-                acc = acc * tl.exp(b)[:, None]
-                v_a = v_t
+                    b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
+                r = (b_0 + b_last) * 0.5
+                v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
+                acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
+                acc = acc * tl.exp(b - r)[:, None]
+                state = state * tl.exp(b_last) + tl.exp(b_last - r) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
+            else:
+                att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
+                acc = acc * tl.exp(b)[:, None] + tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
                 v_s = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
-                s_coef = b_last * 0 + 1.0
-            acc += tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
-            acc = acc * row[:, None]
-            state = state * tl.exp(b_last) + s_coef * tl.dot(tl.trans(k_t), v_s, input_precision=PREC)
+                state = state * tl.exp(b_last) + tl.dot(tl.trans(k_t), v_s, input_precision=PREC)
         else:
-            att = tl.where(causal, att, 0)
             acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
             state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
+    return state
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
+                      T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
+                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
+                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = True):
+    """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
+    o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v.
+
+    The state never leaves registers unless STORE_H (a forward that a backward follows stores h_n, as
+    `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K and a V tile,
+    so q k^T is formed once per V tile: the chunk-parallel output kernel forms it once per chunk, but reads h_n
+    back, which at K = V = 128 and chunk 64 is as many bytes as q and k together.
+
+    Scalar gates with FOLD: a sequence whose chunks are all safe (flag_ptr[bh] from `_chunk_cumsum_kernel`;
+    for a fixed decay, (BT - 1) |g_h| <= SAFE) runs the folded loop, any other the exact one. Both loops are
+    compiled and one runs for zero chunks: a branch around them, or inside one loop, is what Triton 3.6's
+    software pipeliner failed to compile."""
+    iv = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    kk = tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    kvmask = (kk < K)[:, None] & (vv < V)[None, :]
+    kv_offs = kk[:, None] * V + vv[None, :]
+    state = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+    if GATE == 1 and FOLD:
+        if FIXED:
+            fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -SAFE).to(tl.int32)
+        else:
+            fold = tl.load(flag_ptr + bh)
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
+                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True)
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
+                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False)
+    else:
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
+                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1320,8 +1342,9 @@ def _fixed(g) -> bool:
 
 
 def _chunk_cumsum(g, BT, flags=False):
-    """Within-chunk cumulative gate (fp32); with flags=True (per-channel gates) also the per-chunk
-    int32 flags [B*H, NT] of chunks safe for the one-matmul A (see GLA_SAFE_SPAN)."""
+    """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
+    factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
+    (all its chunks safe) for scalar ones."""
     if g is None:
         return (None, None) if flags else None
     B, T, H = g.shape[:3]
@@ -1329,7 +1352,11 @@ def _chunk_cumsum(g, BT, flags=False):
     vec = g.dim() == 4
     D = g.shape[3] if vec else 1
     b = torch.empty(g.shape if vec else (B, H, T), dtype=torch.float32, device=g.device)  # scalar: [B, H, T]
-    flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if flags else None
+    if not flags:
+        flag = None
+    else:
+        flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
+            torch.ones(B * H, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
                                       FLAG=flags, SAFE=GLA_SAFE_SPAN)
     return (b, flag) if flags else b
@@ -1400,8 +1427,9 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=F
     return h, ht, vnew
 
 
-def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False):
-    """Scan and output in one pass (`_fused_fwd_kernel`): o, h (None unless store_h) and the final state."""
+def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False, flag=None):
+    """Scan and output in one pass (`_fused_fwd_kernel`): o, h (None unless store_h) and the final state.
+    flag: [B*H] int32, sequences whose every chunk is safe for the folded decay (`_chunk_cumsum(safe=True)`)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -1409,11 +1437,11 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     o = torch.empty_like(v)
     h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device) if store_h else None
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
-    _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V, BT=BT,
-                                                   BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
+    fold = gate == 1 and bool(cfg.get("FUSED_FOLD", 1)) and (fixed or flag is not None)
+    _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
+                                                   BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
-                                                   SAFE=GLA_SAFE_SPAN, FORM=cfg.get("FUSED_GATE_FORM", 2),
-                                                   **_launch_opts(cfg, "fused"))
+                                                   SAFE=GLA_SAFE_SPAN, FOLD=fold, **_launch_opts(cfg, "fused"))
     return o, h, ht
 
 
@@ -1478,8 +1506,9 @@ def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     and the final state."""
     gate = _gate_kind(g)
     if _takes_fused(cfg, gate, need_grad):
-        b = g if _fixed(g) else _chunk_cumsum(g, BT)
-        return _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, need_grad, want_ht, fixed=_fixed(g))
+        fold = gate == 1 and not _fixed(g) and bool(cfg.get("FUSED_FOLD", 1))
+        b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (g if _fixed(g) else _chunk_cumsum(g, BT), None)
+        return _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, need_grad, want_ht, fixed=_fixed(g), flag=flag)
     if _fixed(g):
         h, ht, _ = _state_fwd(k, v, g, None, h0, BT, cfg, gate, False, want_ht, fixed=True)
         return _out_fwd(q, k, v, g, h, None, scale, BT, cfg, gate, fixed=True), h, ht
