@@ -100,15 +100,16 @@ _COMMON = {
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
 #   FUSED_FWD    no or scalar gate, linear attention: `_fused_fwd_kernel` runs the scan and the output in one
-#                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages): 0 = never (scan, then the
-#                chunk-parallel output), 1 = when no gradient is wanted (inference: h_n is never written),
-#                2 = always (with a gradient to come it stores h_n for the backward, as the scan does).
+#                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages; fused_gated_num_stages for
+#                scalar gates, 0 = fused_num_stages): 0 = never (scan, then the chunk-parallel output), 1 = when no
+#                gradient is wanted (inference: h_n is never written), 2 = that, and also ungated forwards that
+#                a backward follows (storing h_n for it, as the scan does), 3 = every forward.
 #                FUSED_FOLD (scalar gates): 1 = a sequence whose every chunk's decay spans at most GLA_SAFE_SPAN
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
 #                0 = one exponential per score always.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
-_FUSED = {"FUSED_FWD": (0, 1, 2), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "FUSED_FOLD": (0, 1)}
+_FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
@@ -546,7 +547,8 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 @triton.jit
 def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
-                  STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr):
+                  STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr,
+                  SAFE: tl.constexpr):
     """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them.
 
     FOLD (scalar gate, every chunk's gate moving b by at most SAFE after its first step): the decay
@@ -559,6 +561,15 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale,
     kmask = kk < K
     vmask = vv < V
     kv_offs = kk[:, None] * V + vv[None, :]
+    if GATE == 1 and FIXED and FOLD:
+        # a fixed decay folds about the same r in every chunk: b_i = (i + 1) g_h (rows past T in the last chunk
+        # have q = k = v = 0), so the row factors are computed once; only b_last changes, in the last chunk
+        lg = tl.load(b_ptr + hh).to(tl.float32)
+        b_f = (ii + 1).to(tl.float32) * lg
+        r_f = lg * ((BT + 1) * 0.5)
+        v_fac = tl.exp(tl.minimum(r_f - b_f, SAFE))  # (clamped: unused, and past exp's range, on unsafe heads)
+        o_fac = tl.exp(tl.minimum(b_f - r_f, SAFE))
+        e_r = tl.exp(r_f)
     for n in range(n_end):
         if STORE_H:
             tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
@@ -573,14 +584,16 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale,
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
         att = tl.where(causal, tl.dot(q_t, tl.trans(k_t), input_precision=PREC), 0)
         acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
-        if GATE == 1:
+        if GATE == 1 and FIXED and FOLD:
+            b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
+            v_a = (v_t * v_fac[:, None]).to(v_t.dtype)
+            acc = acc * e_r + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
+            acc = acc * o_fac[:, None]
+            state = state * tl.exp(b_last) + tl.exp(b_last - r_f) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
+        elif GATE == 1:
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             if FOLD:
-                if FIXED:
-                    b_0 = tl.load(b_ptr + hh).to(tl.float32)
-                else:
-                    b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
-                r = (b_0 + b_last) * 0.5
+                r = (tl.load(b_ptr + _srow(bh, n * BT, T)) + b_last) * 0.5
                 v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]
@@ -632,12 +645,12 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr, ht_pt
         else:
             fold = tl.load(flag_ptr + bh)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
-                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True)
+                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True, SAFE)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
-                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False)
+                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE)
     else:
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
-                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False)
+                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1406,6 +1419,9 @@ def _launch_opts(cfg, kind="scan"):
         return {"num_warps": cfg["out_num_warps"], "num_stages": cfg["out_num_stages"]}
     if kind == "fused":
         return {"num_warps": cfg["fused_num_warps"], "num_stages": cfg["fused_num_stages"]}
+    if kind == "fused_gated":
+        return {"num_warps": cfg["fused_num_warps"],
+                "num_stages": cfg.get("fused_gated_num_stages", 0) or cfg["fused_num_stages"]}
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
@@ -1441,14 +1457,17 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
                                                    BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
-                                                   SAFE=GLA_SAFE_SPAN, FOLD=fold, **_launch_opts(cfg, "fused"))
+                                                   SAFE=GLA_SAFE_SPAN, FOLD=fold,
+                                                   **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
 
 
 def _takes_fused(cfg, gate, need_grad):
     """Does this forward run `_fused_fwd_kernel` (FUSED_FWD, no or scalar gate)?"""
     mode = cfg.get("FUSED_FWD", 0)
-    return gate != 2 and (mode == 2 or (mode == 1 and not need_grad))
+    if gate == 2 or mode == 0:
+        return False
+    return not need_grad or mode == 3 or (mode == 2 and gate == 0)
 
 
 def _gla_intra(q, k, b, flag, BT):
@@ -1592,7 +1611,8 @@ class _LinearAttention(torch.autograd.Function):
         return dq, dk, dv, dg, dh0, None, None, None, None
 
 
-_STAGE_KEYS = ("num_stages", "out_num_stages", "bwd_num_stages", "scan_bwd_num_stages", "fused_num_stages")
+_STAGE_KEYS = ("num_stages", "out_num_stages", "bwd_num_stages", "scan_bwd_num_stages", "fused_num_stages",
+               "fused_gated_num_stages")
 
 
 def fit_stages(cfg: dict, dtype: torch.dtype, chunk_size: int) -> dict:
