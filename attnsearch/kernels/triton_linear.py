@@ -14,6 +14,11 @@ Forward (linear attention)
      of q exp(b - r) and k exp(r - b) on flagged chunks (r: the middle of each channel's span, so
      both factors stay within exp(+-40)); only chunks of stronger decay have A built by
      `_gla_intra_kernel` from sub-blocks of 16 rows (below).
+Fused forward (FUSED_FWD, no or scalar gate): `_fused_fwd_kernel` does 2 and 3 in one sequential pass, the state
+held in registers: per program a V tile and all of K, per chunk q k^T, o = (q exp(b)) h_n + A v and the state
+update. An inference forward (no gradient wanted) writes only o; a forward that a backward follows also stores
+h_n. A scalar gate's decay is folded onto the rows of v and o (exp(r - b_j), exp(b_i - r)) when every chunk of
+the sequence spans at most GLA_SAFE_SPAN; else one exponential per score.
 Gate paths (config keys, see CONFIG_SPACE): with PREP_SCALAR / PREP_CHANNEL a chunk-parallel
 `_gate_prep_kernel` replaces step 1 and also writes the operand each sequential scan would otherwise
 decay inside its loop (k exp(b_last - b) for the forward scan, q exp(b) for the backward scan) and
@@ -144,6 +149,10 @@ def default_config(op: str, device=None) -> dict:
     # 260 / 290, scalar gate 428 / 480 -> 253 / 283 (ungated 213 / 244), gated delta 830 / 1292 (15 spill loads)
     # -> 520 / 643 (ungated 484 / 639). Linear attention's scalar gate takes the pass for the backward scan
     # only (PREP_SCALAR 1): its forward scan lost only ~10% to the gate, less than the extra pass costs.
+    # FUSED_FWD 2 (H200, session 7, results/h200_session7/fused_run*; times over the scan + output path at T=32768):
+    # no gate fwd 0.686x, fwd+bwd 0.948x (4 stages); RetNet fwd 0.888x (3 stages, fold), fwd+bwd 1.003x; Mamba-2 fwd
+    # 0.99x, fwd+bwd 1.04x: gated forwards followed by a backward keep the two-kernel path. V tiles of 16 / 64 and
+    # 8 warps were slower (0.90-1.8x); without the fold a gated pass took 1.33-1.47x.
     # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     if op == "linear_attention":
@@ -152,8 +161,8 @@ def default_config(op: str, device=None) -> dict:
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-                "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
-                "FUSED_FOLD": 1}
+                "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,

@@ -273,3 +273,57 @@ def test_fp32_inputs_cap_pipeline_stages(interpreter):
         used = interpreter._prepare(x, x, x, None, None, None, 64, {**cfg, "num_stages": 3, "out_num_stages": 3,
                                                                     "bwd_num_stages": 3})[-1]
         assert used["num_stages"] == used["out_num_stages"] == used["bwd_num_stages"] == most
+
+
+@pytest.mark.parametrize("mode", [1, 2, 3])
+@pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("H", -1.0), ("H", -20.0), ("BTH", -1.0), ("BTH", -8.0),
+                                       ("BTH", -20.0)])
+def test_fused_forward_matches_recurrence(mode, gate, gmin):
+    """The fused scan + output pass (FUSED_FWD), training forward: gmin -1 folds every chunk's decay, -20 takes
+    the exact loop, -8 mixes sequences of both kinds; modes 1 / 2 leave (some) training forwards on the split path."""
+    config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "fused_num_stages": 2}
+    _compare("linear", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=gate != "H", seed=31)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+@pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("H", -2.0), ("H", -20.0), ("BTH", -3.0), ("BTH", -20.0)])
+def test_inference_forward_writes_no_states(interpreter, monkeypatch, fold, gate, gmin):
+    """Without a gradient the fused pass runs with STORE_H off and the result equals the float64 recurrence;
+    an ungated input with FUSED_FWD 0 still matches (the split path, h_n written and dropped)."""
+    calls = []
+    real = interpreter._fused_fwd
+    monkeypatch.setattr(interpreter, "_fused_fwd",
+                        lambda *a, **kw: calls.append(a[9]) or real(*a, **kw))  # a[9]: store_h
+    gen = torch.Generator().manual_seed(41)
+    B, T, H, K, V = 2, 45, 2, 32, 16
+    q, k = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, K, generator=gen)
+    v, h0 = torch.randn(B, T, H, V, generator=gen), torch.randn(B, H, K, V, generator=gen)
+    g = _gate(gate, B, T, H, K, gmin, gen)
+    for mode in (0, 1):
+        with torch.no_grad():
+            o, s = kernels.linear_attention(q, k, v, g, chunk_size=16, initial_state=h0, output_final_state=True,
+                                            backend="triton", config={"FUSED_FWD": mode, "FUSED_FOLD": fold,
+                                                                      "FUSED_BLOCK_V": 16, "fused_num_stages": 2})
+        ro, rs = linear_attention_ref(q.double(), k.double(), v.double(), None if g is None else g.double(), None,
+                                      h0.double(), True)
+        assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL, (mode, _rel(o, ro), _rel(s, rs))
+    assert calls == [False]  # only mode 1 took the fused pass, and stored no states
+
+
+def test_fused_safe_flags(interpreter):
+    """The per-sequence flag of the scalar-gate cumulative sum: 1 only when every chunk moves b by at most
+    GLA_SAFE_SPAN after its first step (the first step itself may be anything)."""
+    T, BT = 40, 16
+    g = torch.full((1, T, 3), -1.0)
+    g[0, 16, 1] = -1000.0                      # the first step of chunk 1: still safe
+    g[0, 20:32, 2] = -8.0                      # chunk 1 moves by 3 + 12 * 8 = 99 > 80 after its first step
+    b, flag = interpreter._chunk_cumsum(g, BT, flags=True)
+    assert flag.tolist() == [1, 1, 0]
+    assert torch.allclose(b[0, 0, :16], torch.cumsum(g[0, :16, 0], 0))
+
+
+def test_fused_config_validation():
+    q = torch.randn(1, 20, 1, 16)
+    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 2}, {"FUSED_BLOCK_V": 24}):
+        with pytest.raises(ValueError):
+            kernels.linear_attention(q, q, q, chunk_size=16, backend="triton", config=bad)
