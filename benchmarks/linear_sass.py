@@ -114,6 +114,11 @@ def jobs():
                      STORE_HT=False, PREC="tf32", FIXED=fixed, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold)
             out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} store_h={store_h}", tlin._fused_fwd_kernel,
                         c, lin["fused_num_warps"], lin["fused_num_stages"], ()))
+    for gate, fold in ((0, False), (1, True)):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=False,
+                 STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True)
+        out.append((f"fused_fwd delta gate={gate} fold={fold}", tlin._fused_fwd_kernel, c, dl["fused_num_warps"],
+                    dl["fused_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))

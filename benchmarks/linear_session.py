@@ -100,6 +100,13 @@ CANDIDATES = {
                     ("retention", "mamba2")),
     "fused_s4_g2": ("linear_attention", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 2},
                     ("retention", "mamba2")),
+    # the delta rule's scan and output in one pass (after the UT transform)
+    "dfused_s3": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 3, "fused_gated_num_stages": 3},
+                  ("delta", "gated_delta")),
+    "dfused_s4": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 4},
+                  ("delta", "gated_delta")),
+    "dfused_s2": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 2, "fused_gated_num_stages": 2},
+                  ("delta", "gated_delta")),
     # the fused pass with one exponential per score for every sequence (FUSED_FOLD 0)
     "fused_nofold": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
                                           "FUSED_FOLD": 0}, ("retention", "mamba2")),
@@ -123,6 +130,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
 ] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 3}}) for c in
        ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [
+    ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
+    ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),
     ("out_v_loop", "linear:none,linear:BTH,delta:none,delta:BTH",
      {"linear_attention": {"OUT_V_LOOP": 1}, "delta_rule": {"OUT_V_LOOP": 1}}),

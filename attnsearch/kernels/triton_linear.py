@@ -104,7 +104,8 @@ _COMMON = {
 #   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
-#   FUSED_FWD    no or scalar gate, linear attention: `_fused_fwd_kernel` runs the scan and the output in one
+#   FUSED_FWD    no or scalar gate, linear attention and the delta rule: `_fused_fwd_kernel` runs the (delta
+#                rule: after the UT transform) scan and the output in one
 #                sequential pass (FUSED_BLOCK_V, fused_num_warps, fused_num_stages; fused_gated_num_stages for
 #                scalar gates, 0 = fused_num_stages): 0 = never (scan, then the chunk-parallel output), 1 = when no
 #                gradient is wanted (inference: h_n is never written), 2 = that, and also ungated forwards that
@@ -124,7 +125,7 @@ CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED},
-    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1)},  # (the delta rule's scans hold all of K)
+    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED},  # (the delta rule's scans hold all of K)
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -166,7 +167,9 @@ def default_config(op: str, device=None) -> dict:
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
-            "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0}
+            "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
+            "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
+            "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -554,11 +557,12 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 
 
 @triton.jit
-def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
+def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
                   STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr,
-                  SAFE: tl.constexpr):
+                  SAFE: tl.constexpr, DELTA: tl.constexpr):
     """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them.
+    DELTA: v_ptr holds u and w_ptr w of the UT transform, and the values are v_new = u - w h_n.
 
     FOLD (scalar gate, every chunk's gate moving b by at most SAFE after its first step): the decay
     exp(b_i - b_j) = exp(b_i - r) exp(r - b_j) about r = (b_0 + b_last) / 2, both factors within exp(+-SAFE/2),
@@ -591,6 +595,9 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale,
         q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        if DELTA:
+            w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            v_t = (v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)).to(v_t.dtype)
         att = tl.where(causal, tl.dot(q_t, tl.trans(k_t), input_precision=PREC), 0)
         acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
         if GATE == 1 and FIXED and FOLD:
@@ -620,13 +627,14 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale,
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
-def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
+def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr, ht_ptr, o_ptr, scale,
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
-                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = True):
+                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = True, DELTA: tl.constexpr = False):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
-    o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v.
+    o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v; for the delta
+    rule (DELTA) v is v_new = u - w h_n, from the UT transform's w and u.
 
     The state never leaves registers unless STORE_H (a forward that a backward follows stores h_n, as
     `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K and a V tile,
@@ -653,13 +661,13 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr, ht_pt
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -SAFE).to(tl.int32)
         else:
             fold = tl.load(flag_ptr + bh)
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
-                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True, SAFE)
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
-                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE)
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
+                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True, SAFE, DELTA)
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
+                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE, DELTA)
     else:
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
-                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE)
+        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
+                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE, DELTA)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1452,9 +1460,10 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=F
     return h, ht, vnew
 
 
-def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False, flag=None):
+def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False, flag=None, w=None):
     """Scan and output in one pass (`_fused_fwd_kernel`): o, h (None unless store_h) and the final state.
-    flag: [B*H] int32, sequences whose every chunk is safe for the folded decay (`_chunk_cumsum(safe=True)`)."""
+    flag: [B*H] int32, sequences whose every chunk is safe for the folded decay (`_chunk_cumsum(safe=True)`).
+    w (delta rule): the UT transform's w, v then holds its u."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -1463,10 +1472,10 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device) if store_h else None
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
     fold = gate == 1 and bool(cfg.get("FUSED_FOLD", 1)) and (fixed or flag is not None)
-    _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
+    _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, w, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
                                                    BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
-                                                   SAFE=GLA_SAFE_SPAN, FOLD=fold,
+                                                   SAFE=GLA_SAFE_SPAN, FOLD=fold, DELTA=w is not None,
                                                    **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
 
@@ -1703,8 +1712,13 @@ def _wy(k, v, beta, b, BT, store_tm, keys=False):
     return (w, u, tm, kd, dl) if keys else (w, u, tm)
 
 
-def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht):
+def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     gate = _gate_kind(g)
+    if _takes_fused(cfg, gate, need_grad):
+        fold = gate == 1 and bool(cfg.get("FUSED_FOLD", 1))
+        b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (_chunk_cumsum(g, BT), None)
+        w, u, _ = _wy(k, v, beta, b, BT, False)
+        return _fused_fwd(q, k, u, b, h0, scale, BT, cfg, gate, need_grad, want_ht, flag=flag, w=w)
     b = _chunk_cumsum(g, BT)
     if _use_prep(cfg, gate, backward=False):
         w, u, _, kd, d = _wy(k, v, beta, b, BT, False, keys=True)
@@ -1783,5 +1797,8 @@ def delta_rule_triton(q, k, v, beta, g, *, scale, chunk_size, initial_state, out
         raise ValueError(f"delta_rule g must be [B, T, H], got {tuple(g.shape)}")
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
     beta = beta.contiguous()
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, beta, g, h0))):
+        o, _h, ht = _delta_forward(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state, need_grad=False)
+        return o, (ht if output_final_state else None)
     o, ht = _DeltaRule.apply(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state)
     return o, (ht if output_final_state else None)
