@@ -154,6 +154,8 @@ def default_config(op: str, device=None) -> dict:
     # no gate fwd 0.686x, fwd+bwd 0.948x (4 stages); RetNet fwd 0.888x (3 stages, fold), fwd+bwd 1.003x; Mamba-2 fwd
     # 0.99x, fwd+bwd 1.04x: gated forwards followed by a backward keep the two-kernel path. V tiles of 16 / 64 and
     # 8 warps were slower (0.90-1.8x); without the fold a gated pass took 1.33-1.47x.
+    # Delta rule FUSED_FWD 3 (results/h200_session7/delta_fused, T=32768): delta fwd 0.858x, fwd+bwd 0.985x; gated
+    # delta fwd 0.934x, fwd+bwd 0.995x at 3 stages (4 stages 0.88x / 0.98x, 2 stages 1.08x).
     # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     if op == "linear_attention":
@@ -168,7 +170,7 @@ def default_config(op: str, device=None) -> dict:
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-            "FUSED_FWD": 0, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
+            "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
             "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
 
 
