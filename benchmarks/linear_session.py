@@ -100,6 +100,8 @@ CANDIDATES = {
                     ("retention", "mamba2")),
     "fused_s4_g2": ("linear_attention", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 2},
                     ("retention", "mamba2")),
+    # FUSED_FOLD 2: a fixed decay pivots at the chunk's end, a scalar gate's b_0 / b_last come out of its b tile
+    "fold2": ("both", {"FUSED_FWD": 3, "FUSED_FOLD": 2}, ("retention", "mamba2", "gated_delta")),
     # the delta rule's scan and output in one pass (after the UT transform)
     "dfused_s3": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 3, "fused_gated_num_stages": 3},
                   ("delta", "gated_delta")),
@@ -130,6 +132,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
 ] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 3}}) for c in
        ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [
+    ("fold2", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 2}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

@@ -115,7 +115,7 @@ _COMMON = {
 #                0 = one exponential per score always.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1)}
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
@@ -576,7 +576,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
     kmask = kk < K
     vmask = vv < V
     kv_offs = kk[:, None] * V + vv[None, :]
-    if GATE == 1 and FIXED and FOLD:
+    if GATE == 1 and FIXED and FOLD == 1:
         # a fixed decay folds about the same r in every chunk: b_i = (i + 1) g_h (rows past T in the last chunk
         # have q = k = v = 0), so the row factors are computed once; only b_last changes, in the last chunk
         lg = tl.load(b_ptr + hh).to(tl.float32)
@@ -585,6 +585,16 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
         v_fac = tl.exp(tl.minimum(r_f - b_f, SAFE))  # (clamped: unused, and past exp's range, on unsafe heads)
         o_fac = tl.exp(tl.minimum(b_f - r_f, SAFE))
         e_r = tl.exp(r_f)
+    if GATE == 1 and FIXED and FOLD == 2:
+        # FOLD 2, fixed decay with (BT - 1) |g_h| <= SAFE / 2: the pivot is the chunk's end p = BT g_h, so that
+        # v exp(b_last - b_j) serves both the scores and the state (no separate factor on the state's update):
+        # o_i = exp(b_i - b_last) (exp(b_last) q_i h_n + sum_j A_ij v_j exp(b_last - b_j)), every factor within
+        # exp(+-SAFE / 2), the row factors computed once (only the last chunk's b_last differs: s below)
+        lg = tl.load(b_ptr + hh).to(tl.float32)
+        b_f = (ii + 1).to(tl.float32) * lg
+        p_f = lg * BT
+        v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
+        o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
     for n in range(n_end):
         if STORE_H:
             tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
@@ -602,16 +612,31 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
             v_t = (v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)).to(v_t.dtype)
         att = tl.where(causal, tl.dot(q_t, tl.trans(k_t), input_precision=PREC), 0)
         acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
-        if GATE == 1 and FIXED and FOLD:
+        if GATE == 1 and FIXED and FOLD == 2:
+            b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
+            d = tl.exp(b_last)
+            s_last = tl.exp(b_last - p_f)  # 1 but in a last chunk shorter than BT
+            v_s = (v_t * (v_fac * s_last)[:, None]).to(v_t.dtype)
+            acc = tl.dot(att.to(v_t.dtype), v_s, acc * d, input_precision=PREC)
+            acc = acc * (o_fac / s_last)[:, None]
+            state = tl.dot(tl.trans(k_t), v_s, state * d, input_precision=PREC)
+        elif GATE == 1 and FIXED and FOLD == 1:
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
             v_a = (v_t * v_fac[:, None]).to(v_t.dtype)
             acc = acc * e_r + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
             acc = acc * o_fac[:, None]
             state = state * tl.exp(b_last) + tl.exp(b_last - r_f) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
         elif GATE == 1:
-            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            if FOLD:
+            if FOLD == 2:
+                # b_0 and b_last taken out of the chunk's b (a pipelined load), not by scalar loads: those are
+                # issued and waited on inside the loop
+                b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+                b_last = tl.sum(tl.where(ii == tl.minimum(T - n * BT, BT) - 1, b, 0), axis=0)
+                r = (tl.sum(tl.where(ii == 0, b, 0), axis=0) + b_last) * 0.5
+            else:
+                b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
                 r = (tl.load(b_ptr + _srow(bh, n * BT, T)) + b_last) * 0.5
+            if FOLD:
                 v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]
@@ -633,7 +658,7 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
-                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = True, DELTA: tl.constexpr = False):
+                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = 1, DELTA: tl.constexpr = False):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
     o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v; for the delta
     rule (DELTA) v is v_new = u - w h_n, from the UT transform's w and u.
@@ -658,18 +683,19 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
     state = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
-    if GATE == 1 and FOLD:
+    if GATE == 1 and FOLD > 0:
         if FIXED:
-            fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -SAFE).to(tl.int32)
+            lim = SAFE * 0.5 if FOLD == 2 else SAFE
+            fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
         else:
             fold = tl.load(flag_ptr + bh)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
-                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, True, SAFE, DELTA)
+                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
-                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE, DELTA)
+                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA)
     else:
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
-                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, False, SAFE, DELTA)
+                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1473,7 +1499,7 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     o = torch.empty_like(v)
     h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device) if store_h else None
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
-    fold = gate == 1 and bool(cfg.get("FUSED_FOLD", 1)) and (fixed or flag is not None)
+    fold = cfg.get("FUSED_FOLD", 1) if gate == 1 and (fixed or flag is not None) else 0
     _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, w, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
                                                    BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
