@@ -112,6 +112,8 @@ _COMMON = {
 #                a backward follows (storing h_n for it, as the scan does), 3 = every forward.
 #                FUSED_FOLD (scalar gates): 1 = a sequence whose every chunk's decay spans at most GLA_SAFE_SPAN
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
+#                2 = the same, but a fixed decay with (BT - 1) |g_h| <= GLA_SAFE_SPAN / 2 pivots at the chunk's end
+#                (H200: RetNet fwd 0.978x of 1, not yet gradient-checked there, so not the default);
 #                0 = one exponential per score always.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
@@ -627,16 +629,11 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
             acc = acc * o_fac[:, None]
             state = state * tl.exp(b_last) + tl.exp(b_last - r_f) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
         elif GATE == 1:
-            if FOLD == 2:
-                # b_0 and b_last taken out of the chunk's b (a pipelined load), not by scalar loads: those are
-                # issued and waited on inside the loop
-                b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
-                b_last = tl.sum(tl.where(ii == tl.minimum(T - n * BT, BT) - 1, b, 0), axis=0)
-                r = (tl.sum(tl.where(ii == 0, b, 0), axis=0) + b_last) * 0.5
-            else:
-                b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-                r = (tl.load(b_ptr + _srow(bh, n * BT, T)) + b_last) * 0.5
+            # (b_0 and b_last by scalar loads: taking them out of the b tile by two reductions measured 1.14x
+            # slower for Mamba-2 on the H200, results/h200_session7/fold2)
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             if FOLD:
+                r = (tl.load(b_ptr + _srow(bh, n * BT, T)) + b_last) * 0.5
                 v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]

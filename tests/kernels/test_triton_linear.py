@@ -324,6 +324,41 @@ def test_fused_safe_flags(interpreter):
 
 def test_fused_config_validation():
     q = torch.randn(1, 20, 1, 16)
-    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 2}, {"FUSED_BLOCK_V": 24}):
+    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 3}, {"FUSED_BLOCK_V": 24}):
         with pytest.raises(ValueError):
             kernels.linear_attention(q, q, q, chunk_size=16, backend="triton", config=bad)
+
+
+@pytest.mark.parametrize("mode", [1, 3])
+@pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("BTH", -1.0), ("BTH", -8.0), ("BTH", -20.0), ("H", -3.0)])
+def test_fused_delta_rule_matches_recurrence(mode, gate, gmin):
+    """The delta rule's fused pass (v_new = u - w h_n inside the loop), training forward with mode 3."""
+    config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "fused_num_stages": 2}
+    _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=33)
+
+
+@pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("BTH", -2.0), ("BTH", -20.0)])
+def test_fused_delta_inference(gate, gmin):
+    gen = torch.Generator().manual_seed(43)
+    B, T, H, K, V = 1, 45, 2, 32, 16
+    q = torch.randn(B, T, H, K, generator=gen)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    v, h0 = torch.randn(B, T, H, V, generator=gen), torch.randn(B, H, K, V, generator=gen)
+    beta = torch.rand(B, T, H, generator=gen)
+    g = _gate(gate, B, T, H, K, gmin, gen)
+    with torch.no_grad():
+        o, s = kernels.delta_rule(q, k, v, beta, g, chunk_size=16, initial_state=h0, output_final_state=True,
+                                  backend="triton", config={"FUSED_FWD": 1, "FUSED_BLOCK_V": 16})
+    ro, rs = delta_rule_ref(q.double(), k.double(), v.double(), beta.double(), None if g is None else g.double(),
+                            None, h0.double(), True)
+    assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL
+
+
+@pytest.mark.parametrize("T", [37, 48])
+@pytest.mark.parametrize("gmin", [-0.5, -4.0, -20.0])
+def test_fused_fold_end_pivot(T, gmin):
+    """FUSED_FOLD 2: a fixed decay with (BT - 1)|g| <= 40 pivots at the chunk's end (gmin -0.5); stronger heads
+    take the exact loop (-4, -20); the last chunk is shorter than the others for T = 37."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 2, "fused_num_stages": 2}
+    _compare("linear", "H", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=False, seed=35)
+    _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=36)
