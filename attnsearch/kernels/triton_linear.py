@@ -114,7 +114,7 @@ _COMMON = {
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
 #                2 = the same, but a fixed decay with (BT - 1) |g_h| <= GLA_SAFE_SPAN / 2 pivots at the chunk's end
 #                (H200: RetNet fwd 0.978x of 1, not yet gradient-checked there, so not the default);
-#                0 = one exponential per score always.
+#                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2)}
@@ -1496,13 +1496,19 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
     o = torch.empty_like(v)
     h = torch.empty(B, H, NT, K, V, dtype=k.dtype, device=k.device) if store_h else None
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if want_ht else None
-    fold = cfg.get("FUSED_FOLD", 1) if gate == 1 and (fixed or flag is not None) else 0
+    fold = _fold_mode(cfg, gate, q.dtype) if fixed or flag is not None else 0
     _fused_fwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, v, w, b, flag, h0, h, ht, o, scale, T, NT, H=H, K=K, V=V,
                                                    BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
                                                    SAFE=GLA_SAFE_SPAN, FOLD=fold, DELTA=w is not None,
                                                    **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
+
+
+def _fold_mode(cfg, gate, dtype):
+    """FUSED_FOLD for this input: 0 for fp16 inputs, whose v tile scaled by exp(r - b_j) (up to exp(SAFE / 2))
+    would overflow fp16's range (bf16 has fp32's)."""
+    return cfg.get("FUSED_FOLD", 1) if gate == 1 and dtype != torch.float16 else 0
 
 
 def _takes_fused(cfg, gate, need_grad):
@@ -1568,7 +1574,7 @@ def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     and the final state."""
     gate = _gate_kind(g)
     if _takes_fused(cfg, gate, need_grad):
-        fold = gate == 1 and not _fixed(g) and bool(cfg.get("FUSED_FOLD", 1))
+        fold = not _fixed(g) and _fold_mode(cfg, gate, q.dtype) > 0
         b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (g if _fixed(g) else _chunk_cumsum(g, BT), None)
         return _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, need_grad, want_ht, fixed=_fixed(g), flag=flag)
     if _fixed(g):
@@ -1740,7 +1746,7 @@ def _wy(k, v, beta, b, BT, store_tm, keys=False):
 def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     gate = _gate_kind(g)
     if _takes_fused(cfg, gate, need_grad):
-        fold = gate == 1 and bool(cfg.get("FUSED_FOLD", 1))
+        fold = _fold_mode(cfg, gate, q.dtype) > 0
         b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (_chunk_cumsum(g, BT), None)
         w, u, _ = _wy(k, v, beta, b, BT, False)
         return _fused_fwd(q, k, u, b, h0, scale, BT, cfg, gate, need_grad, want_ht, flag=flag, w=w)
