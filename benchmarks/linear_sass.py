@@ -108,6 +108,12 @@ def jobs():
                     dl["bwd_num_stages"], ()))
         out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, dl["bwd_num_warps"],
                     dl["bwd_num_stages"], ()))
+        # WY_BWD_SPLIT 1: K in tiles of 16, as `_delta_backward` launches it
+        out.append((f"delta_bwd_wy_split gate={gate}", tlin._delta_bwd_wy_split_kernel, dict(c, BK=16),
+                    dl["bwd_num_warps"], dl["bwd_num_stages"], ("dg_ptr",)))
+    c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], PREC="tf32")
+    out.append(("delta_bwd_wy_split dw", tlin._delta_bwd_dw_kernel, c, dl["bwd_num_warps"], dl["bwd_num_stages"],
+                ()))
     for gate, fixed, fold in ((0, False, False), (1, True, True), (1, False, True), (1, False, False)):
         for store_h in (False, True):
             c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=store_h,
@@ -161,6 +167,10 @@ def launch_grid_jobs(warps=(4, 8), stages=(1, 2, 3), tiles=(16, 32, 64)):
                                 st, ()))
                     out.append((f"delta_bwd_wy gate={gate} w={w} s={st} BV={bv}", tlin._delta_bwd_wy_kernel, c, w,
                                 st, ()))
+                    out.append((f"delta_bwd_wy_split gate={gate} w={w} s={st} BV={bv}",
+                                tlin._delta_bwd_wy_split_kernel, dict(c, BK=16), w, st, ("dg_ptr",)))
+                c = dict(K=K, V=V, BT=64, BK=K, BV=bv, PREC="tf32")
+                out.append((f"delta_bwd_wy_split dw w={w} s={st} BV={bv}", tlin._delta_bwd_dw_kernel, c, w, st, ()))
                 c = dict(K=K, V=V, BT=64, BK=K, BV=bv, GATE=1, PREC="tf32")
                 out.append((f"linear_bwd gate=1 w={w} s={st} BV={bv}", tlin._linear_bwd_kernel, c, w, st, ("dg_ptr",)))
     return out

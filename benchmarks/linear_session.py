@@ -56,6 +56,14 @@ CANDIDATES = {
     # per SM without spilling (124 registers at 2-3 stages; sm_90 compile, results/h200_session6/sass_launch_grid_cpu.txt)
     "delta_bwd_bv16": ("delta_rule", {"BWD_BLOCK_V": 16}, ("delta",)),
     "delta_bwd_bv16_s2": ("delta_rule", {"BWD_BLOCK_V": 16, "bwd_num_stages": 2}, ("delta",)),
+    # WY_BWD_SPLIT 1: the backward through the UT transform as `_delta_bwd_dw_kernel` + `_delta_bwd_wy_split_kernel`
+    # (sm_90 compile, 8 warps, V tiles 16 / 32, 1-3 stages: 99-128 and 79-102 registers, two blocks per SM, 45-57%
+    # of the instructions; the single kernel: 230-255 registers, one block; +32 KB of traffic per 144 KB chunk)
+    "wy_split": ("delta_rule", {"WY_BWD_SPLIT": 1}, ("delta", "gated_delta")),
+    # with V tiles of 16 the dqk kernel fits two blocks per SM too (ungated)
+    "wy_split_bv16": ("delta_rule", {"WY_BWD_SPLIT": 1, "BWD_BLOCK_V": 16}, ("delta", "gated_delta")),
+    "wy_split_bv16_s2": ("delta_rule", {"WY_BWD_SPLIT": 1, "BWD_BLOCK_V": 16, "bwd_num_stages": 2},
+                         ("delta", "gated_delta")),
     "delta_prep_bwd_only": ("delta_rule", {"PREP_SCALAR": 1}, ("gated_delta",)),
     # the backward state scan on its own tile / launch (SCAN_BWD_*), apart from the forward scan's
     "dscan_bv64": ("delta_rule", {"SCAN_BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
@@ -129,6 +137,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_prep_only", "linear:BTHK", {"linear_attention": {"GLA_OUT_FUSED": 0}}),
     ("gla_fused_out_only", "linear:BTHK", {"linear_attention": {"PREP_CHANNEL": 0}}),
     ("delta_prep_bwd_only", "delta:BTH", {"delta_rule": {"PREP_SCALAR": 1}}),
+    ("wy_split", "delta:none,delta:BTH", {"delta_rule": {"WY_BWD_SPLIT": 1}}),
+    ("wy_split_bv16", "delta:none,delta:BTH", {"delta_rule": {"WY_BWD_SPLIT": 1, "BWD_BLOCK_V": 16}}),
     ("gated_bwd_bv32", "linear:BTH,linear:BTHK", {"linear_attention": {"GATED_BWD_BLOCK_V": 32}}),
 ] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 3}}) for c in
        ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [

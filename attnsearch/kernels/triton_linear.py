@@ -101,6 +101,12 @@ _COMMON = {
 #   GATED_BWD_BLOCK_V  V tile of the per-chunk backward kernels for gated inputs (0: BWD_BLOCK_V). The gate
 #                terms take registers: at 64 x 128 tiles and 8 warps the scalar-gated kernel spilled on sm_90
 #                where the ungated one did not, so the two may want different tiles.
+#   WY_BWD_SPLIT the delta rule's backward through the UT transform: 0 = `_delta_bwd_wy_kernel` (sm_90, 8 warps:
+#                230-255 registers, one block per SM); 1 = `_delta_bwd_dw_kernel` (dw = -dv_new h^T), then
+#                `_delta_bwd_wy_split_kernel` (the rest, over V tiles and K tiles of 16, Tm in the inputs' dtype):
+#                79-128 registers at 8 warps, V tiles 16-32, 1-3 stages, two blocks per SM, about half the
+#                instructions; 32 KB more traffic per chunk than 0's 144 KB (bf16, chunk 64, K = V = 128: dv_new
+#                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). Not yet timed on a GPU.
 #   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
@@ -120,14 +126,15 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
-            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V"),
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "WY_BWD_SPLIT"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED},
-    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED},  # (the delta rule's scans hold all of K)
+    "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
+                   "WY_BWD_SPLIT": (0, 1)},
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -172,7 +179,7 @@ def default_config(op: str, device=None) -> dict:
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-            "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
+            "WY_BWD_SPLIT": 0, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
             "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
 
 
@@ -1372,6 +1379,148 @@ def _delta_bwd_wy_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tm_ptr, h_ptr, dvn_ptr, 
         tl.store(dg_ptr + tok, dg, mask=rmask)
 
 
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _delta_bwd_dw_kernel(h_ptr, dvn_ptr, dw_ptr, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """WY_BWD_SPLIT, part 1 of the backward through the UT transform (per chunk): dw = -dv_new h^T, stored in
+    the inputs' dtype (what `_delta_bwd_wy_kernel` rounds it to before its matmuls). It holds one [BT, K]
+    accumulator and reads h, the largest input, at high occupancy (under 128 registers at 8 warps on sm_90)."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    kk = tl.arange(0, BK)
+    kmask = kk < K
+    dt = dw_ptr.dtype.element_ty
+    hbase = (bh.to(tl.int64) * NT + n) * K * V
+    dw = tl.zeros([BT, BK], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        vmask = vv < V
+        h_t = tl.load(h_ptr + hbase + kk[:, None] * V + vv[None, :], mask=kmask[:, None] & vmask[None, :], other=0)
+        dvn = tl.load(dvn_ptr + tok[:, None] * V + vv[None, :], mask=rmask[:, None] & vmask[None, :], other=0)
+        dw -= tl.dot(dvn.to(dt), tl.trans(h_t).to(dt), input_precision=PREC)
+    tl.store(dw_ptr + tok[:, None] * K + kk[None, :], dw.to(dt), mask=rmask[:, None] & kmask[None, :])
+
+
+@triton.jit
+def _wy_split_v_loop(tm, tm_t, beta, v_ptr, dvn_ptr, dv_ptr, tok, rmask, BT: tl.constexpr, V: tl.constexpr,
+                     BV: tl.constexpr, PREC: tl.constexpr):
+    """The u side of the UT transform (du = dv_new) over V tiles: stores dv = beta (Tm^T dv_new); returns the
+    dbeta terms of v and this side's part of dL = -Tm^T dTm Tm^T, which is -(Tm^T dv_new) u^T with
+    u = Tm (beta v) formed again per tile (a matmul a tile instead of a [BT, BT] sandwich after the loop)."""
+    dl = tl.zeros([BT, BT], dtype=tl.float32)
+    dbeta = tl.zeros([BT], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        vv = iv * BV + tl.arange(0, BV)
+        m_v = rmask[:, None] & (vv < V)[None, :]
+        v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        dvn = tl.load(dvn_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0).to(tm.dtype)
+        dru = tl.dot(tm_t, dvn, input_precision=PREC)
+        tl.store(dv_ptr + tok[:, None] * V + vv[None, :], (dru * beta[:, None]).to(dv_ptr.dtype.element_ty), mask=m_v)
+        dbeta += tl.sum(dru * v_t.to(tl.float32), axis=1)
+        u = tl.dot(tm, (v_t * beta[:, None]).to(tm.dtype), input_precision=PREC)
+        dl -= tl.dot(dru.to(tm.dtype), tl.trans(u.to(tm.dtype)), input_precision=PREC)
+    return dl, dbeta
+
+
+@triton.jit
+def _wy_split_k_loop(dl, tm, tm_t, bg, k_ptr, dw_ptr, tok, rmask, BT: tl.constexpr, K: tl.constexpr,
+                     BK: tl.constexpr, PREC: tl.constexpr):
+    """The w side (dw) over K tiles: adds -(Tm^T dw) w^T to dL (w = Tm (bg k) formed again, bg = beta exp(b));
+    returns dL, k k^T and rk = rowsum((Tm^T dw) k), the gradient of bg."""
+    kkt = tl.zeros([BT, BT], dtype=tl.float32)
+    rk = tl.zeros([BT], dtype=tl.float32)
+    for ik in range(tl.cdiv(K, BK)):
+        kk = ik * BK + tl.arange(0, BK)
+        m_k = rmask[:, None] & (kk < K)[None, :]
+        k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dw = tl.load(dw_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        drw = tl.dot(tm_t, dw, input_precision=PREC)
+        rk += tl.sum(drw * k_t.to(tl.float32), axis=1)
+        w = tl.dot(tm, (k_t * bg[:, None]).to(k_t.dtype), input_precision=PREC)
+        dl -= tl.dot(drw.to(k_t.dtype), tl.trans(w.to(k_t.dtype)), input_precision=PREC)
+        kkt += tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
+    return dl, kkt, rk
+
+
+@triton.jit
+def _wy_split_dk(sym, tm_t, bg, k_ptr, dw_ptr, dkp_ptr, dk_ptr, tok, rmask, K: tl.constexpr, BK: tl.constexpr,
+                 PREC: tl.constexpr):
+    """dk = dk_part + (Tm^T dw) bg + sym k over K tiles, sym = dA + dA^T for the gradient dA of k k^T."""
+    for ik in range(tl.cdiv(K, BK)):
+        kk = ik * BK + tl.arange(0, BK)
+        m_k = rmask[:, None] & (kk < K)[None, :]
+        k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dw = tl.load(dw_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        dk = tl.load(dkp_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0).to(tl.float32)
+        dk += tl.dot(tm_t, dw, input_precision=PREC) * bg[:, None] + tl.dot(sym, k_t, input_precision=PREC)
+        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
+
+
+@triton.jit
+def _suffix_plus_prefix(x, y, BT: tl.constexpr):
+    """sum_{i>=s} x_i + sum_{j<s} y_j for [BT] vectors, as one masked row sum (no scan)."""
+    ii = tl.arange(0, BT)
+    return tl.sum(tl.where(ii[None, :] >= ii[:, None], x[None, :], y[None, :]), axis=1)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _delta_bwd_wy_split_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tmd_ptr, dvn_ptr, dw_ptr, dkp_ptr, db_ptr, y_ptr,
+                               e_ptr, dk_ptr, dv_ptr, dbeta_ptr, dg_ptr,
+                               T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                               BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """WY_BWD_SPLIT, part 2 (per chunk): the rest of `_delta_bwd_wy_kernel` given dw (`_delta_bwd_dw_kernel`),
+    with Tm in the inputs' dtype (tmd_ptr; the forward's w and u took it so rounded). dL is accumulated tile by
+    tile as -(Tm^T dv_new) u^T - (Tm^T dw) w^T over V and K tiles (BK), so that no [BT, K] tile is held whole
+    and no matmul result after a loop feeds another matmul: Triton lays such chained matmuls out with all warps
+    along the rows (warpsPerCTA [num_warps, 1]), which at BT = 64 and 8 warps holds every [BT, BT] tile twice,
+    and that is where `_delta_bwd_wy_kernel`'s registers went."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    rows = n * BT + tl.arange(0, BT)
+    rmask = rows < T
+    tok = (bb * T + rows).to(tl.int64) * H + hh
+    ii = tl.arange(0, BT)
+    strict = ii[:, None] > ii[None, :]
+    beta = tl.load(beta_ptr + tok, mask=rmask, other=0).to(tl.float32)
+    # a loaded (not converted) Tm is a shared-memory matmul operand, as is its transpose: no registers
+    tm = tl.load(tmd_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None], other=0)
+    tm_t = tl.trans(tm)
+    if GATE == 1:
+        bg = beta * tl.exp(tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0))
+    else:
+        bg = beta
+    dl, dbeta = _wy_split_v_loop(tm, tm_t, beta, v_ptr, dvn_ptr, dv_ptr, tok, rmask, BT, V, BV, PREC)
+    dl, kkt, rk = _wy_split_k_loop(dl, tm, tm_t, bg, k_ptr, dw_ptr, tok, rmask, BT, K, BK, PREC)
+    # L_ij = beta_i k_i.k_j exp(b_i - b_j) for i > j
+    if GATE == 1:
+        b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)  # loaded again: not held through the loops
+        dl = tl.where(strict, dl * tl.exp(tl.minimum(b[:, None] - b[None, :], 0)), 0)
+    else:
+        dl = tl.where(strict, dl, 0)
+    p = dl * kkt
+    prow = tl.sum(p, axis=1)
+    if GATE == 1:  # all of the gate gradient before the dk loop, so that none of it is live there
+        dbeta += rk * tl.exp(b) + prow
+        db = rk * bg + beta * prow - tl.sum(p * beta[:, None], axis=0)
+        db += tl.load(db_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+        y = tl.load(y_ptr + tok, mask=rmask, other=0)
+        e = tl.load(e_ptr + bh.to(tl.int64) * NT + n)
+        # dg_s = sum_{i>=s} db_i + exp(b_last) <h, G> + sum_{j<s} k_j.dk_inter_j
+        tl.store(dg_ptr + tok, _suffix_plus_prefix(db, y, BT) + e, mask=rmask)
+    else:
+        dbeta += rk + prow
+    tl.store(dbeta_ptr + tok, dbeta, mask=rmask)
+    dlb = (dl * beta[:, None]).to(tm.dtype)
+    _wy_split_dk(dlb + tl.trans(dlb), tm_t, bg, k_ptr, dw_ptr, dkp_ptr, dk_ptr, tok, rmask, K, BK, PREC)
+
+
 # --------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------
@@ -1720,8 +1869,8 @@ def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, out
 # delta rule
 # --------------------------------------------------------------------------------------------
 
-def _wy(k, v, beta, b, BT, store_tm, keys=False):
-    """w, u (and Tm with store_tm) of the UT transform; keys (gated): also the decayed keys and
+def _wy(k, v, beta, b, BT, store_tm, keys=False, tm_dtype=torch.float32):
+    """w, u (and Tm in tm_dtype with store_tm) of the UT transform; keys (gated): also the decayed keys and
     exp(b_last) per chunk for the scans' PRE path, returned as (w, u, tm, kd, d)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -1735,7 +1884,7 @@ def _wy(k, v, beta, b, BT, store_tm, keys=False):
     _ut_diag_kernel[(triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)](k, beta, b, dinv, T, H=H, K=K, BT=BT,
                                                                     BC=SUB_BLOCK, BK=_pow2(K), GATE=gate,
                                                                     PREC=_prec(k), num_warps=1)
-    tm = torch.empty(B * H, T, BT, dtype=torch.float32, device=k.device) if store_tm else None
+    tm = torch.empty(B * H, T, BT, dtype=tm_dtype, device=k.device) if store_tm else None
     _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, dinv, w, u, tm, kd, dl, T, H=H, K=K, V=V, BT=BT,
                                                 BK=_pow2(K), BV=min(64, _pow2(V)), BC=SUB_BLOCK,
                                                 LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=gate,
@@ -1769,10 +1918,13 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     gate = _gate_kind(g)
     b = _chunk_cumsum(g, BT)
     pre = _use_prep(cfg, gate, backward=True)
+    split = cfg.get("WY_BWD_SPLIT", 0)
+    # the split kernels take Tm only as a matmul operand, in the inputs' dtype (as the forward's w and u took it)
+    tm_dtype = k.dtype if split else torch.float32
     if pre:
-        w, u, tm, kd, d = _wy(k, v, beta, b, BT, True, keys=True)
+        w, u, tm, kd, d = _wy(k, v, beta, b, BT, True, keys=True, tm_dtype=tm_dtype)
     else:
-        w, u, tm = _wy(k, v, beta, b, BT, True)
+        w, u, tm = _wy(k, v, beta, b, BT, True, tm_dtype=tm_dtype)
     BK = _pow2(K)
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dvl = torch.empty_like(do)
@@ -1797,8 +1949,18 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
         e = torch.empty(B * H, NT, dtype=torch.float32, device=q.device)
     meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "bwd"))
     _delta_bwd_dqk_kernel[(NT, B * H)](q, k, b, w, u, h, gs, do, dq, dk_part, db, y, e, scale, T, NT, H, **meta)
-    _delta_bwd_wy_kernel[(NT, B * H)](k, v, beta, b, tm, h, dvn, dk_part, db, y, e, dk, dv, dbeta, dg,
-                                      T, NT, H, **meta)
+    if split:
+        dw = w  # w is not read after the dqk kernel: its buffer takes dw
+        _delta_bwd_dw_kernel[(NT, B * H)](h, dvn, dw, T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=_prec(q),
+                                          **_launch_opts(cfg, "bwd"))
+        # K tiles of 16: the K loop chains three matmuls a tile; at 32 the kernel took up to 139 registers at 8 warps
+        # on sm_90 (one block per SM with V tiles of 32), at 16 99-128 (two blocks, V tiles of 16 or 32)
+        meta["BK"] = 16
+        _delta_bwd_wy_split_kernel[(NT, B * H)](k, v, beta, b, tm, dvn, dw, dk_part, db, y, e, dk, dv, dbeta, dg,
+                                                T, NT, H, **meta)
+    else:
+        _delta_bwd_wy_kernel[(NT, B * H)](k, v, beta, b, tm, h, dvn, dk_part, db, y, e, dk, dv, dbeta, dg,
+                                          T, NT, H, **meta)
     return dq, dk, dv, dbeta.to(beta.dtype), (None if dg is None else dg.to(g.dtype)), dh0
 
 

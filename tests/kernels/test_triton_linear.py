@@ -244,6 +244,43 @@ def test_gate_paths_split_tiles():
                                                                  "GATED_BWD_BLOCK_V": 16}, seed=8)
 
 
+@pytest.mark.parametrize("gate,gmin,T,chunk,K,V,tile", [
+    (None, -1.0, 37, 16, 16, 32, 16), ("BTH", -1.0, 37, 16, 16, 32, 16), ("BTH", -20.0, 37, 16, 16, 32, 16),
+    (None, -1.0, 40, 32, 32, 32, 16), ("BTH", -3.0, 40, 32, 32, 32, 16)])
+def test_wy_bwd_split(gate, gmin, T, chunk, K, V, tile):
+    """WY_BWD_SPLIT 1: dw by its own kernel, then the UT-transform backward accumulating dL over V and K tiles
+    (one K tile and two V tiles at chunk 16; two of each with K = V = 32 in tiles of 16)."""
+    _compare("delta", gate, T=T, chunk=chunk, K=K, V=V, gmin=gmin, seed=41,
+             config={"WY_BWD_SPLIT": 1, "BWD_BLOCK_V": tile})
+
+
+@pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("BTH", -1.0), ("BTH", -20.0)])
+def test_wy_bwd_split_fp16_matches_default(gate, gmin):
+    """fp16 inputs: the split path keeps Tm in fp16 (the fp32 tests cannot see that rounding); its gradients
+    must be as close to the float64 recurrence as the default path's (both ~5e-4 here)."""
+    gen = torch.Generator().manual_seed(43)
+    B, T, H, K, V = 1, 45, 2, 32, 32
+    x = {"q": torch.randn(B, T, H, K, generator=gen),
+         "k": torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1),
+         "v": torch.randn(B, T, H, V, generator=gen), "beta": torch.rand(B, T, H, generator=gen)}
+    x = {n: t.half() for n, t in x.items()}
+    if gate:
+        x["g"] = torch.rand(B, T, H, generator=gen) * gmin
+    wo = torch.randn(B, T, H, V, generator=gen)
+    ref = {n: t.double().requires_grad_(True) for n, t in x.items()}
+    ro = delta_rule_ref(ref["q"], ref["k"], ref["v"], ref["beta"], ref.get("g"), None, None, False)[0]
+    (ro * wo.double()).sum().backward()
+    errs = []
+    for config in ({}, {"WY_BWD_SPLIT": 1, "BWD_BLOCK_V": 16}):
+        ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+        o, _ = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=16,
+                                  backend="triton", config=config)
+        (o.float() * wo).sum().backward()
+        errs.append({n: _rel(ours[n].grad, ref[n].grad) for n in ours})
+    default, split = errs
+    assert all(split[n] <= 1.1 * default[n] + 1e-4 for n in split), (default, split)
+
+
 @pytest.mark.parametrize("tiles", [{"BLOCK_K": 32, "BLOCK_V": 16}, {"BLOCK_K": 16, "BLOCK_V": 32}])
 @pytest.mark.parametrize("gate", ["H", "BTH"])
 def test_scalar_decay_scan_tiles(tiles, gate):
