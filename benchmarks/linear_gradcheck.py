@@ -64,15 +64,18 @@ def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0, config=No
     ours = {n: t.clone().requires_grad_(n != "g" or gate != "Hfixed") for n, t in x.items()}
     ref = {n: t.detach().double().requires_grad_(ours[n].requires_grad) for n, t in x.items()}
     t0 = time.time()
+
+    def ours_op(t):
+        if op == "delta":
+            return kernels.delta_rule(t["q"], t["k"], t["v"], t["beta"], t.get("g"), chunk_size=chunk,
+                                      initial_state=t["h0"], output_final_state=True, backend="triton", config=config)
+        return kernels.linear_attention(t["q"], t["k"], t["v"], t.get("g"), chunk_size=chunk, initial_state=t["h0"],
+                                        output_final_state=True, backend="triton", config=config)
+
+    o, s = ours_op(ours)
     if op == "delta":
-        o, s = kernels.delta_rule(ours["q"], ours["k"], ours["v"], ours["beta"], ours.get("g"), chunk_size=chunk,
-                                  initial_state=ours["h0"], output_final_state=True, backend="triton",
-                                  config=config)
         ro, rs = delta_rule_ref(ref["q"], ref["k"], ref["v"], ref["beta"], ref.get("g"), None, ref["h0"], True)
     else:
-        o, s = kernels.linear_attention(ours["q"], ours["k"], ours["v"], ours.get("g"), chunk_size=chunk,
-                                        initial_state=ours["h0"], output_final_state=True, backend="triton",
-                                        config=config)
         ro, rs = linear_attention_ref(ref["q"], ref["k"], ref["v"], ref.get("g"), None, ref["h0"], True)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     wo = torch.randn(ro.shape, generator=gen).to(device)
@@ -82,14 +85,7 @@ def check(op, gate, B, T, H, K, V, chunk, dtype, device, gmin, seed=0, config=No
     errs = {"o": _rel(o, ro), "final_state": _rel(s, rs)}
     # the inference forward (no gradient wanted) may take other kernels (FUSED_FWD): check it too
     with torch.no_grad():
-        if op == "delta":
-            o_ng, s_ng = kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), chunk_size=chunk,
-                                            initial_state=x["h0"], output_final_state=True, backend="triton",
-                                            config=config)
-        else:
-            o_ng, s_ng = kernels.linear_attention(x["q"], x["k"], x["v"], x.get("g"), chunk_size=chunk,
-                                                  initial_state=x["h0"], output_final_state=True,
-                                                  backend="triton", config=config)
+        o_ng, s_ng = ours_op(x)
     errs.update({"o_nograd": _rel(o_ng, ro.detach()), "final_state_nograd": _rel(s_ng, rs.detach())})
     grads = {n: t for n, t in ours.items() if t.requires_grad}
     for n in grads:

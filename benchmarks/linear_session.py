@@ -31,6 +31,14 @@ sys.path.insert(0, HERE)
 
 GROUP = {"linear": "linear_attention", "retention": "linear_attention", "mamba2": "linear_attention",
          "gla": "linear_attention", "delta": "delta_rule", "gated_delta": "delta_rule"}
+_GATED, _DELTAS = ("retention", "mamba2"), ("delta", "gated_delta")
+
+
+def _fused(ops=("linear", "retention", "mamba2"), **over):
+    """A candidate of the fused forward (FUSED_FWD 3: every forward takes it) for the ops it changes."""
+    return ("delta_rule" if ops == _DELTAS else "linear_attention", {"FUSED_FWD": 3, **over}, ops)
+
+
 # name -> (group, config over the committed default, the ops whose kernels it changes)
 CANDIDATES = {
     "default": ("both", {}, tuple(GROUP)),
@@ -82,46 +90,29 @@ CANDIDATES = {
     "chunk128": ("both", {"chunk_size": 128}, tuple(GROUP)),
     "chunk32": ("both", {"chunk_size": 32}, tuple(GROUP)),
     "ret_out_w8": ("linear_attention", {"out_num_warps": 8}, ("retention",)),
-    # the scan and the output in one sequential pass (`_fused_fwd_kernel`); FUSED_FWD 2: the fwd column (no grad)
+    # the scan and the output in one sequential pass (`_fused_fwd_kernel`, FUSED_FWD 3): the fwd column (no grad)
     # writes no states, the fwd+bwd column's forward stores h_n for the backward from the same pass
-    "fused_bv32": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 2},
-                   ("linear", "retention", "mamba2")),
-    "fused_bv32_s3": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 3},
-                      ("linear", "retention", "mamba2")),
-    "fused_bv32_s4": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 4},
-                      ("linear", "retention", "mamba2")),
-    "fused_bv32_w8": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 8},
-                      ("linear", "retention", "mamba2")),
-    "fused_bv16": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "fused_num_stages": 2},
-                   ("linear", "retention", "mamba2")),
-    "fused_bv16_s3": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "fused_num_stages": 3},
-                      ("linear", "retention", "mamba2")),
-    "fused_bv64": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 64, "fused_num_stages": 2},
-                   ("linear", "retention", "mamba2")),
-    "fused_bv64_s3": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 64, "fused_num_stages": 3},
-                      ("linear", "retention", "mamba2")),
-    "fused_bv64_w8": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 64, "fused_num_warps": 8},
-                      ("linear", "retention", "mamba2")),
-    "fused_s4_g3": ("linear_attention", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 3},
-                    ("linear", "retention", "mamba2")),
-    "fused_s4_g4": ("linear_attention", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 4},
-                    ("retention", "mamba2")),
-    "fused_s4_g2": ("linear_attention", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 2},
-                    ("retention", "mamba2")),
-    # FUSED_FOLD 2: a fixed decay pivots at the chunk's end, a scalar gate's b_0 / b_last come out of its b tile
+    "fused_bv32": _fused(FUSED_BLOCK_V=32, fused_num_stages=2),
+    "fused_bv32_s3": _fused(FUSED_BLOCK_V=32, fused_num_stages=3),
+    "fused_bv32_s4": _fused(FUSED_BLOCK_V=32, fused_num_stages=4),
+    "fused_bv32_w8": _fused(FUSED_BLOCK_V=32, fused_num_warps=8),
+    "fused_bv16": _fused(FUSED_BLOCK_V=16, fused_num_stages=2),
+    "fused_bv16_s3": _fused(FUSED_BLOCK_V=16, fused_num_stages=3),
+    "fused_bv64": _fused(FUSED_BLOCK_V=64, fused_num_stages=2),
+    "fused_bv64_s3": _fused(FUSED_BLOCK_V=64, fused_num_stages=3),
+    "fused_bv64_w8": _fused(FUSED_BLOCK_V=64, fused_num_warps=8),
+    "fused_s4_g3": _fused(fused_num_stages=4, fused_gated_num_stages=3),
+    "fused_s4_g4": _fused(_GATED, fused_num_stages=4, fused_gated_num_stages=4),
+    "fused_s4_g2": _fused(_GATED, fused_num_stages=4, fused_gated_num_stages=2),
+    # FUSED_FOLD 2: a fixed decay pivots at the chunk's end (other gates as FUSED_FOLD 1)
     "fold2": ("both", {"FUSED_FWD": 3, "FUSED_FOLD": 2}, ("retention", "mamba2", "gated_delta")),
     # the delta rule's scan and output in one pass (after the UT transform)
-    "dfused_s3": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 3, "fused_gated_num_stages": 3},
-                  ("delta", "gated_delta")),
-    "dfused_s4": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 4, "fused_gated_num_stages": 4},
-                  ("delta", "gated_delta")),
-    "dfused_s2": ("delta_rule", {"FUSED_FWD": 3, "fused_num_stages": 2, "fused_gated_num_stages": 2},
-                  ("delta", "gated_delta")),
+    "dfused_s3": _fused(_DELTAS, fused_num_stages=3, fused_gated_num_stages=3),
+    "dfused_s4": _fused(_DELTAS, fused_num_stages=4, fused_gated_num_stages=4),
+    "dfused_s2": _fused(_DELTAS, fused_num_stages=2, fused_gated_num_stages=2),
     # the fused pass with one exponential per score for every sequence (FUSED_FOLD 0)
-    "fused_nofold": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 3,
-                                          "FUSED_FOLD": 0}, ("retention", "mamba2")),
-    "fused_nofold_s4": ("linear_attention", {"FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_stages": 4,
-                                             "FUSED_FOLD": 0}, ("retention", "mamba2")),
+    "fused_nofold": _fused(_GATED, FUSED_BLOCK_V=32, fused_num_stages=3, FUSED_FOLD=0),
+    "fused_nofold_s4": _fused(_GATED, FUSED_BLOCK_V=32, fused_num_stages=4, FUSED_FOLD=0),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),

@@ -1660,6 +1660,21 @@ def _fold_mode(cfg, gate, dtype):
     return cfg.get("FUSED_FOLD", 1) if gate == 1 and dtype != torch.float16 else 0
 
 
+def _fused_gate(g, BT, cfg, dtype):
+    """The gate as the fused pass takes it: (b, flag), b the fixed [H] decay itself or the cumulative gate, flag
+    the per-sequence safe flags when a scalar gate is to be folded (else None)."""
+    if _fixed(g):
+        return g, None
+    if _fold_mode(cfg, _gate_kind(g), dtype):
+        return _chunk_cumsum(g, BT, flags=True)
+    return _chunk_cumsum(g, BT), None
+
+
+def _wants_grad(*tensors) -> bool:
+    """Will a backward follow (grad mode on and an input that requires a gradient)?"""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _takes_fused(cfg, gate, need_grad):
     """Does this forward run `_fused_fwd_kernel` (FUSED_FWD, no or scalar gate)?"""
     mode = cfg.get("FUSED_FWD", 0)
@@ -1723,8 +1738,7 @@ def _linear_forward(q, k, v, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     and the final state."""
     gate = _gate_kind(g)
     if _takes_fused(cfg, gate, need_grad):
-        fold = not _fixed(g) and _fold_mode(cfg, gate, q.dtype) > 0
-        b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (g if _fixed(g) else _chunk_cumsum(g, BT), None)
+        b, flag = _fused_gate(g, BT, cfg, q.dtype)
         return _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, need_grad, want_ht, fixed=_fixed(g), flag=flag)
     if _fixed(g):
         h, ht, _ = _state_fwd(k, v, g, None, h0, BT, cfg, gate, False, want_ht, fixed=True)
@@ -1857,8 +1871,7 @@ def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, out
     if q.dtype == torch.float64:
         raise ValueError("the triton backend takes float32, bfloat16 or float16, not float64")
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0))
-    if not need_grad:  # inference: nothing is saved, and the fused pass (FUSED_FWD >= 1) writes no states
+    if not _wants_grad(q, k, v, g, h0):  # inference: nothing is saved, and the fused pass (FUSED_FWD >= 1) writes no states
         o, _h, ht = _linear_forward(q, k, v, g, h0, scale, chunk_size, cfg, output_final_state, need_grad=False)
         return o, (ht if output_final_state else None)
     o, ht = _LinearAttention.apply(q, k, v, g, h0, scale, chunk_size, cfg, output_final_state)
@@ -1895,8 +1908,7 @@ def _wy(k, v, beta, b, BT, store_tm, keys=False, tm_dtype=torch.float32):
 def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht, need_grad=True):
     gate = _gate_kind(g)
     if _takes_fused(cfg, gate, need_grad):
-        fold = _fold_mode(cfg, gate, q.dtype) > 0
-        b, flag = _chunk_cumsum(g, BT, flags=True) if fold else (_chunk_cumsum(g, BT), None)
+        b, flag = _fused_gate(g, BT, cfg, q.dtype)
         w, u, _ = _wy(k, v, beta, b, BT, False)
         return _fused_fwd(q, k, u, b, h0, scale, BT, cfg, gate, need_grad, want_ht, flag=flag, w=w)
     b = _chunk_cumsum(g, BT)
@@ -1990,7 +2002,7 @@ def delta_rule_triton(q, k, v, beta, g, *, scale, chunk_size, initial_state, out
         raise ValueError(f"delta_rule g must be [B, T, H], got {tuple(g.shape)}")
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
     beta = beta.contiguous()
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, beta, g, h0))):
+    if not _wants_grad(q, k, v, beta, g, h0):
         o, _h, ht = _delta_forward(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state, need_grad=False)
         return o, (ht if output_final_state else None)
     o, ht = _DeltaRule.apply(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state)
