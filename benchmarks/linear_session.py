@@ -113,6 +113,11 @@ CANDIDATES = {
     # the fused pass with one exponential per score for every sequence (FUSED_FOLD 0)
     "fused_nofold": _fused(_GATED, FUSED_BLOCK_V=32, fused_num_stages=3, FUSED_FOLD=0),
     "fused_nofold_s4": _fused(_GATED, FUSED_BLOCK_V=32, fused_num_stages=4, FUSED_FOLD=0),
+    # a data-dependent scalar gate's b / b_0 / b_last loaded one chunk ahead in the fused pass
+    "prefetch": ("both", {"FUSED_FWD": 3, "FUSED_PREFETCH": 1}, ("mamba2", "gated_delta")),
+    "prefetch_fwd": ("both", {"FUSED_PREFETCH": 1}, ("mamba2", "gated_delta")),
+    "prefetch_fold2": ("both", {"FUSED_FWD": 3, "FUSED_PREFETCH": 1, "FUSED_FOLD": 2},
+                       ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
@@ -134,6 +139,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 ] + [(f"fused {c}", c, {"linear_attention": {"FUSED_FWD": 3}}) for c in
        ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH")] + [
     ("fold2", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 2}}),
+    ("prefetch", "linear:BTH,delta:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_PREFETCH": 1},
+                                          "delta_rule": {"FUSED_PREFETCH": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

@@ -123,7 +123,8 @@ _COMMON = {
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2)}
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2),
+          "FUSED_PREFETCH": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "WY_BWD_SPLIT"),
@@ -174,13 +175,13 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
             "WY_BWD_SPLIT": 0, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
-            "fused_gated_num_stages": 3, "FUSED_FOLD": 1}
+            "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -571,7 +572,7 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
                   STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr,
-                  SAFE: tl.constexpr, DELTA: tl.constexpr):
+                  SAFE: tl.constexpr, DELTA: tl.constexpr, PREFETCH: tl.constexpr = 0):
     """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them.
     DELTA: v_ptr holds u and w_ptr w of the UT transform, and the values are v_new = u - w h_n.
 
@@ -579,7 +580,9 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
     exp(b_i - b_j) = exp(b_i - r) exp(r - b_j) about r = (b_0 + b_last) / 2, both factors within exp(+-SAFE/2),
     goes on the rows of v and of o, so that no [BT, BT] score takes an exponential or a product; and
     v exp(b_last - b) = exp(b_last - r) v exp(r - b) feeds the state from the same tile. Else one
-    exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys)."""
+    exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys).
+    PREFETCH (data-dependent scalar gate): chunk n + 1's b, b_0 and b_last are loaded in iteration n, so their
+    latency hides behind a whole chunk's work (Triton pipelines the loads that feed matmuls, not these)."""
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
     kmask = kk < K
@@ -604,6 +607,9 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
         p_f = lg * BT
         v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
         o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
+    if GATE == 1 and not FIXED and PREFETCH:
+        b_nx, bl_nx = _scalar_decay(b_ptr, bh, ii < T, hh, 0, T, BT, FIXED)
+        b0_nx = tl.load(b_ptr + _srow(bh, 0, T))
     for n in range(n_end):
         if STORE_H:
             tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
@@ -638,9 +644,17 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
         elif GATE == 1:
             # (b_0 and b_last by scalar loads: taking them out of the b tile by two reductions measured 1.14x
             # slower for Mamba-2 on the H200, results/h200_session7/fold2)
-            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
+            if PREFETCH:
+                b, b_last, b_0 = b_nx, bl_nx, b0_nx
+                n1 = tl.minimum(n + 1, NT - 1)
+                b_nx, bl_nx = _scalar_decay(b_ptr, bh, n1 * BT + ii < T, hh, n1, T, BT, FIXED)
+                b0_nx = tl.load(b_ptr + _srow(bh, n1 * BT, T))
+            else:
+                b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
+                if FOLD:
+                    b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
             if FOLD:
-                r = (tl.load(b_ptr + _srow(bh, n * BT, T)) + b_last) * 0.5
+                r = (b_0 + b_last) * 0.5
                 v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]
@@ -662,7 +676,8 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
-                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = 1, DELTA: tl.constexpr = False):
+                      SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = 1, DELTA: tl.constexpr = False,
+                      PREFETCH: tl.constexpr = 0):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
     o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v; for the delta
     rule (DELTA) v is v_new = u - w h_n, from the UT transform's w and u.
@@ -694,12 +709,12 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
         else:
             fold = tl.load(flag_ptr + bh)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
-                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA)
+                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA, PREFETCH)
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
-                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA)
+                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH)
     else:
         state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
-                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA)
+                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH)
     if STORE_HT:
         tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
 
@@ -1650,6 +1665,7 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
                                                    BT=BT, BK=_pow2(K), BV=BV, GATE=gate, HAS_H0=h0 is not None,
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
                                                    SAFE=GLA_SAFE_SPAN, FOLD=fold, DELTA=w is not None,
+                                                   PREFETCH=cfg.get("FUSED_PREFETCH", 0),
                                                    **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
 

@@ -401,6 +401,16 @@ def test_fused_fold_end_pivot(T, gmin):
     _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=36)
 
 
+@pytest.mark.parametrize("T", [37, 48])
+@pytest.mark.parametrize("gmin", [-1.0, -8.0, -20.0])
+def test_fused_prefetch(T, gmin):
+    """FUSED_PREFETCH 1: a data-dependent scalar gate's b, b_0 and b_last are loaded one chunk ahead; the last
+    chunk (shorter than the others for T = 37) must not read past its own rows; folded, mixed and exact sequences."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_PREFETCH": 1, "fused_num_stages": 2}
+    _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=37)
+    _compare("delta", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=38)
+
+
 @pytest.mark.parametrize("fixed", [False, True])
 def test_fused_fp16_inputs_stay_finite(fixed):
     """fp16 inputs take the exact loop: folding exp(r - b_j) (up to exp(15) here) onto v would overflow fp16."""
