@@ -107,6 +107,10 @@ _COMMON = {
 #                79-128 registers at 8 warps, V tiles 16-32, 1-3 stages, two blocks per SM, about half the
 #                instructions; 32 KB more traffic per chunk than 0's 144 KB (bf16, chunk 64, K = V = 128: dv_new
 #                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). Not yet timed on a GPU.
+#   SCAN_BWD_SPLIT_K the delta rule's backward scan: 1 = `_delta_state_bwd_kernel`, the state gradient held as
+#                two halves of K ([K / 2, BV] each, q and w loaded transposed; K >= 32), 0 = `_state_bwd_kernel`'s
+#                one [K, BV] tile. H200, K = V = 128, bf16, ungated, kernel alone: 0.772 against 1.285 ms (fla's
+#                0.687), results/h200_session8/probe.
 #   OUT_V_LOOP   no or scalar gate (and the delta rule): 1 = the forward output kernel runs one program per
 #                chunk that forms A once (all of K) and loops over V tiles of OUT_BLOCK_V, as GLA_OUT_FUSED
 #                does for per-channel gates (0: a program per V tile, A formed again in each).
@@ -124,18 +128,18 @@ _COMMON = {
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2),
-          "FUSED_PREFETCH": (0, 1)}
+          "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "WY_BWD_SPLIT"),
-            "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages"),
+            "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
-                   "WY_BWD_SPLIT": (0, 1)},
+                   "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1)},
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -175,13 +179,16 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0,
+                "FUSED_SPLIT_K": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-            "WY_BWD_SPLIT": 0, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 3,
-            "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0}
+            "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4,
+            "fused_num_stages": 3,
+            "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0,
+                "FUSED_SPLIT_K": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -569,11 +576,34 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 
 
 @triton.jit
-def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end, scale, bh, bb, hh, kk, vv,
-                  T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
-                  STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr, FOLD: tl.constexpr,
-                  SAFE: tl.constexpr, DELTA: tl.constexpr, PREFETCH: tl.constexpr = 0):
-    """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them.
+def _rows_dot(x1, x2, s1, s2, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    """x h for a state held whole (s1) or as two halves of K (SPLIT: x1, x2 the matching column halves of x)."""
+    acc = tl.dot(x1, s1.to(x1.dtype), input_precision=PREC)
+    if SPLIT:
+        acc = tl.dot(x2, s2.to(x2.dtype), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _state_step(s, k, v, d, c, PREC: tl.constexpr, FORM: tl.constexpr):
+    """The state (or one half of it) after a chunk: FORM 0, s + k^T v; 1, d s + k^T v; 2, d s + c k^T v."""
+    if FORM == 0:
+        return tl.dot(tl.trans(k), v, s, input_precision=PREC)
+    elif FORM == 1:
+        return tl.dot(tl.trans(k), v, s * d, input_precision=PREC)
+    else:
+        return s * d + c * tl.dot(tl.trans(k), v, input_precision=PREC)
+
+
+@triton.jit
+def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_end, scale, bh, bb, hh, vv,
+                  T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  GATE: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr,
+                  FOLD: tl.constexpr, SAFE: tl.constexpr, DELTA: tl.constexpr, PREFETCH: tl.constexpr,
+                  SPLIT: tl.constexpr):
+    """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them, whole
+    in s1 ([BK, BV]; s2 unused) or (SPLIT) as its two halves of K, s1 and s2 ([BK / 2, BV] each, q, k and w
+    loaded as two column halves): every matmul then has BK / 2 rows or a BK / 2 reduction.
     DELTA: v_ptr holds u and w_ptr w of the UT transform, and the values are v_new = u - w h_n.
 
     FOLD (scalar gate, every chunk's gate moving b by at most SAFE after its first step): the decay
@@ -583,11 +613,12 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
     exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys).
     PREFETCH (data-dependent scalar gate): chunk n + 1's b, b_0 and b_last are loaded in iteration n, so their
     latency hides behind a whole chunk's work (Triton pipelines the loads that feed matmuls, not these)."""
+    HK: tl.constexpr = BK // 2 if SPLIT else BK
+    k1 = tl.arange(0, HK)
+    k2 = HK + k1
     ii = tl.arange(0, BT)
     causal = ii[:, None] >= ii[None, :]
-    kmask = kk < K
     vmask = vv < V
-    kv_offs = kk[:, None] * V + vv[None, :]
     if GATE == 1 and FIXED and FOLD == 1:
         # a fixed decay folds about the same r in every chunk: b_i = (i + 1) g_h (rows past T in the last chunk
         # have q = k = v = 0), so the row factors are computed once; only b_last changes, in the last chunk
@@ -607,44 +638,64 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
         p_f = lg * BT
         v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
         o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
-    if GATE == 1 and not FIXED and PREFETCH:
+    PRE_LOAD: tl.constexpr = GATE == 1 and not FIXED and PREFETCH
+    if PRE_LOAD:
         b_nx, bl_nx = _scalar_decay(b_ptr, bh, ii < T, hh, 0, T, BT, FIXED)
         b0_nx = tl.load(b_ptr + _srow(bh, 0, T))
     for n in range(n_end):
         if STORE_H:
-            tl.store(h_ptr + (bh.to(tl.int64) * NT + n) * K * V + kv_offs,
-                     state.to(h_ptr.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
+            h_at = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
+            tl.store(h_at + k1[:, None] * V + vv[None, :], s1.to(h_ptr.dtype.element_ty),
+                     mask=(k1 < K)[:, None] & vmask[None, :])
+            if SPLIT:
+                tl.store(h_at + k2[:, None] * V + vv[None, :], s2.to(h_ptr.dtype.element_ty),
+                         mask=(k2 < K)[:, None] & vmask[None, :])
         rows = n * BT + ii
         rmask = rows < T
         tok = (bb * T + rows).to(tl.int64) * H + hh
-        m_k = rmask[:, None] & kmask[None, :]
+        m_1 = rmask[:, None] & (k1 < K)[None, :]
+        m_2 = rmask[:, None] & (k2 < K)[None, :]
         m_v = rmask[:, None] & vmask[None, :]
-        q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-        k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+        q1 = tl.load(q_ptr + tok[:, None] * K + k1[None, :], mask=m_1, other=0)
+        ka = tl.load(k_ptr + tok[:, None] * K + k1[None, :], mask=m_1, other=0)
+        q2 = q1
+        kb = ka
+        if SPLIT:
+            q2 = tl.load(q_ptr + tok[:, None] * K + k2[None, :], mask=m_2, other=0)
+            kb = tl.load(k_ptr + tok[:, None] * K + k2[None, :], mask=m_2, other=0)
         v_t = tl.load(v_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
         if DELTA:
-            w_t = tl.load(w_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
-            v_t = (v_t.to(tl.float32) - tl.dot(w_t, state.to(w_t.dtype), input_precision=PREC)).to(v_t.dtype)
-        att = tl.where(causal, tl.dot(q_t, tl.trans(k_t), input_precision=PREC), 0)
-        acc = tl.dot(q_t, state.to(q_t.dtype), input_precision=PREC)
+            w1 = tl.load(w_ptr + tok[:, None] * K + k1[None, :], mask=m_1, other=0)
+            w2 = w1
+            if SPLIT:
+                w2 = tl.load(w_ptr + tok[:, None] * K + k2[None, :], mask=m_2, other=0)
+            v_t = (v_t.to(tl.float32) - _rows_dot(w1, w2, s1, s2, PREC, SPLIT)).to(v_t.dtype)
+        att = tl.dot(q1, tl.trans(ka), input_precision=PREC)
+        if SPLIT:
+            att = tl.dot(q2, tl.trans(kb), att, input_precision=PREC)
+        att = tl.where(causal, att, 0)
+        acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
         if GATE == 1 and FIXED and FOLD == 2:
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
             d = tl.exp(b_last)
             s_last = tl.exp(b_last - p_f)  # 1 but in a last chunk shorter than BT
-            v_s = (v_t * (v_fac * s_last)[:, None]).to(v_t.dtype)
-            acc = tl.dot(att.to(v_t.dtype), v_s, acc * d, input_precision=PREC)
+            v_x = (v_t * (v_fac * s_last)[:, None]).to(v_t.dtype)
+            acc = tl.dot(att.to(v_t.dtype), v_x, acc * d, input_precision=PREC)
             acc = acc * (o_fac / s_last)[:, None]
-            state = tl.dot(tl.trans(k_t), v_s, state * d, input_precision=PREC)
+            c = 1.0
+            FORM: tl.constexpr = 1
         elif GATE == 1 and FIXED and FOLD == 1:
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
-            v_a = (v_t * v_fac[:, None]).to(v_t.dtype)
-            acc = acc * e_r + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
+            v_x = (v_t * v_fac[:, None]).to(v_t.dtype)
+            acc = acc * e_r + tl.dot(att.to(v_t.dtype), v_x, input_precision=PREC)
             acc = acc * o_fac[:, None]
-            state = state * tl.exp(b_last) + tl.exp(b_last - r_f) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
+            d = tl.exp(b_last)
+            c = tl.exp(b_last - r_f)
+            FORM: tl.constexpr = 2
         elif GATE == 1:
             # (b_0 and b_last by scalar loads: taking them out of the b tile by two reductions measured 1.14x
             # slower for Mamba-2 on the H200, results/h200_session7/fold2)
-            if PREFETCH:
+            if PRE_LOAD:
                 b, b_last, b_0 = b_nx, bl_nx, b0_nx
                 n1 = tl.minimum(n + 1, NT - 1)
                 b_nx, bl_nx = _scalar_decay(b_ptr, bh, n1 * BT + ii < T, hh, n1, T, BT, FIXED)
@@ -653,22 +704,31 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, n_end,
                 b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
                 if FOLD:
                     b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
+            d = tl.exp(b_last)
             if FOLD:
                 r = (b_0 + b_last) * 0.5
-                v_a = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
-                acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_a, input_precision=PREC)
+                v_x = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
+                acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_x, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]
-                state = state * tl.exp(b_last) + tl.exp(b_last - r) * tl.dot(tl.trans(k_t), v_a, input_precision=PREC)
+                c = tl.exp(b_last - r)
+                FORM: tl.constexpr = 2
             else:
                 att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
                 acc = acc * tl.exp(b)[:, None] + tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
-                v_s = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
-                state = state * tl.exp(b_last) + tl.dot(tl.trans(k_t), v_s, input_precision=PREC)
+                v_x = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+                c = 1.0
+                FORM: tl.constexpr = 1
         else:
             acc += tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
-            state += tl.dot(tl.trans(k_t), v_t, input_precision=PREC)
+            v_x = v_t
+            d = 1.0
+            c = 1.0
+            FORM: tl.constexpr = 0
+        s1 = _state_step(s1, ka, v_x, d, c, PREC, FORM)
+        if SPLIT:
+            s2 = _state_step(s2, kb, v_x, d, c, PREC, FORM)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
-    return state
+    return s1, s2
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -677,15 +737,15 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
                       SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = 1, DELTA: tl.constexpr = False,
-                      PREFETCH: tl.constexpr = 0):
+                      PREFETCH: tl.constexpr = 0, SPLIT: tl.constexpr = False):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
     o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v; for the delta
     rule (DELTA) v is v_new = u - w h_n, from the UT transform's w and u.
 
     The state never leaves registers unless STORE_H (a forward that a backward follows stores h_n, as
-    `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K and a V tile,
-    so q k^T is formed once per V tile: the chunk-parallel output kernel forms it once per chunk, but reads h_n
-    back, which at K = V = 128 and chunk 64 is as many bytes as q and k together.
+    `_state_fwd_kernel` does); without it the forward writes only o. One program holds all of K (SPLIT: as two
+    halves) and a V tile, so q k^T is formed once per V tile: the chunk-parallel output kernel forms it once
+    per chunk, but reads h_n back, which at K = V = 128 and chunk 64 is as many bytes as q and k together.
 
     Scalar gates with FOLD: a sequence whose chunks are all safe (flag_ptr[bh] from `_chunk_cumsum_kernel`;
     for a fixed decay, (BT - 1) |g_h| <= SAFE) runs the folded loop, any other the exact one. Both loops are
@@ -695,28 +755,40 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
     bh = tl.program_id(1)
     bb = bh // H
     hh = bh % H
-    kk = tl.arange(0, BK)
+    HK: tl.constexpr = BK // 2 if SPLIT else BK
+    k1 = tl.arange(0, HK)
+    k2 = HK + k1
     vv = iv * BV + tl.arange(0, BV)
-    kvmask = (kk < K)[:, None] & (vv < V)[None, :]
-    kv_offs = kk[:, None] * V + vv[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
+    vmask = vv < V
+    m1 = (k1 < K)[:, None] & vmask[None, :]
+    m2 = (k2 < K)[:, None] & vmask[None, :]
+    o1 = bh.to(tl.int64) * K * V + k1[:, None] * V + vv[None, :]
+    o2 = bh.to(tl.int64) * K * V + k2[:, None] * V + vv[None, :]
+    s1 = tl.zeros([HK, BV], dtype=tl.float32)
+    s2 = tl.zeros([HK, BV], dtype=tl.float32)
     if HAS_H0:
-        state += tl.load(h0_ptr + bh.to(tl.int64) * K * V + kv_offs, mask=kvmask, other=0).to(tl.float32)
+        s1 += tl.load(h0_ptr + o1, mask=m1, other=0).to(tl.float32)
+        if SPLIT:
+            s2 += tl.load(h0_ptr + o2, mask=m2, other=0).to(tl.float32)
     if GATE == 1 and FOLD > 0:
         if FIXED:
             lim = SAFE * 0.5 if FOLD == 2 else SAFE
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
         else:
             fold = tl.load(flag_ptr + bh)
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * fold, scale, bh, bb, hh, kk,
-                              vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA, PREFETCH)
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT * (1 - fold), scale, bh, bb, hh,
-                              kk, vv, T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT * fold, scale, bh, bb,
+                               hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
+                               PREFETCH, SPLIT)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT * (1 - fold), scale, bh,
+                               bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
+                               PREFETCH, SPLIT)
     else:
-        state = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, state, NT, scale, bh, bb, hh, kk, vv,
-                              T, NT, H, K, V, BT, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT, scale, bh, bb, hh, vv,
+                               T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH, SPLIT)
     if STORE_HT:
-        tl.store(ht_ptr + bh.to(tl.int64) * K * V + kv_offs, state, mask=kvmask)
+        tl.store(ht_ptr + o1, s1, mask=m1)
+        if SPLIT:
+            tl.store(ht_ptr + o2, s2, mask=m2)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -838,6 +910,83 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
         dstate = dnext + scale * tl.dot(tl.trans(q_t), do_t, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0_ptr + bh.to(tl.int64) * K * V + kv_offs, dstate, mask=kvmask)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'H'])
+def _delta_state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_ptr, gs_ptr, dvn_ptr,
+                            scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                            BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr,
+                            STORE_DH0: tl.constexpr, PREC: tl.constexpr, PRE: tl.constexpr = False):
+    """The delta rule's backward scan (`_state_bwd_kernel` with DELTA) holding the state gradient as two
+    [BK / 2, BV] halves of K, with q and w loaded as [BK / 2, BT] tiles (their transposes): every matmul has
+    BK / 2 rows or a BK / 2 reduction. H200, K = 128, bf16: 0.60x the time of the [BK, BV] form
+    (benchmarks/delta_scan_probe.py, results/h200_session8). Same stores: G_n, dv_new, dh0; same gates as there
+    (PRE: q_ptr holds q exp(b), k_ptr k exp(b_last - b), b_ptr exp(b_last) per chunk)."""
+    iv = tl.program_id(0)
+    bh = tl.program_id(1)
+    bb = bh // H
+    hh = bh % H
+    HK: tl.constexpr = BK // 2
+    k1 = tl.arange(0, HK)
+    k2 = HK + k1
+    vv = iv * BV + tl.arange(0, BV)
+    ii = tl.arange(0, BT)
+    vmask = vv < V
+    m1 = (k1 < K)[:, None] & vmask[None, :]
+    m2 = (k2 < K)[:, None] & vmask[None, :]
+    o1 = k1[:, None] * V + vv[None, :]
+    o2 = k2[:, None] * V + vv[None, :]
+    d1 = tl.zeros([HK, BV], dtype=tl.float32)
+    d2 = tl.zeros([HK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        d1 += tl.load(dht_ptr + bh.to(tl.int64) * K * V + o1, mask=m1, other=0).to(tl.float32)
+        d2 += tl.load(dht_ptr + bh.to(tl.int64) * K * V + o2, mask=m2, other=0).to(tl.float32)
+    if PRE:
+        d_next = tl.load(b_ptr + bh.to(tl.int64) * NT + NT - 1)
+    # token offsets stepped from one base (no int64 product of the chunk index per row: 0.97x in the probe)
+    base = (bb * T).to(tl.int64) * H + hh
+    for i in range(NT):
+        n = NT - 1 - i
+        if PRE:
+            decay = d_next
+            d_next = tl.load(b_ptr + bh.to(tl.int64) * NT + tl.maximum(n - 1, 0))
+        g_at = gs_ptr + (bh.to(tl.int64) * NT + n) * K * V
+        tl.store(g_at + o1, d1.to(gs_ptr.dtype.element_ty), mask=m1)
+        tl.store(g_at + o2, d2.to(gs_ptr.dtype.element_ty), mask=m2)
+        rows = n * BT + ii
+        rmask = rows < T
+        tok = base + n.to(tl.int64) * (BT * H) + ii * H
+        m_v = rmask[:, None] & vmask[None, :]
+        ka = tl.load(k_ptr + tok[:, None] * K + k1[None, :], mask=rmask[:, None] & (k1 < K)[None, :], other=0)
+        kb = tl.load(k_ptr + tok[:, None] * K + k2[None, :], mask=rmask[:, None] & (k2 < K)[None, :], other=0)
+        if GATE == 1 and not PRE:
+            b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, False)
+            k_fac = tl.exp(tl.minimum(b_last - b, 0))[:, None]
+            ka = (ka * k_fac).to(k_ptr.dtype.element_ty)
+            kb = (kb * k_fac).to(k_ptr.dtype.element_ty)
+            decay = tl.exp(b_last)
+        dv = tl.dot(ka, d1.to(ka.dtype), input_precision=PREC)
+        dv = tl.dot(kb, d2.to(kb.dtype), dv, input_precision=PREC)
+        dv += tl.load(dvl_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0).to(tl.float32)
+        tl.store(dvn_ptr + tok[:, None] * V + vv[None, :], dv.to(dvn_ptr.dtype.element_ty), mask=m_v)
+        dvb = dv.to(ka.dtype)
+        do_t = tl.load(do_ptr + tok[:, None] * V + vv[None, :], mask=m_v, other=0)
+        q1 = tl.load(q_ptr + tok[None, :] * K + k1[:, None], mask=(k1 < K)[:, None] & rmask[None, :], other=0)
+        w1 = tl.load(w_ptr + tok[None, :] * K + k1[:, None], mask=(k1 < K)[:, None] & rmask[None, :], other=0)
+        q2 = tl.load(q_ptr + tok[None, :] * K + k2[:, None], mask=(k2 < K)[:, None] & rmask[None, :], other=0)
+        w2 = tl.load(w_ptr + tok[None, :] * K + k2[:, None], mask=(k2 < K)[:, None] & rmask[None, :], other=0)
+        if GATE == 1 and not PRE:
+            q_fac = tl.exp(b)[None, :]
+            q1 = (q1 * q_fac).to(q_ptr.dtype.element_ty)
+            q2 = (q2 * q_fac).to(q_ptr.dtype.element_ty)
+        if GATE == 1:
+            d1 = d1 * decay
+            d2 = d2 * decay
+        d1 += scale * tl.dot(q1, do_t, input_precision=PREC) - tl.dot(w1, dvb, input_precision=PREC)
+        d2 += scale * tl.dot(q2, do_t, input_precision=PREC) - tl.dot(w2, dvb, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0_ptr + bh.to(tl.int64) * K * V + o1, d1, mask=m1)
+        tl.store(dh0_ptr + bh.to(tl.int64) * K * V + o2, d2, mask=m2)
 
 
 @triton.jit
@@ -1666,6 +1815,7 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
                                                    STORE_H=store_h, STORE_HT=want_ht, PREC=_prec(q), FIXED=fixed,
                                                    SAFE=GLA_SAFE_SPAN, FOLD=fold, DELTA=w is not None,
                                                    PREFETCH=cfg.get("FUSED_PREFETCH", 0),
+                                                   SPLIT=bool(cfg.get("FUSED_SPLIT_K", 0)) and _pow2(K) >= 32,
                                                    **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
 
@@ -1737,6 +1887,12 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, 
     gs = torch.empty(B, H, NT, K, V, dtype=q.dtype, device=q.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
     dvn = torch.empty_like(do) if delta else None
+    if delta and cfg.get("SCAN_BWD_SPLIT_K", 0) and BK >= 32 and not fixed:
+        _delta_state_bwd_kernel[(triton.cdiv(V, BV), B * H)](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT,
+                                                             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+                                                             HAS_DHT=dht is not None, STORE_DH0=want_dh0,
+                                                             PREC=_prec(q), PRE=pre, **_launch_opts(cfg, "scan_bwd"))
+        return gs, dh0, dvn
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
                             BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,

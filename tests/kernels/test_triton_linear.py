@@ -401,6 +401,30 @@ def test_fused_fold_end_pivot(T, gmin):
     _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=36)
 
 
+@pytest.mark.parametrize("split", [0, 1])
+@pytest.mark.parametrize("K,prep", [(32, 2), (48, 0), (64, 2)])
+@pytest.mark.parametrize("gate", [None, "BTH"])
+def test_delta_backward_scan_split_k(split, K, prep, gate):
+    """SCAN_BWD_SPLIT_K: the backward scan's state gradient in two halves of K (K = 48: the second half is
+    partly past K), with the gate's operands precomputed (PREP_SCALAR 2) or scaled inside the loop (0)."""
+    config = {"SCAN_BWD_SPLIT_K": split, "PREP_SCALAR": prep}
+    _compare("delta", gate, T=37, chunk=16, K=K, V=16, gmin=-3.0, config=config, seed=39)
+
+
+@pytest.mark.parametrize("K", [32, 48])
+@pytest.mark.parametrize("gate,gmin,fold", [(None, -1.0, 1), ("H", -1.0, 1), ("H", -1.0, 2), ("H", -20.0, 1),
+                                            ("BTH", -1.0, 1), ("BTH", -8.0, 1), ("BTH", -3.0, 0)])
+def test_fused_split_k(K, gate, gmin, fold):
+    """FUSED_SPLIT_K: the fused pass holds the state as two halves of K (K = 48: the second half partly past K)
+    on every loop form (no gate, fixed decay folded about the middle or the end, exact, data-dependent gate
+    folded, mixed, exact), for linear attention and the delta rule, training forward and backward."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_SPLIT_K": 1, "FUSED_FOLD": fold, "fused_num_stages": 2,
+              "FUSED_PREFETCH": 1}
+    _compare("linear", gate, T=37, chunk=16, K=K, V=16, gmin=gmin, config=config, grad_g=gate != "H", seed=40)
+    if gate != "H":
+        _compare("delta", gate, T=37, chunk=16, K=K, V=16, gmin=gmin, config=config, seed=41)
+
+
 @pytest.mark.parametrize("T", [37, 48])
 @pytest.mark.parametrize("gmin", [-1.0, -8.0, -20.0])
 def test_fused_prefetch(T, gmin):
