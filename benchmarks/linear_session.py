@@ -135,6 +135,13 @@ CANDIDATES = {
     "dscan_split_off": ("delta_rule", {"SCAN_BWD_SPLIT_K": 0}, ("delta", "gated_delta")),
     "dscan_split_s4": ("delta_rule", {"scan_bwd_num_stages": 4}, ("delta", "gated_delta")),
     "dscan_split_s2": ("delta_rule", {"scan_bwd_num_stages": 2}, ("delta", "gated_delta")),
+    # the backward forms Tm again instead of taking the forward's (before SAVE_TM)
+    "save_tm_off": ("delta_rule", {"SAVE_TM": 0}, ("delta", "gated_delta")),
+    "dbwd_w4": ("delta_rule", {"bwd_num_warps": 4}, ("delta", "gated_delta")),
+    "dbwd_s2": ("delta_rule", {"bwd_num_stages": 2}, ("delta", "gated_delta")),
+    "dbwd_s4": ("delta_rule", {"bwd_num_stages": 4}, ("delta", "gated_delta")),
+    "dbwd_bv64": ("delta_rule", {"BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
+    "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),

@@ -107,6 +107,10 @@ _COMMON = {
 #                79-128 registers at 8 warps, V tiles 16-32, 1-3 stages, two blocks per SM, about half the
 #                instructions; 32 KB more traffic per chunk than 0's 144 KB (bf16, chunk 64, K = V = 128: dv_new
 #                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). Not yet timed on a GPU.
+#   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
+#                ([B*H, T, BT] fp32, a quarter of the per-chunk states at K = V = 128, chunk 64; fla keeps its A
+#                too), and the backward forms w and u from it instead of inverting again (no `_ut_diag_kernel`,
+#                no doubling matmuls); 0 = the backward forms Tm again.
 #   SCAN_BWD_SPLIT_K the delta rule's backward scan: 1 = `_delta_state_bwd_kernel`, the state gradient held as
 #                two halves of K ([K / 2, BV] each, q and w loaded transposed; K >= 32), 0 = `_state_bwd_kernel`'s
 #                one [K, BV] tile. H200, K = V = 128, bf16, ungated, kernel alone: 0.772 against 1.285 ms (fla's
@@ -123,8 +127,12 @@ _COMMON = {
 #                FUSED_FOLD (scalar gates): 1 = a sequence whose every chunk's decay spans at most GLA_SAFE_SPAN
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
 #                2 = the same, but a fixed decay with (BT - 1) |g_h| <= GLA_SAFE_SPAN / 2 pivots at the chunk's end
-#                (H200: RetNet fwd 0.978x of 1, not yet gradient-checked there, so not the default);
+#                (H200: RetNet fwd 0.978x / 0.975x of 1 in sessions 7 / 8, gradient-checked there in session 8);
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
+#                FUSED_PREFETCH (data-dependent scalar gates): 1 = b, b_0 and b_last of chunk n + 1 are loaded in
+#                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
+#                FUSED_SPLIT_K: 1 = the state held as two halves of K (H200: linear fwd 1.10x, delta 1.03x,
+#                gated delta 0.96x of 0; not the default).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2),
@@ -139,7 +147,7 @@ CONFIG_SPACE = {
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
-                   "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1)},
+                   "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
 SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks formed elementwise)
 # Per-channel gates: a chunk whose cumulative gate spans at most this (in every channel) forms its
@@ -179,15 +187,15 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0,
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
                 "FUSED_SPLIT_K": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-            "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4,
+            "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4,
             "fused_num_stages": 3,
-            "fused_gated_num_stages": 3, "FUSED_FOLD": 1, "FUSED_PREFETCH": 0,
+            "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
                 "FUSED_SPLIT_K": 0}
 
 
@@ -1285,11 +1293,12 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr, k
                    T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, LOG2NB: tl.constexpr,
                    GATE: tl.constexpr, STORE_TM: tl.constexpr, PREC: tl.constexpr,
-                   STORE_KD: tl.constexpr = False):
+                   STORE_KD: tl.constexpr = False, LOAD_TM: tl.constexpr = False):
     """UT transform of one chunk: Tm = (I + L)^-1 with L = strict_tril(beta_i k_i.k_j exp(b_i - b_j)),
     w = Tm (beta exp(b) k), u = Tm (beta v). The inverses of the diagonal blocks come from
     `_ut_diag_kernel` (d_ptr). STORE_KD (gated): also the keys as they enter the next state,
-    k exp(b_last - b), and exp(b_last) per chunk, for the scans' PRE path (PREP_SCALAR)."""
+    k exp(b_last - b), and exp(b_last) per chunk, for the scans' PRE path (PREP_SCALAR).
+    LOAD_TM: Tm is read from tm_ptr (stored by the forward, SAVE_TM) instead of formed (d_ptr unused)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -1306,12 +1315,16 @@ def _wy_fwd_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, d_ptr, w_ptr, u_ptr, tm_ptr, k
     # (I + L)^-1 in two steps. (1) D^-1, the inverse of the block diagonal I + L_blockdiag, is loaded
     # (formed by `_ut_diag_kernel`). (2) With M = D^-1 L_offdiag (strictly block-lower, M^NB = 0):
     # (I + L)^-1 = (I + M)^-1 D^-1 = (I - M)(I + M^2)(I + M^4)... D^-1, a few matmuls.
-    same_blk = (ii[:, None] // BC) == (ii[None, :] // BC)
-    tm = tl.load(d_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BC + (ii % BC)[None, :],
-                 mask=rmask[:, None] & same_blk, other=0)
     if GATE == 1:
         b = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
-    if LOG2NB > 0:
+    if LOAD_TM:
+        tm = tl.load(tm_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None],
+                     other=0).to(tl.float32)
+    else:
+        same_blk = (ii[:, None] // BC) == (ii[None, :] // BC)
+        tm = tl.load(d_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BC + (ii % BC)[None, :],
+                     mask=rmask[:, None] & same_blk, other=0)
+    if LOG2NB > 0 and not LOAD_TM:
         kkt = tl.dot(k_t, tl.trans(k_t), input_precision=PREC)
         off = (ii[:, None] // BC) > (ii[None, :] // BC)
         if GATE == 1:
@@ -2054,9 +2067,10 @@ def linear_attention_triton(q, k, v, g, *, scale, chunk_size, initial_state, out
 # delta rule
 # --------------------------------------------------------------------------------------------
 
-def _wy(k, v, beta, b, BT, store_tm, keys=False, tm_dtype=torch.float32):
+def _wy(k, v, beta, b, BT, store_tm, keys=False, tm_dtype=torch.float32, tm_in=None):
     """w, u (and Tm in tm_dtype with store_tm) of the UT transform; keys (gated): also the decayed keys and
-    exp(b_last) per chunk for the scans' PRE path, returned as (w, u, tm, kd, d)."""
+    exp(b_last) per chunk for the scans' PRE path, returned as (w, u, tm, kd, d). tm_in: Tm as a forward with
+    SAVE_TM stored it; w and u are formed from it (no diagonal inverses, no doubling) and it is returned as tm."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     w = torch.empty_like(k)
@@ -2065,37 +2079,48 @@ def _wy(k, v, beta, b, BT, store_tm, keys=False, tm_dtype=torch.float32):
     keys = keys and gate == 1
     kd = torch.empty_like(k) if keys else None
     dl = torch.empty(B * H, triton.cdiv(T, BT), dtype=torch.float32, device=k.device) if keys else None
-    dinv = torch.empty(B * H, T, SUB_BLOCK, dtype=torch.float32, device=k.device)
-    _ut_diag_kernel[(triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)](k, beta, b, dinv, T, H=H, K=K, BT=BT,
-                                                                    BC=SUB_BLOCK, BK=_pow2(K), GATE=gate,
-                                                                    PREC=_prec(k), num_warps=1)
-    tm = torch.empty(B * H, T, BT, dtype=tm_dtype, device=k.device) if store_tm else None
+    if tm_in is None:
+        dinv = torch.empty(B * H, T, SUB_BLOCK, dtype=torch.float32, device=k.device)
+        _ut_diag_kernel[(triton.cdiv(T, BT) * (BT // SUB_BLOCK), B * H)](k, beta, b, dinv, T, H=H, K=K, BT=BT,
+                                                                        BC=SUB_BLOCK, BK=_pow2(K), GATE=gate,
+                                                                        PREC=_prec(k), num_warps=1)
+        tm = torch.empty(B * H, T, BT, dtype=tm_dtype, device=k.device) if store_tm else None
+    else:
+        dinv, tm, store_tm = None, tm_in, False
     _wy_fwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, b, dinv, w, u, tm, kd, dl, T, H=H, K=K, V=V, BT=BT,
                                                 BK=_pow2(K), BV=min(64, _pow2(V)), BC=SUB_BLOCK,
                                                 LOG2NB=(BT // SUB_BLOCK).bit_length() - 1, GATE=gate,
-                                                STORE_TM=store_tm, PREC=_prec(k), STORE_KD=keys, num_warps=4)
+                                                STORE_TM=store_tm, PREC=_prec(k), STORE_KD=keys,
+                                                LOAD_TM=tm_in is not None, num_warps=4)
     return (w, u, tm, kd, dl) if keys else (w, u, tm)
 
 
+def _saves_tm(cfg, need_grad):
+    """Does the forward keep Tm for the backward (SAVE_TM; not for WY_BWD_SPLIT, which takes it in bf16)?"""
+    return need_grad and bool(cfg.get("SAVE_TM", 0)) and not cfg.get("WY_BWD_SPLIT", 0)
+
+
 def _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht, need_grad=True):
+    """o, h (None when no backward follows and the fused pass ran), the final state, and Tm (SAVE_TM, else None)."""
     gate = _gate_kind(g)
+    save_tm = _saves_tm(cfg, need_grad)
     if _takes_fused(cfg, gate, need_grad):
         b, flag = _fused_gate(g, BT, cfg, q.dtype)
-        w, u, _ = _wy(k, v, beta, b, BT, False)
-        return _fused_fwd(q, k, u, b, h0, scale, BT, cfg, gate, need_grad, want_ht, flag=flag, w=w)
+        w, u, tm = _wy(k, v, beta, b, BT, save_tm)
+        return (*_fused_fwd(q, k, u, b, h0, scale, BT, cfg, gate, need_grad, want_ht, flag=flag, w=w), tm)
     b = _chunk_cumsum(g, BT)
     if _use_prep(cfg, gate, backward=False):
-        w, u, _, kd, d = _wy(k, v, beta, b, BT, False, keys=True)
+        w, u, tm, kd, d = _wy(k, v, beta, b, BT, save_tm, keys=True)
         h, ht, vnew = _state_fwd(kd, u, d, w, h0, BT, cfg, gate, True, want_ht, pre=True)
         del kd
     else:
-        w, u, _ = _wy(k, v, beta, b, BT, False)
+        w, u, tm = _wy(k, v, beta, b, BT, save_tm)
         h, ht, vnew = _state_fwd(k, u, b, w, h0, BT, cfg, gate, True, want_ht)
     o = _out_fwd(q, k, vnew, b, h, None, scale, BT, cfg, gate)
-    return o, h, ht
+    return o, h, ht, tm
 
 
-def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
+def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0, tm=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -2106,9 +2131,9 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
     # the split kernels take Tm only as a matmul operand, in the inputs' dtype (as the forward's w and u took it)
     tm_dtype = k.dtype if split else torch.float32
     if pre:
-        w, u, tm, kd, d = _wy(k, v, beta, b, BT, True, keys=True, tm_dtype=tm_dtype)
+        w, u, tm, kd, d = _wy(k, v, beta, b, BT, True, keys=True, tm_dtype=tm_dtype, tm_in=tm)
     else:
-        w, u, tm = _wy(k, v, beta, b, BT, True, tm_dtype=tm_dtype)
+        w, u, tm = _wy(k, v, beta, b, BT, True, tm_dtype=tm_dtype, tm_in=tm)
     BK = _pow2(K)
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dvl = torch.empty_like(do)
@@ -2151,18 +2176,18 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0):
 class _DeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, scale, BT, cfg, want_ht):
-        o, h, ht = _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht)
-        ctx.save_for_backward(q, k, v, beta, g, h)
+        o, h, ht, tm = _delta_forward(q, k, v, beta, g, h0, scale, BT, cfg, want_ht)
+        ctx.save_for_backward(q, k, v, beta, g, h, tm)
         ctx.meta = (scale, BT, cfg, h0 is not None, want_ht)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, g, h = ctx.saved_tensors
+        q, k, v, beta, g, h, tm = ctx.saved_tensors
         scale, BT, cfg, has_h0, want_ht = ctx.meta
         dht = None if dht is None or not want_ht else dht.contiguous().float()
         dq, dk, dv, dbeta, dg, dh0 = _delta_backward(q, k, v, beta, g, h, do.contiguous(), dht, scale, BT, cfg,
-                                                     has_h0)
+                                                     has_h0, tm=tm)
         return dq, dk, dv, dbeta, dg, dh0, None, None, None, None
 
 
@@ -2175,7 +2200,8 @@ def delta_rule_triton(q, k, v, beta, g, *, scale, chunk_size, initial_state, out
     q, k, v, g, h0, scale, cfg = _prepare(q, k, v, g, initial_state, scale, chunk_size, config)
     beta = beta.contiguous()
     if not _wants_grad(q, k, v, beta, g, h0):
-        o, _h, ht = _delta_forward(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state, need_grad=False)
+        o, _h, ht, _tm = _delta_forward(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state,
+                                       need_grad=False)
         return o, (ht if output_final_state else None)
     o, ht = _DeltaRule.apply(q, k, v, beta, g, h0, scale, chunk_size, cfg, output_final_state)
     return o, (ht if output_final_state else None)

@@ -425,6 +425,27 @@ def test_fused_split_k(K, gate, gmin, fold):
         _compare("delta", gate, T=37, chunk=16, K=K, V=16, gmin=gmin, config=config, seed=41)
 
 
+@pytest.mark.parametrize("save", [0, 1])
+@pytest.mark.parametrize("fused,prep", [(3, 2), (0, 2), (0, 0), (3, 1)])
+@pytest.mark.parametrize("gate", [None, "BTH"])
+def test_delta_saved_tm(save, fused, prep, gate):
+    """SAVE_TM: the backward forms w and u from the forward's Tm (fused forward or the scan + output path, the
+    gate's operands precomputed or not) and must equal the float64 recurrence as when it inverts again."""
+    config = {"SAVE_TM": save, "FUSED_FWD": fused, "PREP_SCALAR": prep, "FUSED_BLOCK_V": 16,
+              "fused_num_stages": 2}
+    _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=-3.0, config=config, seed=42)
+
+
+def test_delta_saved_tm_is_used(interpreter, monkeypatch):
+    """With SAVE_TM the backward's UT transform takes the saved Tm (no diagonal inverses); without it it forms Tm."""
+    seen = []
+    real = interpreter._wy
+    monkeypatch.setattr(interpreter, "_wy", lambda *a, **kw: seen.append(kw.get("tm_in") is not None) or real(*a, **kw))
+    for save in (1, 0):
+        _compare("delta", None, T=20, chunk=16, K=16, V=16, config={"SAVE_TM": save}, seed=43)
+    assert seen == [False, True, False, False]  # forward, backward (saved Tm); forward, backward (formed again)
+
+
 @pytest.mark.parametrize("T", [37, 48])
 @pytest.mark.parametrize("gmin", [-1.0, -8.0, -20.0])
 def test_fused_prefetch(T, gmin):
