@@ -141,6 +141,12 @@ CANDIDATES = {
     "dbwd_s2": ("delta_rule", {"bwd_num_stages": 2}, ("delta", "gated_delta")),
     "dbwd_s4": ("delta_rule", {"bwd_num_stages": 4}, ("delta", "gated_delta")),
     "dbwd_bv64": ("delta_rule", {"BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
+    # around bwd_num_warps 4 (session 8: 0.944x / 0.961x of 8 warps for delta / gated delta fwd+bwd)
+    "dbwd_w8": ("delta_rule", {"bwd_num_warps": 8}, ("delta", "gated_delta")),
+    "dbwd_w4_bv64": ("delta_rule", {"bwd_num_warps": 4, "BWD_BLOCK_V": 64}, ("delta", "gated_delta")),
+    "dbwd_w4_bv16": ("delta_rule", {"bwd_num_warps": 4, "BWD_BLOCK_V": 16}, ("delta", "gated_delta")),
+    "dbwd_w4_s4": ("delta_rule", {"bwd_num_warps": 4, "bwd_num_stages": 4}, ("delta", "gated_delta")),
+    "dbwd_w4_s2": ("delta_rule", {"bwd_num_warps": 4, "bwd_num_stages": 2}, ("delta", "gated_delta")),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),

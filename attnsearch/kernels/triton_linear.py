@@ -178,6 +178,9 @@ def default_config(op: str, device=None) -> dict:
     # 8 warps were slower (0.90-1.8x); without the fold a gated pass took 1.33-1.47x.
     # Delta rule FUSED_FWD 3 (results/h200_session7/delta_fused, T=32768): delta fwd 0.858x, fwd+bwd 0.985x; gated
     # delta fwd 0.934x, fwd+bwd 0.995x at 3 stages (4 stages 0.88x / 0.98x, 2 stages 1.08x).
+    # Session 8 (results/h200_session8, T=32768, fwd+bwd over the alternative in one process): delta rule
+    # SCAN_BWD_SPLIT_K 1 0.914x (gated 0.935x), SAVE_TM 1 0.942x (gated 0.943x), bwd_num_warps 4 0.944x of 8 (gated
+    # 0.961x; BWD_BLOCK_V 64 at 8 warps 0.948x, 4 stages 0.981x, 2 stages 1.11x; WY_BWD_SPLIT 1.08x, 1.13x gated).
     # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     if op == "linear_attention":
@@ -191,7 +194,7 @@ def default_config(op: str, device=None) -> dict:
                 "FUSED_SPLIT_K": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
             "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4,
             "fused_num_stages": 3,
