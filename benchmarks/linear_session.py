@@ -147,6 +147,8 @@ CANDIDATES = {
     "dbwd_w4_bv16": ("delta_rule", {"bwd_num_warps": 4, "BWD_BLOCK_V": 16}, ("delta", "gated_delta")),
     "dbwd_w4_s4": ("delta_rule", {"bwd_num_warps": 4, "bwd_num_stages": 4}, ("delta", "gated_delta")),
     "dbwd_w4_s2": ("delta_rule", {"bwd_num_warps": 4, "bwd_num_stages": 2}, ("delta", "gated_delta")),
+    "lbwd_w4": ("linear_attention", {"bwd_num_warps": 4}, ("linear", "retention", "mamba2")),
+    "lbwd_bv32_w4": ("linear_attention", {"BWD_BLOCK_V": 32, "bwd_num_warps": 4}, ("linear", "retention", "mamba2")),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
