@@ -208,7 +208,8 @@ TUNING_FAMILIES = {
     "delta_rule": [
         {"chunk_size": (32, 64), "BLOCK_V": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},
         {"OUT_BLOCK_K": (64, 128), "OUT_BLOCK_V": (32, 64, 128), "out_num_warps": (4, 8), "out_num_stages": (2, 3)},
-        {"BWD_BLOCK_V": (16, 32, 64), "bwd_num_warps": (4, 8), "bwd_num_stages": (2, 3)},
+        {"BWD_BLOCK_V": (16, 32, 64), "bwd_num_warps": (4, 8), "gated_bwd_num_warps": (0, 8),
+         "bwd_num_stages": (2, 3)},
         {"SCAN_BWD_BLOCK_V": (0, 16, 32, 64), "scan_bwd_num_warps": (0, 4, 8), "scan_bwd_num_stages": (0, 2, 3)},
         {"FUSED_FWD": (0, 2, 3), "FUSED_BLOCK_V": (32, 64), "fused_num_stages": (3, 4)},
     ],

@@ -80,6 +80,8 @@ _COMMON = {
     "BWD_BLOCK_V": _TILES,
     "GATED_BWD_BLOCK_V": (0,) + _TILES,
     "bwd_num_warps": (2, 4, 8, 16),
+    # the per-chunk backward's warps for gated inputs (0: bwd_num_warps)
+    "gated_bwd_num_warps": (0, 2, 4, 8, 16),
     "bwd_num_stages": (1, 2, 3, 4),
     # the backward state scan's own tile and launch (0: the forward scan's BLOCK_V / num_warps / num_stages);
     # for the delta rule it carries three matmuls a chunk and five input tiles against the forward's two and three
@@ -139,7 +141,8 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
           "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
-            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "WY_BWD_SPLIT"),
+            "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
+                    "WY_BWD_SPLIT"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
@@ -181,12 +184,14 @@ def default_config(op: str, device=None) -> dict:
     # Session 8 (results/h200_session8, T=32768, fwd+bwd over the alternative in one process): delta rule
     # SCAN_BWD_SPLIT_K 1 0.914x (gated 0.935x), SAVE_TM 1 0.942x (gated 0.943x), bwd_num_warps 4 0.944x of 8 (gated
     # 0.961x; BWD_BLOCK_V 64 at 8 warps 0.948x, 4 stages 0.981x, 2 stages 1.11x; WY_BWD_SPLIT 1.08x, 1.13x gated).
+    # Gated inputs keep 8 warps (gated_bwd_num_warps): their H200 gradient check at 4 warps did not finish within the
+    # session (the fp32 case compiles for minutes), and the gate is where Triton 3.6 on Hopper miscompiled fla.
     # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "bwd_num_stages": 3,
+                "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "gated_bwd_num_warps": 0, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
@@ -194,11 +199,11 @@ def default_config(op: str, device=None) -> dict:
                 "FUSED_SPLIT_K": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
-            "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "bwd_num_stages": 3, "PREP_SCALAR": 2, "GATED_BWD_BLOCK_V": 0,
+            "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
+            "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-            "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4,
-            "fused_num_stages": 3,
-            "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
+            "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32,
+            "fused_num_warps": 4, "fused_num_stages": 3, "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
                 "FUSED_SPLIT_K": 0}
 
 
@@ -1780,12 +1785,15 @@ def _gate_prep(g, x, BT, keys, store_b):
 
 def _launch_opts(cfg, kind="scan"):
     """Launch options of one kernel family: "scan" (forward state scan), "scan_bwd" (backward state scan),
-    "out" (forward output), "bwd" (per-chunk gradients)."""
+    "out" (forward output), "bwd" / "bwd_gated" (per-chunk gradients, no gate / a gate)."""
     if kind == "scan_bwd":
         return {"num_warps": cfg.get("scan_bwd_num_warps", 0) or cfg["num_warps"],
                 "num_stages": cfg.get("scan_bwd_num_stages", 0) or cfg["num_stages"]}
     if kind == "bwd":
         return {"num_warps": cfg["bwd_num_warps"], "num_stages": cfg["bwd_num_stages"]}
+    if kind == "bwd_gated":
+        return {"num_warps": cfg.get("gated_bwd_num_warps", 0) or cfg["bwd_num_warps"],
+                "num_stages": cfg["bwd_num_stages"]}
     if kind == "out":
         return {"num_warps": cfg["out_num_warps"], "num_stages": cfg["out_num_stages"]}
     if kind == "fused":
@@ -1975,7 +1983,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         e = torch.empty(B * H, NT, K, dtype=torch.float32, device=q.device)
     else:
         dq_i, dk_i = torch.empty_like(q), torch.empty_like(k)
-    opts = _launch_opts(cfg, "bwd")
+    opts = _launch_opts(cfg, "bwd_gated" if gate else "bwd")
     if gate == 2:  # the per-channel variant holds more tiles; 3 stages there were never measured
         opts["num_stages"] = min(opts["num_stages"], 2)
     dq = dk = None
@@ -2139,10 +2147,11 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0, tm=N
         w, u, tm = _wy(k, v, beta, b, BT, True, tm_dtype=tm_dtype, tm_in=tm)
     BK = _pow2(K)
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
+    bwd_opts = _launch_opts(cfg, "bwd_gated" if gate else "bwd")
     dvl = torch.empty_like(do)
     qd = torch.empty_like(q) if pre else None
     _dv_local_kernel[(NT, B * H)](q, k, b, do, dvl, qd, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-                                  PREC=_prec(q), STORE_QD=pre, **_launch_opts(cfg, "bwd"))
+                                  PREC=_prec(q), STORE_QD=pre, **bwd_opts)
     if pre:
         gs, dh0, dvn = _state_bwd(qd, kd, w, d, do, dvl, dht, scale, BT, cfg, gate, True, want_dh0, pre=True)
         del qd, kd, d
@@ -2159,12 +2168,12 @@ def _delta_backward(q, k, v, beta, g, h, do, dht, scale, BT, cfg, want_dh0, tm=N
         dg, y = (torch.empty(B, T, H, dtype=torch.float32, device=q.device) for _ in range(2))
         db = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # scalar-gate rows, as b ([B*H, T])
         e = torch.empty(B * H, NT, dtype=torch.float32, device=q.device)
-    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **_launch_opts(cfg, "bwd"))
+    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), **bwd_opts)
     _delta_bwd_dqk_kernel[(NT, B * H)](q, k, b, w, u, h, gs, do, dq, dk_part, db, y, e, scale, T, NT, H, **meta)
     if split:
         dw = w  # w is not read after the dqk kernel: its buffer takes dw
         _delta_bwd_dw_kernel[(NT, B * H)](h, dvn, dw, T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=_prec(q),
-                                          **_launch_opts(cfg, "bwd"))
+                                          **bwd_opts)
         # K tiles of 16: the K loop chains three matmuls a tile; at 32 the kernel took up to 139 registers at 8 warps
         # on sm_90 (one block per SM with V tiles of 32), at 16 99-128 (two blocks, V tiles of 16 or 32)
         meta["BK"] = 16

@@ -359,6 +359,18 @@ def test_fused_safe_flags(interpreter):
     assert torch.allclose(b[0, 0, :16], torch.cumsum(g[0, :16, 0], 0))
 
 
+def test_gated_backward_warps(interpreter):
+    """gated_bwd_num_warps sets the per-chunk backward's warps for gated inputs only (0: bwd_num_warps); the delta
+    rule's defaults keep gated inputs at the 8 warps gradient-checked on the H200."""
+    cfg = interpreter.default_config("delta_rule")
+    assert interpreter._launch_opts(cfg, "bwd")["num_warps"] == cfg["bwd_num_warps"] == 4
+    assert interpreter._launch_opts(cfg, "bwd_gated")["num_warps"] == 8
+    assert interpreter._launch_opts({**cfg, "gated_bwd_num_warps": 0}, "bwd_gated")["num_warps"] == 4
+    with pytest.raises(ValueError):
+        kernels.delta_rule(*(torch.zeros(1, 4, 1, 16) for _ in range(3)), torch.zeros(1, 4, 1), chunk_size=16,
+                           backend="triton", config={"gated_bwd_num_warps": 3})
+
+
 def test_fused_config_validation():
     q = torch.randn(1, 20, 1, 16)
     for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 3}, {"FUSED_BLOCK_V": 24}):
