@@ -34,7 +34,8 @@ INT32 = {"flag_ptr"}
 
 
 # constexpr flags with a default in the kernels' signatures (not every job names them)
-DEFAULT_FLAGS = {"PRE": False, "FIXED": False}
+DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
+                 "DELTA": False}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -80,6 +81,10 @@ def jobs():
             c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_DHT=False, STORE_DH0=False, PRE=pre)
             out.append((f"delta state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, dl["num_warps"],
                         dl["num_stages"], ("dvl_ptr",)))
+            # SCAN_BWD_SPLIT_K (the default): the state gradient as two halves of K
+            c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, HAS_DHT=False, STORE_DH0=False, PRE=pre)
+            out.append((f"delta_state_bwd split_k gate={gate} pre={pre}", tlin._delta_state_bwd_kernel, c,
+                        dl["num_warps"], dl["num_stages"], ()))
     for vec in (False, True):
         for keys in (False, True):
             c = dict(K=K, BT=BT, BK=K, VEC=vec, KEYS=keys, STORE_B=1 if vec else 2, SAFE=tlin.GLA_SAFE_SPAN)
@@ -104,25 +109,28 @@ def jobs():
     out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 4, 1, ("x_ptr",)))
     for gate in (0, 1):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=gate, PREC="tf32")
-        out.append((f"delta_bwd_dqk gate={gate}", tlin._delta_bwd_dqk_kernel, c, dl["bwd_num_warps"],
-                    dl["bwd_num_stages"], ()))
-        out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, dl["bwd_num_warps"],
-                    dl["bwd_num_stages"], ()))
+        warps = tlin._launch_opts(dl, "bwd_gated" if gate else "bwd")["num_warps"]
+        out.append((f"delta_bwd_dqk gate={gate}", tlin._delta_bwd_dqk_kernel, c, warps, dl["bwd_num_stages"], ()))
+        out.append((f"delta_bwd_wy gate={gate}", tlin._delta_bwd_wy_kernel, c, warps, dl["bwd_num_stages"], ()))
         # WY_BWD_SPLIT 1: K in tiles of 16, as `_delta_backward` launches it
         out.append((f"delta_bwd_wy_split gate={gate}", tlin._delta_bwd_wy_split_kernel, dict(c, BK=16),
                     dl["bwd_num_warps"], dl["bwd_num_stages"], ("dg_ptr",)))
     c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], PREC="tf32")
     out.append(("delta_bwd_wy_split dw", tlin._delta_bwd_dw_kernel, c, dl["bwd_num_warps"], dl["bwd_num_stages"],
                 ()))
-    for gate, fixed, fold in ((0, False, False), (1, True, True), (1, False, True), (1, False, False)):
+    fold = lin["FUSED_FOLD"]
+    for gate, fixed, fold, split in ((0, False, 0, False), (1, True, fold, False), (1, False, fold, False),
+                                     (1, False, 0, False), (0, False, 0, True), (1, False, fold, True)):
         for store_h in (False, True):
             c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=store_h,
-                     STORE_HT=False, PREC="tf32", FIXED=fixed, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold)
-            out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} store_h={store_h}", tlin._fused_fwd_kernel,
-                        c, lin["fused_num_warps"], lin["fused_num_stages"], ()))
+                     STORE_HT=False, PREC="tf32", FIXED=fixed, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold,
+                     PREFETCH=lin["FUSED_PREFETCH"], SPLIT=split)
+            out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} split_k={split} store_h={store_h}",
+                        tlin._fused_fwd_kernel, c, lin["fused_num_warps"], lin["fused_num_stages"], ()))
     for gate, fold in ((0, False), (1, True)):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=False,
-                 STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True)
+                 STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True,
+                 PREFETCH=dl["FUSED_PREFETCH"])
         out.append((f"fused_fwd delta gate={gate} fold={fold}", tlin._fused_fwd_kernel, c, dl["fused_num_warps"],
                     dl["fused_num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
@@ -132,6 +140,9 @@ def jobs():
         c = dict(K=K, V=V, BT=BT, BK=K, BV=64, BC=tlin.SUB_BLOCK, LOG2NB=2, GATE=1, STORE_TM=True, PREC="tf32",
                  STORE_KD=store)
         out.append((f"wy_fwd store_kd={store}", tlin._wy_fwd_kernel, c, 4, 1, ()))
+        # SAVE_TM: the backward's UT transform reads the forward's Tm (fp32)
+        c = dict(c, STORE_TM=False, LOAD_TM=True)
+        out.append((f"wy_fwd load_tm store_kd={store}", tlin._wy_fwd_kernel, c, 4, 1, ()))
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["BWD_BLOCK_V"], GATE=1, PREC="tf32", STORE_QD=store)
         out.append((f"dv_local store_qd={store}", tlin._dv_local_kernel, c, dl["bwd_num_warps"],
                     dl["bwd_num_stages"], ()))
