@@ -108,7 +108,8 @@ _COMMON = {
 #                `_delta_bwd_wy_split_kernel` (the rest, over V tiles and K tiles of 16, Tm in the inputs' dtype):
 #                79-128 registers at 8 warps, V tiles 16-32, 1-3 stages, two blocks per SM, about half the
 #                instructions; 32 KB more traffic per chunk than 0's 144 KB (bf16, chunk 64, K = V = 128: dv_new
-#                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). Not yet timed on a GPU.
+#                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). H200 (session 8): fwd+bwd
+#                1.08x (gated 1.13x) of 0, so 0 stays the default.
 #   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
 #                ([B*H, T, BT] fp32, a quarter of the per-chunk states at K = V = 128, chunk 64; fla keeps its A
 #                too), and the backward forms w and u from it instead of inverting again (no `_ut_diag_kernel`,
@@ -195,16 +196,15 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
-                "FUSED_SPLIT_K": 0}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
             "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
             "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32,
-            "fused_num_warps": 4, "fused_num_stages": 3, "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1,
-                "FUSED_SPLIT_K": 0}
+            "fused_num_warps": 4, "fused_num_stages": 3, "fused_gated_num_stages": 3, "FUSED_FOLD": 2,
+            "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
