@@ -119,20 +119,23 @@ def jobs():
     out.append(("delta_bwd_wy_split dw", tlin._delta_bwd_dw_kernel, c, dl["bwd_num_warps"], dl["bwd_num_stages"],
                 ()))
     fold = lin["FUSED_FOLD"]
-    for gate, fixed, fold, split in ((0, False, 0, False), (1, True, fold, False), (1, False, fold, False),
-                                     (1, False, 0, False), (0, False, 0, True), (1, False, fold, True)):
+    for gate, fixed, fold, split in ((0, False, 0, False), (1, True, fold, False), (1, True, 3, False),
+                                     (1, False, fold, False), (1, False, 0, False), (0, False, 0, True),
+                                     (1, False, fold, True)):
         for store_h in (False, True):
             c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=store_h,
                      STORE_HT=False, PREC="tf32", FIXED=fixed, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold,
                      PREFETCH=lin["FUSED_PREFETCH"], SPLIT=split)
+            launch = tlin._launch_opts(lin, "fused_gated" if gate else "fused")
             out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} split_k={split} store_h={store_h}",
-                        tlin._fused_fwd_kernel, c, lin["fused_num_warps"], lin["fused_num_stages"], ()))
+                        tlin._fused_fwd_kernel, c, launch["num_warps"], launch["num_stages"], ()))
     for gate, fold in ((0, False), (1, True)):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=False,
                  STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True,
                  PREFETCH=dl["FUSED_PREFETCH"])
-        out.append((f"fused_fwd delta gate={gate} fold={fold}", tlin._fused_fwd_kernel, c, dl["fused_num_warps"],
-                    dl["fused_num_stages"], ()))
+        launch = tlin._launch_opts(dl, "fused_gated" if gate else "fused")
+        out.append((f"fused_fwd delta gate={gate} fold={fold}", tlin._fused_fwd_kernel, c, launch["num_warps"],
+                    launch["num_stages"], ()))
     c = dict(K=K, BT=BT, BC=tlin.SUB_BLOCK, BK=K, PREC="tf32")
     out.append(("gla_intra", tlin._gla_intra_kernel, c, 4, 1, ()))
     out.append(("gla_intra_bwd", tlin._gla_intra_bwd_kernel, c, 4, 1, ()))

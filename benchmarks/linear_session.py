@@ -151,6 +151,9 @@ CANDIDATES = {
     "dbwd_w4_s2": ("delta_rule", {"bwd_num_warps": 4, "bwd_num_stages": 2}, ("delta", "gated_delta")),
     "lbwd_w4": ("linear_attention", {"bwd_num_warps": 4}, ("linear", "retention", "mamba2")),
     "lbwd_bv32_w4": ("linear_attention", {"BWD_BLOCK_V": 32, "bwd_num_warps": 4}, ("linear", "retention", "mamba2")),
+    # FUSED_FOLD 3: the fixed decay applied to the state first, full chunks only (sm_90: 717 against 751 instructions)
+    "fold3": ("linear_attention", {"FUSED_FOLD": 3}, ("retention",)),
+    "fold3_train": ("linear_attention", {"FUSED_FOLD": 3, "FUSED_FWD": 3}, ("retention",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
@@ -179,6 +182,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
      {"linear_attention": {"FUSED_FWD": 3, "FUSED_SPLIT_K": 1, "FUSED_PREFETCH": 1, "FUSED_FOLD": 2},
       "delta_rule": {"FUSED_SPLIT_K": 1, "FUSED_PREFETCH": 1}}),
     ("gated_w4", "delta:H,delta:BTH", {"delta_rule": {"gated_bwd_num_warps": 4}}),
+    ("fold3", "linear:Hfixed", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

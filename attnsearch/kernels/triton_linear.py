@@ -131,6 +131,9 @@ _COMMON = {
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
 #                2 = the same, but a fixed decay with (BT - 1) |g_h| <= GLA_SAFE_SPAN / 2 pivots at the chunk's end
 #                (H200: RetNet fwd 0.978x / 0.975x of 1 in sessions 7 / 8, gradient-checked there in session 8);
+#                3 = 2, but the fixed decay's full chunks apply exp(BT g_h) to the state before q h_n and a shorter
+#                last chunk takes the exact loop (no chunk-length factor in the folded loop; sm_90, Triton 3.9:
+#                RetNet's inference loop 717 instructions against FOLD 2's 751, ungated 575; not yet timed on a GPU);
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 #                FUSED_PREFETCH (data-dependent scalar gates): 1 = b, b_0 and b_last of chunk n + 1 are loaded in
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
@@ -138,7 +141,7 @@ _COMMON = {
 #                gated delta 0.96x of 0; not the default).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2),
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3),
           "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
@@ -612,12 +615,12 @@ def _state_step(s, k, v, d, c, PREC: tl.constexpr, FORM: tl.constexpr):
 
 
 @triton.jit
-def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_end, scale, bh, bb, hh, vv,
+def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_start, n_end, scale, bh, bb, hh, vv,
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   GATE: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr,
                   FOLD: tl.constexpr, SAFE: tl.constexpr, DELTA: tl.constexpr, PREFETCH: tl.constexpr,
                   SPLIT: tl.constexpr):
-    """Chunks 0 .. n_end - 1 of `_fused_fwd_kernel` (n_end is NT or 0); returns the state after them, whole
+    """Chunks n_start .. n_end - 1 of `_fused_fwd_kernel`; returns the state after them, whole
     in s1 ([BK, BV]; s2 unused) or (SPLIT) as its two halves of K, s1 and s2 ([BK / 2, BV] each, q, k and w
     loaded as two column halves): every matmul then has BK / 2 rows or a BK / 2 reduction.
     DELTA: v_ptr holds u and w_ptr w of the UT transform, and the values are v_new = u - w h_n.
@@ -628,7 +631,10 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_end
     v exp(b_last - b) = exp(b_last - r) v exp(r - b) feeds the state from the same tile. Else one
     exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys).
     PREFETCH (data-dependent scalar gate): chunk n + 1's b, b_0 and b_last are loaded in iteration n, so their
-    latency hides behind a whole chunk's work (Triton pipelines the loads that feed matmuls, not these)."""
+    latency hides behind a whole chunk's work (Triton pipelines the loads that feed matmuls, not these).
+    FOLD 3 (fixed decay, full chunks only: the caller leaves a shorter last chunk to the exact loop): FOLD 2's
+    end pivot with the chunk's decay d = exp(BT g_h) applied to the state first, so that q (d h_n) needs no
+    product of its own and no factor depends on the chunk's length."""
     HK: tl.constexpr = BK // 2 if SPLIT else BK
     k1 = tl.arange(0, HK)
     k2 = HK + k1
@@ -654,11 +660,19 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_end
         p_f = lg * BT
         v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
         o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
+    if GATE == 1 and FIXED and FOLD == 3:
+        lg = tl.load(b_ptr + hh).to(tl.float32)
+        b_f = (ii + 1).to(tl.float32) * lg
+        p_f = lg * BT
+        v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
+        o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
+        d_f = tl.exp(p_f)
     PRE_LOAD: tl.constexpr = GATE == 1 and not FIXED and PREFETCH
     if PRE_LOAD:
-        b_nx, bl_nx = _scalar_decay(b_ptr, bh, ii < T, hh, 0, T, BT, FIXED)
-        b0_nx = tl.load(b_ptr + _srow(bh, 0, T))
-    for n in range(n_end):
+        n0 = tl.minimum(n_start, NT - 1)
+        b_nx, bl_nx = _scalar_decay(b_ptr, bh, n0 * BT + ii < T, hh, n0, T, BT, FIXED)
+        b0_nx = tl.load(b_ptr + _srow(bh, n0 * BT, T))
+    for n in range(n_start, n_end):
         if STORE_H:
             h_at = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
             tl.store(h_at + k1[:, None] * V + vv[None, :], s1.to(h_ptr.dtype.element_ty),
@@ -690,8 +704,18 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_end
         if SPLIT:
             att = tl.dot(q2, tl.trans(kb), att, input_precision=PREC)
         att = tl.where(causal, att, 0)
+        if GATE == 1 and FIXED and FOLD == 3:
+            s1 = s1 * d_f
+            if SPLIT:
+                s2 = s2 * d_f
         acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
-        if GATE == 1 and FIXED and FOLD == 2:
+        if GATE == 1 and FIXED and FOLD == 3:
+            v_x = (v_t * v_fac[:, None]).to(v_t.dtype)
+            acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * o_fac[:, None]
+            d = 1.0
+            c = 1.0
+            FORM: tl.constexpr = 0
+        elif GATE == 1 and FIXED and FOLD == 2:
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
             d = tl.exp(b_last)
             s_last = tl.exp(b_last - p_f)  # 1 but in a last chunk shorter than BT
@@ -788,18 +812,20 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
             s2 += tl.load(h0_ptr + o2, mask=m2, other=0).to(tl.float32)
     if GATE == 1 and FOLD > 0:
         if FIXED:
-            lim = SAFE * 0.5 if FOLD == 2 else SAFE
+            lim = SAFE * 0.5 if FOLD >= 2 else SAFE
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
         else:
             fold = tl.load(flag_ptr + bh)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT * fold, scale, bh, bb,
+        # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
+        n_fold = (T // BT if FOLD == 3 and FIXED else NT) * fold
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
                                hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
                                PREFETCH, SPLIT)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT * (1 - fold), scale, bh,
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_fold, NT, scale, bh,
                                bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
                                PREFETCH, SPLIT)
     else:
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, NT, scale, bh, bb, hh, vv,
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, NT, scale, bh, bb, hh, vv,
                                T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH, SPLIT)
     if STORE_HT:
         tl.store(ht_ptr + o1, s1, mask=m1)

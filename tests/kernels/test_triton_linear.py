@@ -322,7 +322,7 @@ def test_fused_forward_matches_recurrence(mode, gate, gmin):
     _compare("linear", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=gate != "H", seed=31)
 
 
-@pytest.mark.parametrize("fold", [0, 1])
+@pytest.mark.parametrize("fold", [0, 1, 3])
 @pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("H", -2.0), ("H", -20.0), ("BTH", -3.0), ("BTH", -20.0)])
 def test_inference_forward_writes_no_states(interpreter, monkeypatch, fold, gate, gmin):
     """Without a gradient the fused pass runs with STORE_H off and the result equals the float64 recurrence;
@@ -373,7 +373,7 @@ def test_gated_backward_warps(interpreter):
 
 def test_fused_config_validation():
     q = torch.randn(1, 20, 1, 16)
-    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 3}, {"FUSED_BLOCK_V": 24}):
+    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 4}, {"FUSED_BLOCK_V": 24}):
         with pytest.raises(ValueError):
             kernels.linear_attention(q, q, q, chunk_size=16, backend="triton", config=bad)
 
@@ -403,12 +403,14 @@ def test_fused_delta_inference(gate, gmin):
     assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL
 
 
+@pytest.mark.parametrize("fold", [2, 3])
 @pytest.mark.parametrize("T", [37, 48])
 @pytest.mark.parametrize("gmin", [-0.5, -4.0, -20.0])
-def test_fused_fold_end_pivot(T, gmin):
-    """FUSED_FOLD 2: a fixed decay with (BT - 1)|g| <= 40 pivots at the chunk's end (gmin -0.5); stronger heads
-    take the exact loop (-4, -20); the last chunk is shorter than the others for T = 37."""
-    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 2, "fused_num_stages": 2}
+def test_fused_fold_end_pivot(fold, T, gmin):
+    """FUSED_FOLD 2 / 3: a fixed decay with (BT - 1)|g| <= 40 pivots at the chunk's end (gmin -0.5); stronger heads
+    take the exact loop (-4, -20); the last chunk is shorter than the others for T = 37 (FOLD 3 hands it to the
+    exact loop)."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
     _compare("linear", "H", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=False, seed=35)
     _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=36)
 
@@ -424,7 +426,8 @@ def test_delta_backward_scan_split_k(split, K, prep, gate):
 
 
 @pytest.mark.parametrize("K", [32, 48])
-@pytest.mark.parametrize("gate,gmin,fold", [(None, -1.0, 1), ("H", -1.0, 1), ("H", -1.0, 2), ("H", -20.0, 1),
+@pytest.mark.parametrize("gate,gmin,fold", [(None, -1.0, 1), ("H", -1.0, 1), ("H", -1.0, 2), ("H", -1.0, 3),
+                                            ("H", -20.0, 1),
                                             ("BTH", -1.0, 1), ("BTH", -8.0, 1), ("BTH", -3.0, 0)])
 def test_fused_split_k(K, gate, gmin, fold):
     """FUSED_SPLIT_K: the fused pass holds the state as two halves of K (K = 48: the second half partly past K)
