@@ -650,17 +650,12 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         v_fac = tl.exp(tl.minimum(r_f - b_f, SAFE))  # (clamped: unused, and past exp's range, on unsafe heads)
         o_fac = tl.exp(tl.minimum(b_f - r_f, SAFE))
         e_r = tl.exp(r_f)
-    if GATE == 1 and FIXED and FOLD == 2:
-        # FOLD 2, fixed decay with (BT - 1) |g_h| <= SAFE / 2: the pivot is the chunk's end p = BT g_h, so that
+    if GATE == 1 and FIXED and FOLD >= 2:
+        # FOLD 2 / 3, fixed decay with (BT - 1) |g_h| <= SAFE / 2: the pivot is the chunk's end p = BT g_h, so that
         # v exp(b_last - b_j) serves both the scores and the state (no separate factor on the state's update):
         # o_i = exp(b_i - b_last) (exp(b_last) q_i h_n + sum_j A_ij v_j exp(b_last - b_j)), every factor within
-        # exp(+-SAFE / 2), the row factors computed once (only the last chunk's b_last differs: s below)
-        lg = tl.load(b_ptr + hh).to(tl.float32)
-        b_f = (ii + 1).to(tl.float32) * lg
-        p_f = lg * BT
-        v_fac = tl.exp(tl.minimum(p_f - b_f, SAFE))
-        o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
-    if GATE == 1 and FIXED and FOLD == 3:
+        # exp(+-SAFE / 2), the row factors computed once (FOLD 2: only the last chunk's b_last differs, s below;
+        # FOLD 3 folds full chunks only)
         lg = tl.load(b_ptr + hh).to(tl.float32)
         b_f = (ii + 1).to(tl.float32) * lg
         p_f = lg * BT
