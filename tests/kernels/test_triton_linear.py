@@ -455,7 +455,8 @@ def test_delta_saved_tm_is_used(interpreter, monkeypatch):
     """With SAVE_TM the backward's UT transform takes the saved Tm (no diagonal inverses); without it it forms Tm."""
     seen = []
     real = interpreter._wy
-    monkeypatch.setattr(interpreter, "_wy", lambda *a, **kw: seen.append(kw.get("tm_in") is not None) or real(*a, **kw))
+    monkeypatch.setattr(interpreter, "_wy",
+                        lambda *a, **kw: seen.append(kw.get("tm_in") is not None) or real(*a, **kw))
     for save in (1, 0):
         _compare("delta", None, T=20, chunk=16, K=16, V=16, config={"SAVE_TM": save}, seed=43)
     assert seen == [False, True, False, False]  # forward, backward (saved Tm); forward, backward (formed again)
