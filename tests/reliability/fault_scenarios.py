@@ -263,10 +263,13 @@ def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 1
             proc.kill()
             out, err = proc.communicate()
             raise AssertionError(f"driver made no progress: {err[-3000:]}") from None
-        before.update(completed_values(_safe_trials(name, url)))
-        kill_times.append(time.time())
+        # kill at once: a trial seen running can still finish in the gap, so which trials were in flight is
+        # read back from their timestamps afterwards (`in_flight_at`), not assumed; the time is taken once the
+        # driver is dead, so that nothing it wrote comes after it
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        kill_times.append(time.time())
+        before.update(completed_values(_safe_trials(name, url)))  # a dead driver completes nothing more
     # the last resume runs to the end of the budget
     proc = subprocess.run(driver_cmd("join", **spec), capture_output=True, text=True, env=driver_env(),
                           timeout=300)
@@ -279,8 +282,16 @@ def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 1
                 outcome=f"{len(stale)} running trials failed as stale and re-run")
     row.recovery_s = max(r for r in recoveries if r is not None) if all(r is not None for r in recoveries) else None
     row.extra = {"recoveries_s": recoveries, "result": json.loads(proc.stdout.strip().splitlines()[-1]),
-                 "stale": len(stale)}
+                 "stale": len(stale), "in_flight": [in_flight_at(trials, t) for t in kill_times]}
     return row
+
+
+def in_flight_at(trials, when: float) -> list[int]:
+    """Numbers of the trials that had started and not finished at time `when` (seconds since the epoch)."""
+    def stamp(d):
+        return None if d is None else d.timestamp()
+    return [t.number for t in trials if t.datetime_start is not None and stamp(t.datetime_start) <= when
+            and (t.datetime_complete is None or stamp(t.datetime_complete) > when)]
 
 
 def _safe_trials(name, url):
