@@ -111,9 +111,9 @@ _COMMON = {
 #                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). H200 (session 8): fwd+bwd
 #                1.08x (gated 1.13x) of 0, so 0 stays the default.
 #   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
-#                ([B*H, T, BT] fp32, a quarter of the per-chunk states at K = V = 128, chunk 64; fla keeps its A
-#                too), and the backward forms w and u from it instead of inverting again (no `_ut_diag_kernel`,
-#                no doubling matmuls); 0 = the backward forms Tm again.
+#                ([B*H, T, BT] fp32: half the bytes of the bf16 per-chunk states at K = V = 128, chunk 64; fla
+#                keeps its A too), and the backward forms w and u from it instead of inverting again (no
+#                `_ut_diag_kernel`, no doubling matmuls); 0 = the backward forms Tm again.
 #   SCAN_BWD_SPLIT_K the delta rule's backward scan: 1 = `_delta_state_bwd_kernel`, the state gradient held as
 #                two halves of K ([K / 2, BV] each, q and w loaded transposed; K >= 32), 0 = `_state_bwd_kernel`'s
 #                one [K, BV] tile. H200, K = V = 128, bf16, ungated, kernel alone: 0.772 against 1.285 ms (fla's
