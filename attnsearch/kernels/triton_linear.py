@@ -131,9 +131,11 @@ _COMMON = {
 #                takes the decay as exp(b_i - r) on o's rows and exp(r - b_j) on v's rows (no [BT, BT] exponentials);
 #                2 = the same, but a fixed decay with (BT - 1) |g_h| <= GLA_SAFE_SPAN / 2 pivots at the chunk's end
 #                (H200: RetNet fwd 0.978x / 0.975x of 1 in sessions 7 / 8, gradient-checked there in session 8);
-#                3 = 2, but the fixed decay's full chunks apply exp(BT g_h) to the state before q h_n and a shorter
-#                last chunk takes the exact loop (no chunk-length factor in the folded loop; sm_90, Triton 3.9:
-#                RetNet's inference loop 717 instructions against FOLD 2's 751, ungated 575; not yet timed on a GPU);
+#                3 = every scalar gate pivots at the chunk's end and applies the chunk's decay to the state before
+#                q h_n: a fixed decay as in 2 on full chunks (a shorter last chunk takes the exact loop), a
+#                data-dependent gate on sequences whose chunks all span at most GLA_SAFE_SPAN / 2 (sm_90, Triton
+#                3.9, inference loops: RetNet 717 instructions against FOLD 2's 751, Mamba-2 780 against 827,
+#                gated delta 907 against 924, ungated 575);
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 #                FUSED_PREFETCH (data-dependent scalar gates): 1 = b, b_0 and b_last of chunk n + 1 are loaded in
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
@@ -615,6 +617,25 @@ def _state_step(s, k, v, d, c, PREC: tl.constexpr, FORM: tl.constexpr):
 
 
 @triton.jit
+def _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx, BT: tl.constexpr, PRE_LOAD: tl.constexpr,
+               NEED_B0: tl.constexpr):
+    """b, b_last and (NEED_B0, else b_last again) b_0 of chunk n of a data-dependent scalar gate, and what
+    PRE_LOAD carries to the next iteration: chunk n + 1's, loaded now (else b_nx, bl_nx, b0_nx come back as
+    they were)."""
+    if PRE_LOAD:
+        b, b_last, b_0 = b_nx, bl_nx, b0_nx
+        n1 = tl.minimum(n + 1, NT - 1)
+        b_nx, bl_nx = _scalar_decay(b_ptr, bh, n1 * BT + ii < T, hh, n1, T, BT, False)
+        b0_nx = tl.load(b_ptr + _srow(bh, n1 * BT, T))
+    else:
+        b, b_last = _scalar_decay(b_ptr, bh, n * BT + ii < T, hh, n, T, BT, False)
+        b_0 = b_last
+        if NEED_B0:
+            b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
+    return b, b_last, b_0, b_nx, bl_nx, b0_nx
+
+
+@triton.jit
 def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_start, n_end, scale, bh, bb, hh, vv,
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   GATE: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr,
@@ -632,9 +653,10 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
     exponential per score, and the decay into the next state on v's rows (a [BT, BV] tile, not the keys).
     PREFETCH (data-dependent scalar gate): chunk n + 1's b, b_0 and b_last are loaded in iteration n, so their
     latency hides behind a whole chunk's work (Triton pipelines the loads that feed matmuls, not these).
-    FOLD 3 (fixed decay, full chunks only: the caller leaves a shorter last chunk to the exact loop): FOLD 2's
-    end pivot with the chunk's decay d = exp(BT g_h) applied to the state first, so that q (d h_n) needs no
-    product of its own and no factor depends on the chunk's length."""
+    FOLD 3: the pivot is the chunk's end and the chunk's decay d = exp(b_last) is applied to the state first,
+    so that q (d h_n) needs no product of its own and the state's update no factor. A fixed decay folds full
+    chunks only (the caller leaves a shorter last chunk to the exact loop), so that no factor depends on the
+    chunk's length; a data-dependent gate folds sequences whose chunks span at most SAFE / 2 (the caller's flag)."""
     HK: tl.constexpr = BK // 2 if SPLIT else BK
     k1 = tl.arange(0, HK)
     k2 = HK + k1
@@ -663,6 +685,11 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         o_fac = tl.exp(tl.minimum(b_f - p_f, SAFE))
         d_f = tl.exp(p_f)
     PRE_LOAD: tl.constexpr = GATE == 1 and not FIXED and PREFETCH
+    # FOLD 3, data-dependent gate: the gate's rows are needed before q h_n (the state is decayed first)
+    EARLY_GATE: tl.constexpr = GATE == 1 and not FIXED and FOLD == 3
+    b_nx = 0.0  # (placeholders the loop carries unchanged without PRE_LOAD)
+    bl_nx = 0.0
+    b0_nx = 0.0
     if PRE_LOAD:
         n0 = tl.minimum(n_start, NT - 1)
         b_nx, bl_nx = _scalar_decay(b_ptr, bh, n0 * BT + ii < T, hh, n0, T, BT, FIXED)
@@ -703,6 +730,13 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
             s1 = s1 * d_f
             if SPLIT:
                 s2 = s2 * d_f
+        if EARLY_GATE:
+            b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx, BT,
+                                                            PRE_LOAD, False)
+            d = tl.exp(b_last)
+            s1 = s1 * d
+            if SPLIT:
+                s2 = s2 * d
         acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
         if GATE == 1 and FIXED and FOLD == 3:
             v_x = (v_t * v_fac[:, None]).to(v_t.dtype)
@@ -730,17 +764,19 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         elif GATE == 1:
             # (b_0 and b_last by scalar loads: taking them out of the b tile by two reductions measured 1.14x
             # slower for Mamba-2 on the H200, results/h200_session7/fold2)
-            if PRE_LOAD:
-                b, b_last, b_0 = b_nx, bl_nx, b0_nx
-                n1 = tl.minimum(n + 1, NT - 1)
-                b_nx, bl_nx = _scalar_decay(b_ptr, bh, n1 * BT + ii < T, hh, n1, T, BT, FIXED)
-                b0_nx = tl.load(b_ptr + _srow(bh, n1 * BT, T))
-            else:
-                b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-                if FOLD:
-                    b_0 = tl.load(b_ptr + _srow(bh, n * BT, T))
-            d = tl.exp(b_last)
-            if FOLD:
+            if EARLY_GATE:
+                # FOLD 3: pivot at the chunk's end (every chunk spans at most SAFE / 2 after its first step): v's
+                # factors exp(b_last - b_j) lie in [exp(-SAFE / 2), 1], o's in [1, exp(SAFE / 2)], and the
+                # state, decayed above, takes k^T v_x with no factor of its own
+                v_x = (v_t * tl.exp(b_last - b)[:, None]).to(v_t.dtype)
+                acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * tl.exp(b - b_last)[:, None]
+                d = 1.0
+                c = 1.0
+                FORM: tl.constexpr = 0
+            elif FOLD:
+                b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx,
+                                                                BT, PRE_LOAD, True)
+                d = tl.exp(b_last)
                 r = (b_0 + b_last) * 0.5
                 v_x = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_x, input_precision=PREC)
@@ -748,6 +784,12 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 c = tl.exp(b_last - r)
                 FORM: tl.constexpr = 2
             else:
+                if FIXED:
+                    b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
+                else:
+                    b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx,
+                                                                    b0_nx, BT, PRE_LOAD, False)
+                d = tl.exp(b_last)
                 att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
                 acc = acc * tl.exp(b)[:, None] + tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
                 v_x = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
@@ -1751,7 +1793,7 @@ def _fixed(g) -> bool:
     return g is not None and g.dim() == 1
 
 
-def _chunk_cumsum(g, BT, flags=False):
+def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN):
     """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
     factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
     (all its chunks safe) for scalar ones."""
@@ -1768,7 +1810,7 @@ def _chunk_cumsum(g, BT, flags=False):
         flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
             torch.ones(B * H, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
-                                      FLAG=flags, SAFE=GLA_SAFE_SPAN)
+                                      FLAG=flags, SAFE=safe)
     return (b, flag) if flags else b
 
 
@@ -1876,8 +1918,10 @@ def _fused_gate(g, BT, cfg, dtype):
     the per-sequence safe flags when a scalar gate is to be folded (else None)."""
     if _fixed(g):
         return g, None
-    if _fold_mode(cfg, _gate_kind(g), dtype):
-        return _chunk_cumsum(g, BT, flags=True)
+    fold = _fold_mode(cfg, _gate_kind(g), dtype)
+    if fold:
+        # FOLD 3 pivots at the chunk's end: its factors span exp(+-span), so the span must be half FOLD 1's
+        return _chunk_cumsum(g, BT, flags=True, safe=GLA_SAFE_SPAN / 2 if fold == 3 else GLA_SAFE_SPAN)
     return _chunk_cumsum(g, BT), None
 
 

@@ -386,6 +386,14 @@ def test_fused_delta_rule_matches_recurrence(mode, gate, gmin):
     _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=33)
 
 
+@pytest.mark.parametrize("T,gmin", [(37, -0.5), (48, -1.0), (37, -4.0)])
+def test_fused_fold3_gated_delta(T, gmin):
+    """FUSED_FOLD 3 on the gated delta rule's fused pass: chunks spanning at most 40 pivot at their end (-0.5, -1),
+    stronger ones (-4: up to 60 per chunk) take the exact loop; a shorter last chunk for T = 37."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 3, "fused_num_stages": 2}
+    _compare("delta", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=37)
+
+
 @pytest.mark.parametrize("gate,gmin", [(None, -1.0), ("BTH", -2.0), ("BTH", -20.0)])
 def test_fused_delta_inference(gate, gmin):
     gen = torch.Generator().manual_seed(43)
@@ -428,7 +436,8 @@ def test_delta_backward_scan_split_k(split, K, prep, gate):
 @pytest.mark.parametrize("K", [32, 48])
 @pytest.mark.parametrize("gate,gmin,fold", [(None, -1.0, 1), ("H", -1.0, 1), ("H", -1.0, 2), ("H", -1.0, 3),
                                             ("H", -20.0, 1),
-                                            ("BTH", -1.0, 1), ("BTH", -8.0, 1), ("BTH", -3.0, 0)])
+                                            ("BTH", -1.0, 1), ("BTH", -8.0, 1), ("BTH", -3.0, 0),
+                                            ("BTH", -1.0, 3), ("BTH", -5.0, 3)])
 def test_fused_split_k(K, gate, gmin, fold):
     """FUSED_SPLIT_K: the fused pass holds the state as two halves of K (K = 48: the second half partly past K)
     on every loop form (no gate, fixed decay folded about the middle or the end, exact, data-dependent gate
