@@ -157,6 +157,8 @@ CANDIDATES = {
     # FUSED_FOLD 3 for data-dependent scalar gates too (sm_90: Mamba-2 780 against 827, gated delta 907 against 924)
     "fold3_all": ("both", {"FUSED_FOLD": 3}, ("retention", "mamba2", "gated_delta")),
     "fold3_all_train": ("both", {"FUSED_FOLD": 3, "FUSED_FWD": 3}, ("retention", "mamba2")),
+    # Mamba-2's gate gradient as one masked row sum (sm_90: per-chunk backward 2,768 against 2,992 instructions)
+    "dg_one_sum": ("linear_attention", {"DG_ONE_SUM": 1}, ("mamba2",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
@@ -188,6 +190,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("fold3", "linear:Hfixed", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}}),
     ("fold3_all", "linear:Hfixed,linear:BTH,delta:H,delta:BTH",
      {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}, "delta_rule": {"FUSED_FOLD": 3}}),
+    ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

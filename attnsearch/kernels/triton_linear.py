@@ -110,6 +110,10 @@ _COMMON = {
 #                instructions; 32 KB more traffic per chunk than 0's 144 KB (bf16, chunk 64, K = V = 128: dv_new
 #                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). H200 (session 8): fwd+bwd
 #                1.08x (gated 1.13x) of 0, so 0 stays the default.
+#   DG_ONE_SUM   linear attention, data-dependent scalar gate (Mamba-2): 1 = the per-chunk backward sums the gate
+#                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,768 instructions
+#                against 2,992; not yet timed on a GPU); 0 = a reverse scan and a masked prefix sum. (The delta rule's
+#                UT-transform backward spilled more with it: 232 against 52 bytes.)
 #   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
 #                ([B*H, T, BT] fp32: half the bytes of the bf16 per-chunk states at K = V = 128, chunk 64; fla
 #                keeps its A too), and the backward forms w and u from it instead of inverting again (no
@@ -148,13 +152,13 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
-                    "WY_BWD_SPLIT"),
+                    "WY_BWD_SPLIT", "DG_ONE_SUM"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
-                         **_FUSED},
+                         **_FUSED, "DG_ONE_SUM": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -201,7 +205,7 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0, "DG_ONE_SUM": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
@@ -1082,12 +1086,19 @@ def _exclusive_prefix(y, BT: tl.constexpr):
     return tl.sum(tl.where(ii[None, :] < ii[:, None], y[None, :], 0), axis=1)
 
 
+@triton.jit
+def _suffix_plus_prefix(x, y, BT: tl.constexpr):
+    """sum_{i>=s} x_i + sum_{j<s} y_j for [BT] vectors, as one masked row sum (no scan)."""
+    ii = tl.arange(0, BT)
+    return tl.sum(tl.where(ii[None, :] >= ii[:, None], x[None, :], y[None, :]), axis=1)
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr, flag_ptr,
                        dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                       FIXED: tl.constexpr = False):
+                       FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1203,7 +1214,13 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             # dA_ij A_ij for j < i (diagonal terms carry no gate); A recomputed rather than kept live
             m = tl.where(strict, da * tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay, 0)
             x += tl.sum(m, axis=1) - tl.sum(m, axis=0)
-            dg = tl.cumsum(x, axis=0, reverse=True) + tl.exp(b_last) * _trace(hgm, BV) + _exclusive_prefix(y, BT)
+            if ONE_SUM:
+                # one masked row sum instead of a reverse scan and a masked prefix sum (sm_90, 8 warps: 2,768
+                # instructions against 2,992, 75 shuffles against 167)
+                dg = _suffix_plus_prefix(x, y, BT) + tl.exp(b_last) * _trace(hgm, BV)
+            else:
+                dg = tl.cumsum(x, axis=0, reverse=True) + tl.exp(b_last) * _trace(hgm, BV) + \
+                    _exclusive_prefix(y, BT)
             tl.store(dg_ptr + tok, dg, mask=rmask)
             da = da * decay
         else:
@@ -1709,13 +1726,6 @@ def _wy_split_dk(sym, tm_t, bg, k_ptr, dw_ptr, dkp_ptr, dk_ptr, tok, rmask, K: t
         tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk.to(dk_ptr.dtype.element_ty), mask=m_k)
 
 
-@triton.jit
-def _suffix_plus_prefix(x, y, BT: tl.constexpr):
-    """sum_{i>=s} x_i + sum_{j<s} y_j for [BT] vectors, as one masked row sum (no scan)."""
-    ii = tl.arange(0, BT)
-    return tl.sum(tl.where(ii[None, :] >= ii[:, None], x[None, :], y[None, :]), axis=1)
-
-
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _delta_bwd_wy_split_kernel(k_ptr, v_ptr, beta_ptr, b_ptr, tmd_ptr, dvn_ptr, dw_ptr, dkp_ptr, db_ptr, y_ptr,
                                e_ptr, dk_ptr, dv_ptr, dbeta_ptr, dg_ptr,
@@ -2056,7 +2066,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         dq, dk = torch.empty_like(q), torch.empty_like(k)
     _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
                                     T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
-                                    **opts)
+                                    ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)

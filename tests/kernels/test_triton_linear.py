@@ -386,6 +386,13 @@ def test_fused_delta_rule_matches_recurrence(mode, gate, gmin):
     _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=33)
 
 
+@pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -20.0)])
+def test_gate_grad_one_sum(T, gmin):
+    """DG_ONE_SUM: Mamba-2's gate gradient as one masked row sum per chunk (suffix of x, prefix of y), weak and
+    strong decay, a shorter last chunk for T = 37."""
+    _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"DG_ONE_SUM": 1}, seed=38)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -0.5), (48, -1.0), (37, -4.0)])
 def test_fused_fold3_gated_delta(T, gmin):
     """FUSED_FOLD 3 on the gated delta rule's fused pass: chunks spanning at most 40 pivot at their end (-0.5, -1),
