@@ -159,6 +159,8 @@ CANDIDATES = {
     "fold3_all_train": ("both", {"FUSED_FOLD": 3, "FUSED_FWD": 3}, ("retention", "mamba2")),
     # Mamba-2's gate gradient as one masked row sum (sm_90: per-chunk backward 2,768 against 2,992 instructions)
     "dg_one_sum": ("linear_attention", {"DG_ONE_SUM": 1}, ("mamba2",)),
+    # GLA's per-chunk backward with q, k and the gate loaded again after its V loop (sm_90 spills halved)
+    "gla_reload": ("linear_attention", {"GLA_BWD_RELOAD": 1}, ("gla",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
@@ -193,6 +195,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 ] + [(f"fold3_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}, "delta_rule": {"FUSED_FOLD": 3}})
        for c in ("linear:Hfixed", "linear:BTH", "delta:H", "delta:BTH")] + [
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
+    ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

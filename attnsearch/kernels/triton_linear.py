@@ -114,6 +114,10 @@ _COMMON = {
 #                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,768 instructions
 #                against 2,992; not yet timed on a GPU); 0 = a reverse scan and a masked prefix sum. (The delta rule's
 #                UT-transform backward spilled more with it: 232 against 52 bytes.)
+#   GLA_BWD_RELOAD per-channel gates: 1 = the per-chunk backward loads q, k and the gate again after its V loop
+#                and forms the split-decay factors again, instead of keeping these [BT, K] tiles live through
+#                the loop (sm_90, 8 warps, V tiles of 64: spill stores 548 against 1,068 bytes, 6,552 against
+#                6,496 instructions; not yet timed on a GPU, where this kernel took 4.7 of GLA's 8.7 ms f+b).
 #   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
 #                ([B*H, T, BT] fp32: half the bytes of the bf16 per-chunk states at K = V = 128, chunk 64; fla
 #                keeps its A too), and the backward forms w and u from it instead of inverting again (no
@@ -152,13 +156,13 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
-                    "WY_BWD_SPLIT", "DG_ONE_SUM"),
+                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
-                         **_FUSED, "DG_ONE_SUM": (0, 1)},
+                         **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -205,7 +209,8 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0, "DG_ONE_SUM": 0}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0, "DG_ONE_SUM": 0,
+                "GLA_BWD_RELOAD": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
@@ -1098,7 +1103,8 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        dq_ptr, dk_ptr, dv_ptr, dg_ptr, da_ptr, e_ptr, dqo_ptr, dko_ptr, scale,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                       FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False):
+                       FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
+                       RELOAD: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1177,6 +1183,15 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             hgm += tl.dot(tl.trans(h_t), g_t.to(h_t.dtype), input_precision=PREC)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
+        if RELOAD:
+            # q, k and the gate loaded again (L2) and the split factors formed again, so that none of these
+            # [BT, K] tiles stays live through the V loop
+            q_t = tl.load(q_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            k_t = tl.load(k_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
+            b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
+            r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0), b_last)
+            qf, kf = _split_decay(q_t, k_t, b, r)
         dq = dq * scale * tl.exp(b)
         dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
         # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
@@ -2066,7 +2081,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
         dq, dk = torch.empty_like(q), torch.empty_like(k)
     _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
                                     T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
-                                    ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)), **opts)
+                                    ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
+                                    RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)

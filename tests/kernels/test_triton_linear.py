@@ -393,6 +393,13 @@ def test_gate_grad_one_sum(T, gmin):
     _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"DG_ONE_SUM": 1}, seed=38)
 
 
+@pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -8.0), (37, -20.0)])
+def test_gla_backward_reload(T, gmin):
+    """GLA_BWD_RELOAD: the per-channel backward's epilogue on q, k and the gate loaded again; mild decay (every
+    chunk safe), -8 (T = 48: safe and unsafe chunks in both heads) and -20 (none safe)."""
+    _compare("linear", "BTHK", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"GLA_BWD_RELOAD": 1}, seed=39)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -0.5), (48, -1.0), (37, -4.0)])
 def test_fused_fold3_gated_delta(T, gmin):
     """FUSED_FOLD 3 on the gated delta rule's fused pass: chunks spanning at most 40 pivot at their end (-0.5, -1),
