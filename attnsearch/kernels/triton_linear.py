@@ -144,6 +144,9 @@ _COMMON = {
 #                data-dependent gate on sequences whose chunks all span at most GLA_SAFE_SPAN / 2 (sm_90, Triton
 #                3.9, inference loops: RetNet 717 instructions against FOLD 2's 751, Mamba-2 780 against 827,
 #                gated delta 907 against 924, ungated 575);
+#                4 = 3 with the chunks' decays multiplied into a scalar that the state takes back only when it falls
+#                below LAZY_MIN (a branch the loop skips otherwise): sm_90 loops RetNet 703 (735 with the skipped
+#                branch), Mamba-2 764 (796), gated delta 904 against FOLD 3's 717, 780, 907;
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 #                FUSED_PREFETCH (data-dependent scalar gates): 1 = b, b_0 and b_last of chunk n + 1 are loaded in
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
@@ -151,7 +154,7 @@ _COMMON = {
 #                gated delta 0.96x of 0; not the default).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3),
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4),
           "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
@@ -172,6 +175,9 @@ SUB_BLOCK = 16  # rows per sub-block for per-channel gates (diagonal blocks form
 # that no product of two of them overflows fp32/bf16; chunks of stronger decay take the sub-block
 # path. `_split_decay` clamps its exponents at 40 (= half of this), which changes nothing on safe chunks.
 GLA_SAFE_SPAN = 80.0
+# FUSED_FOLD 4: the scale below which the fused pass multiplies its pending decay into the state (2^-20): v's rows
+# then take factors up to exp(GLA_SAFE_SPAN / 2) / LAZY_MIN (2.5e23), the state up to its true size / LAZY_MIN
+LAZY_MIN = tl.constexpr(2.0 ** -20)
 
 
 def default_config(op: str, device=None) -> dict:
@@ -695,7 +701,11 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         d_f = tl.exp(p_f)
     PRE_LOAD: tl.constexpr = GATE == 1 and not FIXED and PREFETCH
     # FOLD 3, data-dependent gate: the gate's rows are needed before q h_n (the state is decayed first)
-    EARLY_GATE: tl.constexpr = GATE == 1 and not FIXED and FOLD == 3
+    EARLY_GATE: tl.constexpr = GATE == 1 and not FIXED and FOLD >= 3
+    # FOLD 4: the state is held as cs * s, the chunks' decays multiplied into the scalar cs instead of into every
+    # element of s; s takes cs back (and cs is reset) once cs falls below LAZY_MIN, and on the way out
+    LAZY: tl.constexpr = GATE == 1 and FOLD == 4
+    cs = 1.0
     b_nx = 0.0  # (placeholders the loop carries unchanged without PRE_LOAD)
     bl_nx = 0.0
     b0_nx = 0.0
@@ -706,10 +716,10 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
     for n in range(n_start, n_end):
         if STORE_H:
             h_at = h_ptr + (bh.to(tl.int64) * NT + n) * K * V
-            tl.store(h_at + k1[:, None] * V + vv[None, :], s1.to(h_ptr.dtype.element_ty),
+            tl.store(h_at + k1[:, None] * V + vv[None, :], (s1 * cs).to(h_ptr.dtype.element_ty),
                      mask=(k1 < K)[:, None] & vmask[None, :])
             if SPLIT:
-                tl.store(h_at + k2[:, None] * V + vv[None, :], s2.to(h_ptr.dtype.element_ty),
+                tl.store(h_at + k2[:, None] * V + vv[None, :], (s2 * cs).to(h_ptr.dtype.element_ty),
                          mask=(k2 < K)[:, None] & vmask[None, :])
         rows = n * BT + ii
         rmask = rows < T
@@ -730,26 +740,33 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
             w2 = w1
             if SPLIT:
                 w2 = tl.load(w_ptr + tok[:, None] * K + k2[None, :], mask=m_2, other=0)
-            v_t = (v_t.to(tl.float32) - _rows_dot(w1, w2, s1, s2, PREC, SPLIT)).to(v_t.dtype)
+            v_t = (v_t.to(tl.float32) - _rows_dot(w1, w2, s1, s2, PREC, SPLIT) * cs).to(v_t.dtype)
         att = tl.dot(q1, tl.trans(ka), input_precision=PREC)
         if SPLIT:
             att = tl.dot(q2, tl.trans(kb), att, input_precision=PREC)
         att = tl.where(causal, att, 0)
-        if GATE == 1 and FIXED and FOLD == 3:
-            s1 = s1 * d_f
-            if SPLIT:
-                s2 = s2 * d_f
+        if GATE == 1 and FIXED and FOLD >= 3:
+            if LAZY:
+                cs = cs * d_f
+            else:
+                s1 = s1 * d_f
+                if SPLIT:
+                    s2 = s2 * d_f
         if EARLY_GATE:
             b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx, BT,
                                                             PRE_LOAD, False)
             d = tl.exp(b_last)
-            s1 = s1 * d
-            if SPLIT:
-                s2 = s2 * d
+            if LAZY:
+                cs = cs * d
+            else:
+                s1 = s1 * d
+                if SPLIT:
+                    s2 = s2 * d
         acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
-        if GATE == 1 and FIXED and FOLD == 3:
-            v_x = (v_t * v_fac[:, None]).to(v_t.dtype)
-            acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * o_fac[:, None]
+        if GATE == 1 and FIXED and FOLD >= 3:
+            # (LAZY: o = cs (q s + att v_x / cs), the state's update takes v_x / cs)
+            v_x = (v_t * (v_fac / cs)[:, None]).to(v_t.dtype)
+            acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * (o_fac * cs)[:, None]
             d = 1.0
             c = 1.0
             FORM: tl.constexpr = 0
@@ -777,8 +794,9 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 # FOLD 3: pivot at the chunk's end (every chunk spans at most SAFE / 2 after its first step): v's
                 # factors exp(b_last - b_j) lie in [exp(-SAFE / 2), 1], o's in [1, exp(SAFE / 2)], and the
                 # state, decayed above, takes k^T v_x with no factor of its own
-                v_x = (v_t * tl.exp(b_last - b)[:, None]).to(v_t.dtype)
-                acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * tl.exp(b - b_last)[:, None]
+                v_x = (v_t * (tl.exp(b_last - b) / cs)[:, None]).to(v_t.dtype)
+                acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC)
+                acc = acc * (tl.exp(b - b_last) * cs)[:, None]
                 d = 1.0
                 c = 1.0
                 FORM: tl.constexpr = 0
@@ -814,6 +832,16 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         if SPLIT:
             s2 = _state_step(s2, kb, v_x, d, c, PREC, FORM)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
+        if LAZY:
+            if cs < LAZY_MIN:
+                s1 = s1 * cs
+                if SPLIT:
+                    s2 = s2 * cs
+                cs = 1.0
+    if LAZY:
+        s1 = s1 * cs
+        if SPLIT:
+            s2 = s2 * cs
     return s1, s2
 
 
@@ -863,7 +891,7 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
         else:
             fold = tl.load(flag_ptr + bh)
         # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
-        n_fold = (T // BT if FOLD == 3 and FIXED else NT) * fold
+        n_fold = (T // BT if FOLD >= 3 and FIXED else NT) * fold
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
                                hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
                                PREFETCH, SPLIT)
@@ -1946,7 +1974,7 @@ def _fused_gate(g, BT, cfg, dtype):
     fold = _fold_mode(cfg, _gate_kind(g), dtype)
     if fold:
         # FOLD 3 pivots at the chunk's end: its factors span exp(+-span), so the span must be half FOLD 1's
-        return _chunk_cumsum(g, BT, flags=True, safe=GLA_SAFE_SPAN / 2 if fold == 3 else GLA_SAFE_SPAN)
+        return _chunk_cumsum(g, BT, flags=True, safe=GLA_SAFE_SPAN / 2 if fold >= 3 else GLA_SAFE_SPAN)
     return _chunk_cumsum(g, BT), None
 
 

@@ -373,7 +373,7 @@ def test_gated_backward_warps(interpreter):
 
 def test_fused_config_validation():
     q = torch.randn(1, 20, 1, 16)
-    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 4}, {"FUSED_BLOCK_V": 24}):
+    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 5}, {"FUSED_BLOCK_V": 24}):
         with pytest.raises(ValueError):
             kernels.linear_attention(q, q, q, chunk_size=16, backend="triton", config=bad)
 
@@ -384,6 +384,38 @@ def test_fused_delta_rule_matches_recurrence(mode, gate, gmin):
     """The delta rule's fused pass (v_new = u - w h_n inside the loop), training forward with mode 3."""
     config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "fused_num_stages": 2}
     _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=33)
+
+
+@pytest.mark.parametrize("op,gate,gmin", [("linear", "H", -0.5), ("linear", "BTH", -1.0), ("delta", "BTH", -1.0),
+                                          ("linear", "BTH", -4.0)])
+def test_fused_fold4_renormalises(op, gate, gmin):
+    """FUSED_FOLD 4 over 7 chunks of 16: the state's pending decay falls below LAZY_MIN (2^-20) within a few
+    chunks (up to -8 and -16 a chunk) and is multiplied back into the state, more than once; -4 mixes folded and
+    exact sequences. Inference (FUSED_FWD 1: no states stored) and training (3: states stored)."""
+    for mode in (1, 3):
+        config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 4, "fused_num_stages": 2}
+        if mode == 1:
+            gen = torch.Generator().manual_seed(40)
+            B, T, H, K, V = 1, 100, 2, 16, 32
+            q, k, v = (torch.randn(B, T, H, d, generator=gen) for d in (K, K, V))
+            g = _gate(gate, B, T, H, K, gmin, gen)
+            h0 = torch.randn(B, H, K, V, generator=gen)
+            if op == "delta":
+                k = torch.nn.functional.normalize(k, dim=-1)
+                beta = torch.rand(B, T, H, generator=gen)
+                with torch.no_grad():
+                    o, s = kernels.delta_rule(q, k, v, beta, g, chunk_size=16, initial_state=h0,
+                                              output_final_state=True, backend="triton", config=config)
+                ro, rs = delta_rule_ref(q.double(), k.double(), v.double(), beta.double(), g.double(), None,
+                                        h0.double(), True)
+            else:
+                with torch.no_grad():
+                    o, s = kernels.linear_attention(q, k, v, g, chunk_size=16, initial_state=h0,
+                                                    output_final_state=True, backend="triton", config=config)
+                ro, rs = linear_attention_ref(q.double(), k.double(), v.double(), g.double(), None, h0.double(), True)
+            assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL, (_rel(o, ro), _rel(s, rs))
+        else:
+            _compare(op, gate, T=100, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=gate != "H", seed=41)
 
 
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -20.0)])
@@ -400,11 +432,12 @@ def test_gla_backward_reload(T, gmin):
     _compare("linear", "BTHK", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"GLA_BWD_RELOAD": 1}, seed=39)
 
 
+@pytest.mark.parametrize("fold", [3, 4])
 @pytest.mark.parametrize("T,gmin", [(37, -0.5), (48, -1.0), (37, -4.0)])
-def test_fused_fold3_gated_delta(T, gmin):
-    """FUSED_FOLD 3 on the gated delta rule's fused pass: chunks spanning at most 40 pivot at their end (-0.5, -1),
-    stronger ones (-4: up to 60 per chunk) take the exact loop; a shorter last chunk for T = 37."""
-    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 3, "fused_num_stages": 2}
+def test_fused_fold3_gated_delta(fold, T, gmin):
+    """FUSED_FOLD 3 / 4 on the gated delta rule's fused pass: chunks spanning at most 40 pivot at their end (-0.5,
+    -1), stronger ones (-4: up to 60 per chunk) take the exact loop; a shorter last chunk for T = 37."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
     _compare("delta", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=37)
 
 
@@ -425,7 +458,7 @@ def test_fused_delta_inference(gate, gmin):
     assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL
 
 
-@pytest.mark.parametrize("fold", [2, 3])
+@pytest.mark.parametrize("fold", [2, 3, 4])
 @pytest.mark.parametrize("T", [37, 48])
 @pytest.mark.parametrize("gmin", [-0.5, -4.0, -20.0])
 def test_fused_fold_end_pivot(fold, T, gmin):
@@ -451,7 +484,7 @@ def test_delta_backward_scan_split_k(split, K, prep, gate):
 @pytest.mark.parametrize("gate,gmin,fold", [(None, -1.0, 1), ("H", -1.0, 1), ("H", -1.0, 2), ("H", -1.0, 3),
                                             ("H", -20.0, 1),
                                             ("BTH", -1.0, 1), ("BTH", -8.0, 1), ("BTH", -3.0, 0),
-                                            ("BTH", -1.0, 3), ("BTH", -5.0, 3)])
+                                            ("BTH", -1.0, 3), ("BTH", -5.0, 3), ("H", -1.0, 4), ("BTH", -1.0, 4)])
 def test_fused_split_k(K, gate, gmin, fold):
     """FUSED_SPLIT_K: the fused pass holds the state as two halves of K (K = 48: the second half partly past K)
     on every loop form (no gate, fixed decay folded about the middle or the end, exact, data-dependent gate
