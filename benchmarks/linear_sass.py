@@ -35,7 +35,7 @@ INT32 = {"flag_ptr"}
 
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
-                 "DELTA": False, "ONE_SUM": False, "RELOAD": False}
+                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -137,6 +137,10 @@ def jobs():
             launch = tlin._launch_opts(lin, "fused_gated" if gate else "fused")
             out.append((f"fused_fwd gate={gate} fixed={fixed} fold={fold} split_k={split} store_h={store_h}",
                         tlin._fused_fwd_kernel, c, launch["num_warps"], launch["num_stages"], ()))
+            if gate and not split:  # v's row factors by packed 16-bit multiplies
+                out.append((f"fused_fwd scale16 gate={gate} fixed={fixed} fold={fold} store_h={store_h}",
+                            tlin._fused_fwd_kernel, dict(c, SCALE16=True), launch["num_warps"],
+                            launch["num_stages"], ()))
     for gate, fold in ((0, 0), (1, 1), (1, 3), (1, 4)):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=False,
                  STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True,

@@ -142,7 +142,7 @@ _COMMON = {
 #                3 = every scalar gate pivots at the chunk's end and applies the chunk's decay to the state before
 #                q h_n: a fixed decay as in 2 on full chunks (a shorter last chunk takes the exact loop), a
 #                data-dependent gate on sequences whose chunks all span at most GLA_SAFE_SPAN / 2 (sm_90, Triton
-#                3.9, inference loops: RetNet 717 instructions against FOLD 2's 751, Mamba-2 780 against 827,
+#                3.9, inference loops: RetNet 717 instructions against FOLD 2's 766, Mamba-2 780 against 827,
 #                gated delta 907 against 924, ungated 575);
 #                4 = 3 with the chunks' decays multiplied into a scalar that the state takes back only when it falls
 #                below LAZY_MIN (a branch the loop skips otherwise): sm_90 loops RetNet 703 (735 with the skipped
@@ -152,10 +152,15 @@ _COMMON = {
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
 #                FUSED_SPLIT_K: 1 = the state held as two halves of K (H200: linear fwd 1.10x, delta 1.03x,
 #                gated delta 0.96x of 0; not the default).
+#                FUSED_SCALE16 (scalar gates, 16-bit inputs): 1 = v's row factors rounded to the input dtype and
+#                applied by packed 16-bit multiplies (`_scale_rows`; sm_90 inference loops, without / with it:
+#                RetNet FOLD 2 766 / 728, FOLD 3 717 / 654; Mamba-2 FOLD 2 827 / 778, FOLD 3 780 / 735, FOLD 4
+#                796 / 733 with its skipped branch; gated delta FOLD 2 924 / 933, FOLD 3 907 / 878; not yet timed
+#                on a GPU, nor gradient-checked there: the interpreter's 16-bit arithmetic is wrong).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4),
-          "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1)}
+          "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1), "FUSED_SCALE16": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
@@ -215,8 +220,8 @@ def default_config(op: str, device=None) -> dict:
                 "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0, "DG_ONE_SUM": 0,
-                "GLA_BWD_RELOAD": 0}
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
+                "FUSED_SCALE16": 0, "DG_ONE_SUM": 0, "GLA_BWD_RELOAD": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
@@ -224,7 +229,7 @@ def default_config(op: str, device=None) -> dict:
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
             "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32,
             "fused_num_warps": 4, "fused_num_stages": 3, "fused_gated_num_stages": 3, "FUSED_FOLD": 2,
-            "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0}
+            "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0, "FUSED_SCALE16": 0}
 
 
 def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
@@ -612,6 +617,18 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 
 
 @triton.jit
+def _scale_rows(x, f, SCALE16: tl.constexpr):
+    """x [R, C] times the row factors f [R] (fp32), in x's dtype. SCALE16: f rounded to x's dtype first, so that
+    16-bit x takes one packed 16-bit multiply per two elements (sm_90 HMUL2) instead of unpacking, fp32
+    multiplies and packing again (f's rounding adds at most 2^-9 relative error in bf16, below x's own
+    rounding); fp32 x is the same either way."""
+    if SCALE16:
+        return x * f.to(x.dtype)[:, None]
+    else:
+        return (x * f[:, None]).to(x.dtype)
+
+
+@triton.jit
 def _rows_dot(x1, x2, s1, s2, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """x h for a state held whole (s1) or as two halves of K (SPLIT: x1, x2 the matching column halves of x)."""
     acc = tl.dot(x1, s1.to(x1.dtype), input_precision=PREC)
@@ -655,7 +672,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                   T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   GATE: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr,
                   FOLD: tl.constexpr, SAFE: tl.constexpr, DELTA: tl.constexpr, PREFETCH: tl.constexpr,
-                  SPLIT: tl.constexpr):
+                  SPLIT: tl.constexpr, SCALE16: tl.constexpr):
     """Chunks n_start .. n_end - 1 of `_fused_fwd_kernel`; returns the state after them, whole
     in s1 ([BK, BV]; s2 unused) or (SPLIT) as its two halves of K, s1 and s2 ([BK / 2, BV] each, q, k and w
     loaded as two column halves): every matmul then has BK / 2 rows or a BK / 2 reduction.
@@ -765,7 +782,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
         if GATE == 1 and FIXED and FOLD >= 3:
             # (LAZY: o = cs (q s + att v_x / cs), the state's update takes v_x / cs)
-            v_x = (v_t * (v_fac / cs)[:, None]).to(v_t.dtype)
+            v_x = _scale_rows(v_t, v_fac / cs, SCALE16)
             acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC) * (o_fac * cs)[:, None]
             d = 1.0
             c = 1.0
@@ -774,14 +791,14 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
             d = tl.exp(b_last)
             s_last = tl.exp(b_last - p_f)  # 1 but in a last chunk shorter than BT
-            v_x = (v_t * (v_fac * s_last)[:, None]).to(v_t.dtype)
+            v_x = _scale_rows(v_t, v_fac * s_last, SCALE16)
             acc = tl.dot(att.to(v_t.dtype), v_x, acc * d, input_precision=PREC)
             acc = acc * (o_fac / s_last)[:, None]
             c = 1.0
             FORM: tl.constexpr = 1
         elif GATE == 1 and FIXED and FOLD == 1:
             b_last = tl.minimum(T - n * BT, BT).to(tl.float32) * lg
-            v_x = (v_t * v_fac[:, None]).to(v_t.dtype)
+            v_x = _scale_rows(v_t, v_fac, SCALE16)
             acc = acc * e_r + tl.dot(att.to(v_t.dtype), v_x, input_precision=PREC)
             acc = acc * o_fac[:, None]
             d = tl.exp(b_last)
@@ -794,7 +811,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 # FOLD 3: pivot at the chunk's end (every chunk spans at most SAFE / 2 after its first step): v's
                 # factors exp(b_last - b_j) lie in [exp(-SAFE / 2), 1], o's in [1, exp(SAFE / 2)], and the
                 # state, decayed above, takes k^T v_x with no factor of its own
-                v_x = (v_t * (tl.exp(b_last - b) / cs)[:, None]).to(v_t.dtype)
+                v_x = _scale_rows(v_t, tl.exp(b_last - b) / cs, SCALE16)
                 acc = tl.dot(att.to(v_t.dtype), v_x, acc, input_precision=PREC)
                 acc = acc * (tl.exp(b - b_last) * cs)[:, None]
                 d = 1.0
@@ -805,7 +822,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                                                                 BT, PRE_LOAD, True)
                 d = tl.exp(b_last)
                 r = (b_0 + b_last) * 0.5
-                v_x = (v_t * tl.exp(r - b)[:, None]).to(v_t.dtype)
+                v_x = _scale_rows(v_t, tl.exp(r - b), SCALE16)
                 acc = acc * tl.exp(r) + tl.dot(att.to(v_t.dtype), v_x, input_precision=PREC)
                 acc = acc * tl.exp(b - r)[:, None]
                 c = tl.exp(b_last - r)
@@ -819,7 +836,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 d = tl.exp(b_last)
                 att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
                 acc = acc * tl.exp(b)[:, None] + tl.dot(att.to(v_t.dtype), v_t, input_precision=PREC)
-                v_x = (v_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+                v_x = _scale_rows(v_t, tl.exp(tl.minimum(b_last - b, 0)), SCALE16)
                 c = 1.0
                 FORM: tl.constexpr = 1
         else:
@@ -851,7 +868,7 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
                       BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FIXED: tl.constexpr = False,
                       SAFE: tl.constexpr = 80.0, FOLD: tl.constexpr = 1, DELTA: tl.constexpr = False,
-                      PREFETCH: tl.constexpr = 0, SPLIT: tl.constexpr = False):
+                      PREFETCH: tl.constexpr = 0, SPLIT: tl.constexpr = False, SCALE16: tl.constexpr = False):
     """The state scan and the output in one sequential pass over chunks (no gate or a scalar gate):
     o = scale * ((q exp(b)) h_n + A v) and h_{n+1} = exp(b_last) h_n + (k exp(b_last - b))^T v; for the delta
     rule (DELTA) v is v_new = u - w h_n, from the UT transform's w and u.
@@ -894,13 +911,14 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
         n_fold = (T // BT if FOLD >= 3 and FIXED else NT) * fold
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
                                hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
-                               PREFETCH, SPLIT)
+                               PREFETCH, SPLIT, SCALE16)
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_fold, NT, scale, bh,
                                bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
-                               PREFETCH, SPLIT)
+                               PREFETCH, SPLIT, SCALE16)
     else:
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, NT, scale, bh, bb, hh, vv,
-                               T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH, SPLIT)
+                               T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA, PREFETCH, SPLIT,
+                               SCALE16)
     if STORE_HT:
         tl.store(ht_ptr + o1, s1, mask=m1)
         if SPLIT:
@@ -1956,6 +1974,7 @@ def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=Fal
                                                    SAFE=GLA_SAFE_SPAN, FOLD=fold, DELTA=w is not None,
                                                    PREFETCH=cfg.get("FUSED_PREFETCH", 0),
                                                    SPLIT=bool(cfg.get("FUSED_SPLIT_K", 0)) and _pow2(K) >= 32,
+                                                   SCALE16=bool(cfg.get("FUSED_SCALE16", 0)),
                                                    **_launch_opts(cfg, "fused_gated" if gate else "fused"))
     return o, h, ht
 

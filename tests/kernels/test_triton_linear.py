@@ -418,6 +418,17 @@ def test_fused_fold4_renormalises(op, gate, gmin):
             _compare(op, gate, T=100, chunk=16, K=16, V=32, gmin=gmin, config=config, grad_g=gate != "H", seed=41)
 
 
+@pytest.mark.parametrize("fold", [0, 2, 3, 4])
+@pytest.mark.parametrize("op,gate", [("linear", "H"), ("linear", "BTH"), ("delta", "BTH")])
+def test_fused_scale16_plumbing(fold, op, gate):
+    """FUSED_SCALE16 reaches every v-scaling form of the fused pass (exact, FOLD 2-4) and leaves fp32 inputs
+    exact. Its point, the packed 16-bit multiply, needs 16-bit arithmetic that the interpreter gets wrong
+    (bf16 elementwise products come out as garbage there), so the bf16 side is left to the GPU gradient check
+    (benchmarks/linear_session.py, check "scale16")."""
+    config = {"FUSED_FWD": 3, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "FUSED_SCALE16": 1, "fused_num_stages": 2}
+    _compare(op, gate, T=37, chunk=16, K=16, V=32, gmin=-0.5, config=config, grad_g=gate != "H", seed=45)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -20.0)])
 def test_gate_grad_one_sum(T, gmin):
     """DG_ONE_SUM: Mamba-2's gate gradient as one masked row sum per chunk (suffix of x, prefix of y), weak and
