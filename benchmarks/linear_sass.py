@@ -35,7 +35,7 @@ INT32 = {"flag_ptr"}
 
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
-                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False}
+                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": False}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -109,6 +109,9 @@ def jobs():
     c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=2, PREC="tf32", RELOAD=True)
     out.append(("linear_bwd gate=2 reload", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                 min(lin["bwd_num_stages"], 2), ("dq_ptr", "dk_ptr", "dg_ptr")))
+    c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", DG_WEAK=True)
+    out.append(("linear_bwd gate=1 dg_weak", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"], lin["bwd_num_stages"],
+                ("dg_ptr",)))
     out.append(("linear_bwd gate=1 one_sum", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"], lin["bwd_num_stages"],
                 ("dg_ptr",)))
     c = dict(K=K, BT=BT, BK=K, PREC="tf32")

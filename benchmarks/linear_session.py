@@ -168,6 +168,10 @@ CANDIDATES = {
     "s16_fold4_train": ("both", {"FUSED_SCALE16": 1, "FUSED_FOLD": 4, "FUSED_FWD": 3}, ("retention", "mamba2")),
     # Mamba-2's gate gradient as one masked row sum (sm_90: per-chunk backward 2,768 against 2,992 instructions)
     "dg_one_sum": ("linear_attention", {"DG_ONE_SUM": 1}, ("mamba2",)),
+    # Mamba-2's gate gradient in fla's form on chunks whose steps decay by at most 2 (sm_90: 2,512 instructions on
+    # that path against 2,984 for the exact form, no spills)
+    "dg_weak": ("linear_attention", {"DG_WEAK": 1}, ("mamba2",)),
+    "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
     # GLA's per-chunk backward with q, k and the gate loaded again after its V loop (sm_90 spills halved)
     "gla_reload": ("linear_attention", {"GLA_BWD_RELOAD": 1}, ("gla",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
@@ -210,6 +214,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
        for f in (3, 4) for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
+    ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
+    ("dg_weak_one_sum", "linear:BTH", {"linear_attention": {"DG_WEAK": 1, "DG_ONE_SUM": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

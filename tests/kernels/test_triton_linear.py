@@ -429,6 +429,40 @@ def test_fused_scale16_plumbing(fold, op, gate):
     _compare(op, gate, T=37, chunk=16, K=16, V=32, gmin=-0.5, config=config, grad_g=gate != "H", seed=45)
 
 
+@pytest.mark.parametrize("T,gmin", [(37, -1.0), (37, -4.0), (48, -20.0), (53, "mixed"), (48, "strong")])
+@pytest.mark.parametrize("one_sum", [0, 1])
+def test_gate_grad_weak_steps(T, gmin, one_sum):
+    """DG_WEAK: chunks whose steps decay by at most WEAK_STEP (2) take fla's q.dq - k.dk form of Mamba-2's gate
+    gradient, the others the exact chunk-local form: all weak (-1), some steps past 2 (-4, -20: uniform draws), a
+    sequence with weak and strong chunks side by side ("mixed": steps down to -12 in its second and fourth
+    chunk), and every step about -20 ("strong", where fla's form is off by a factor of about 40)."""
+    config = {"DG_WEAK": 1, "DG_ONE_SUM": one_sum}
+    if gmin not in ("mixed", "strong"):
+        _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=46)
+        return
+    gen = torch.Generator().manual_seed(47)
+    B, H, K, V = 1, 2, 16, 32
+    q, k = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, K, generator=gen)
+    v, h0 = torch.randn(B, T, H, V, generator=gen), torch.randn(B, H, K, V, generator=gen)
+    g = -torch.rand(B, T, H, generator=gen)
+    if gmin == "strong":
+        g = -20.0 + 2.0 * g
+    else:
+        g[:, 16:32] *= 12.0
+        g[:, 48:] *= 12.0
+    x = {"q": q, "k": k, "v": v, "g": g, "h0": h0}
+    ours = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+    ref = {n: t.double().requires_grad_(True) for n, t in x.items()}
+    o, s = kernels.linear_attention(ours["q"], ours["k"], ours["v"], ours["g"], chunk_size=16,
+                                    initial_state=ours["h0"], output_final_state=True, backend="triton", config=config)
+    ro, rs = linear_attention_ref(ref["q"], ref["k"], ref["v"], ref["g"], None, ref["h0"], True)
+    wo, ws = torch.randn(ro.shape, generator=gen), torch.randn(rs.shape, generator=gen)
+    ((o * wo).sum() + (s * ws).sum()).backward()
+    ((ro * wo.double()).sum() + (rs * ws.double()).sum()).backward()
+    for n in x:
+        assert _rel(ours[n].grad, ref[n].grad) <= TOL, (n, _rel(ours[n].grad, ref[n].grad))
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -20.0)])
 def test_gate_grad_one_sum(T, gmin):
     """DG_ONE_SUM: Mamba-2's gate gradient as one masked row sum per chunk (suffix of x, prefix of y), weak and
