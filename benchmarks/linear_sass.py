@@ -73,6 +73,12 @@ def jobs():
                      STORE_DH0=False, PRE=pre)
             out.append((f"state_bwd gate={gate} pre={pre}", tlin._state_bwd_kernel, c, lin["num_warps"],
                         lin["num_stages"], ()))
+    for fixed in (False, True):  # the scalar gates' in-loop row factors by packed 16-bit multiplies
+        for kern, name, extra in ((tlin._state_fwd_kernel, "state_fwd", dict(HAS_H0=False, STORE_HT=False)),
+                                  (tlin._state_bwd_kernel, "state_bwd", dict(HAS_DHT=False, STORE_DH0=False))):
+            c = dict(scan, BK=lin["BLOCK_K"], BV=lin["BLOCK_V"], GATE=1, DELTA=False, PRE=False, FIXED=fixed,
+                     SCALE16=True, **extra)
+            out.append((f"{name} scale16 gate=1 fixed={fixed}", kern, c, lin["num_warps"], lin["num_stages"], ()))
     for gate in (0, 1):
         for pre in ((False, True) if gate else (False,)):
             c = dict(scan, BK=K, BV=dl["BLOCK_V"], GATE=gate, DELTA=True, HAS_H0=False, STORE_HT=False, PRE=pre)

@@ -172,6 +172,10 @@ CANDIDATES = {
     # that path against 2,984 for the exact form, no spills)
     "dg_weak": ("linear_attention", {"DG_WEAK": 1}, ("mamba2",)),
     "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
+    # the scans' in-loop row factors by packed 16-bit multiplies (sm_90: Mamba-2's backward scan 425 against 469
+    # instructions in the loop, with the gate pass skipped: PREP_SCALAR 0)
+    "scan_s16": ("linear_attention", {"SCAN_SCALE16": 1}, ("retention", "mamba2")),
+    "prep0_s16": ("linear_attention", {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}, ("mamba2",)),
     # GLA's per-chunk backward with q, k and the gate loaded again after its V loop (sm_90 spills halved)
     "gla_reload": ("linear_attention", {"GLA_BWD_RELOAD": 1}, ("gla",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
@@ -215,6 +219,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
     ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
+    ("scan_s16", "linear:Hfixed,linear:BTH", {"linear_attention": {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}}),
     ("dg_weak_one_sum", "linear:BTH", {"linear_attention": {"DG_WEAK": 1, "DG_ONE_SUM": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),

@@ -95,6 +95,9 @@ _COMMON = {
 #                scan (q exp(b)) and exp(b_last) per chunk, so that the scan only rescales its state;
 #                2 = the forward scan's keys (k exp(b_last - b)) too (for the delta rule the UT-transform
 #                kernel writes them, no extra pass).
+#   SCAN_SCALE16 scalar gates, 16-bit inputs: 1 = the scans' in-loop row factors (a fixed decay always; other
+#                scalar gates where PREP_SCALAR leaves them in the loop) rounded to the input dtype and applied
+#                by packed 16-bit multiplies (`_scale_rows`). Not yet timed on a GPU.
 #   PREP_CHANNEL per-channel gates (GLA): 1 = the same for both scans; the pass replaces the cumulative-gate
 #                kernel, and the fp32 cumulative gate is written only where the backward needs it.
 #   GLA_OUT_FUSED per-channel gates: 1 = the forward output takes the raw gate and forms the chunk-local
@@ -163,11 +166,11 @@ _COMMON = {
 #                RetNet FOLD 2 766 / 728, FOLD 3 717 / 654; Mamba-2 FOLD 2 827 / 778, FOLD 3 780 / 735, FOLD 4
 #                796 / 733 with its skipped branch; gated delta FOLD 2 924 / 933, FOLD 3 907 / 878; not yet timed
 #                on a GPU, nor gradient-checked there: the interpreter's 16-bit arithmetic is wrong).
-_GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2)}
+_GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2), "SCAN_SCALE16": (0, 1)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4),
           "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1), "FUSED_SCALE16": (0, 1)}
-FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL"),
+FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL", "SCAN_SCALE16"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
                     "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK"),
@@ -228,7 +231,7 @@ def default_config(op: str, device=None) -> dict:
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "gated_bwd_num_warps": 0, "bwd_num_stages": 3,
-                "PREP_SCALAR": 1, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
+                "PREP_SCALAR": 1, "SCAN_SCALE16": 0, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
                 "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
@@ -236,6 +239,7 @@ def default_config(op: str, device=None) -> dict:
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
+            "SCAN_SCALE16": 0,
             "GATED_BWD_BLOCK_V": 0,
             "OUT_V_LOOP": 0, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
             "WY_BWD_SPLIT": 0, "SCAN_BWD_SPLIT_K": 1, "SAVE_TM": 1, "FUSED_FWD": 3, "FUSED_BLOCK_V": 32,
@@ -450,7 +454,7 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
                       T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False):
+                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False, SCALE16: tl.constexpr = False):
     """Sequential scan over chunks: stores h_n (state entering chunk n) and the final state.
 
     DELTA: v_ptr holds u and w_ptr holds w of the UT transform; the values written into the state
@@ -496,7 +500,7 @@ def _state_fwd_kernel(k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, h_ptr, ht_ptr, vnew_pt
             state = _decay_state(state, d_cur, GATE)
         elif GATE == 1:
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(v_t.dtype)
+            k_t = _scale_rows(k_t, tl.exp(tl.minimum(b_last - b, 0)), SCALE16)
             state = state * tl.exp(b_last)
         elif GATE == 2:
             b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
@@ -990,7 +994,7 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
                       scale, T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
                       HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
-                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False):
+                      PRE: tl.constexpr = False, FIXED: tl.constexpr = False, SCALE16: tl.constexpr = False):
     """Backward scan over chunks: stores G_n (gradient of the state leaving chunk n) and dh0.
 
     dh_n = exp(b_last) G_n + scale (q exp(b))^T do  [- w^T dv_new for the delta rule, where
@@ -1036,9 +1040,9 @@ def _state_bwd_kernel(q_ptr, k_ptr, w_ptr, b_ptr, do_ptr, dvl_ptr, dht_ptr, dh0_
             dnext = _decay_state(dstate, d_cur, GATE)
         elif GATE == 1:
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
-            q_t = (q_t * tl.exp(b)[:, None]).to(do_t.dtype)
+            q_t = _scale_rows(q_t, tl.exp(b), SCALE16)
             if DELTA:
-                k_t = (k_t * tl.exp(tl.minimum(b_last - b, 0))[:, None]).to(do_t.dtype)
+                k_t = _scale_rows(k_t, tl.exp(tl.minimum(b_last - b, 0)), SCALE16)
             decay = tl.exp(b_last)
             dnext = dstate * decay
         elif GATE == 2:
@@ -1986,7 +1990,8 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=F
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
     _state_fwd_kernel[grid](k, v, b, w, h0, h, ht, vnew, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                             GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=want_ht,
-                            PREC=_prec(k), PRE=pre, FIXED=fixed, **_launch_opts(cfg))
+                            PREC=_prec(k), PRE=pre, FIXED=fixed, SCALE16=bool(cfg.get("SCAN_SCALE16", 0)),
+                            **_launch_opts(cfg))
     return h, ht, vnew
 
 
@@ -2092,7 +2097,7 @@ def _state_bwd(q, k, w, b, do, dvl, dht, scale, BT, cfg, gate, delta, want_dh0, 
     _state_bwd_kernel[grid](q, k, w, b, do, dvl, dht, dh0, gs, dvn, scale, T, NT, H=H, K=K, V=V,
                             BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None,
                             STORE_DH0=want_dh0, PREC=_prec(q), PRE=pre, FIXED=fixed,
-                            **_launch_opts(cfg, "scan_bwd"))
+                            SCALE16=bool(cfg.get("SCAN_SCALE16", 0)), **_launch_opts(cfg, "scan_bwd"))
     return gs, dh0, dvn
 
 

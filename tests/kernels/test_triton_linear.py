@@ -429,6 +429,14 @@ def test_fused_scale16_plumbing(fold, op, gate):
     _compare(op, gate, T=37, chunk=16, K=16, V=32, gmin=-0.5, config=config, grad_g=gate != "H", seed=45)
 
 
+@pytest.mark.parametrize("op,gate", [("linear", "H"), ("linear", "BTH"), ("delta", "BTH")])
+def test_scan_scale16_plumbing(op, gate):
+    """SCAN_SCALE16 with PREP_SCALAR 0 (the scans scale their rows in the loop), fused forward off: fp32 inputs
+    stay exact (the 16-bit side needs the GPU gradient check, as FUSED_SCALE16's)."""
+    config = {"SCAN_SCALE16": 1, "PREP_SCALAR": 0, "FUSED_FWD": 0}
+    _compare(op, gate, T=37, chunk=16, K=16, V=32, gmin=-3.0, config=config, grad_g=gate != "H", seed=48)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (37, -4.0), (48, -20.0), (53, "mixed"), (48, "strong")])
 @pytest.mark.parametrize("one_sum", [0, 1])
 def test_gate_grad_weak_steps(T, gmin, one_sum):
