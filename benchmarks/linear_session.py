@@ -238,6 +238,9 @@ def _env_list(name):
 def selected_candidates():
     """CANDIDATES filtered by LINEAR_CANDIDATES (e.g. "default"); "default" is always kept."""
     keep = _env_list("LINEAR_CANDIDATES")
+    unknown = sorted(set(keep or ()) - set(CANDIDATES))
+    if unknown:  # a misspelt name would otherwise cost a GPU session its comparison
+        sys.exit(f"LINEAR_CANDIDATES: no candidate named {', '.join(unknown)}")
     return {n: c for n, c in CANDIDATES.items() if keep is None or n in keep or n == "default"}
 
 
@@ -252,6 +255,9 @@ def selected_ops():
 def selected_gradchecks():
     """GRADCHECKS whose name starts with one of LINEAR_GRADCHECKS (e.g. "default")."""
     keep = _env_list("LINEAR_GRADCHECKS")
+    unknown = [k for k in keep or () if not any(g[0].startswith(k) for g in GRADCHECKS)]
+    if unknown:
+        sys.exit(f"LINEAR_GRADCHECKS: no gradient check named {', '.join(unknown)}")
     return [g for g in GRADCHECKS if keep is None or any(g[0].startswith(k) for k in keep)]
 
 
