@@ -81,8 +81,8 @@ def ptxas_report(ptx: str) -> dict:
     return {"registers": int(regs.group(1)), "spill_store_bytes": int(spill.group(1)) if spill else None}
 
 
-def sass_loops(cubin: bytes) -> list[dict]:
-    """Backward branches of the SASS as loops, with what their bodies hold."""
+def sass_instructions(cubin: bytes) -> tuple[list[str], dict[str, int]]:
+    """The kernel's SASS instructions in order, and the index each branch label points at."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
         fh.write(cubin)
     sass = subprocess.run([os.path.join(BIN, "nvdisasm"), "-c", fh.name],
@@ -97,6 +97,12 @@ def sass_loops(cubin: bytes) -> list[dict]:
         ins = re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*)", line)
         if ins:
             instructions.append(ins.group(1))
+    return instructions, labels
+
+
+def sass_loops(cubin: bytes) -> list[dict]:
+    """Backward branches of the SASS as loops, with what their bodies hold."""
+    instructions, labels = sass_instructions(cubin)
     loops = []
     for end, ins in enumerate(instructions):
         target = re.search(r"BRA\s+`?\(?\.?(L_x_\d+)", ins)

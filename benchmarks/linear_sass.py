@@ -24,7 +24,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from attention_sass import ptxas_report, sass_loops  # noqa: E402
+from attention_sass import ptxas_report, sass_instructions, sass_loops  # noqa: E402
 from attnsearch.kernels import triton_linear as tlin  # noqa: E402
 
 # pointer arguments that hold fp32 / int32 data (the rest are bf16 inputs, outputs or states)
@@ -111,15 +111,15 @@ def jobs():
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
                     ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
-    c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", ONE_SUM=True)
     c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=2, PREC="tf32", RELOAD=True)
     out.append(("linear_bwd gate=2 reload", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                 min(lin["bwd_num_stages"], 2), ("dq_ptr", "dk_ptr", "dg_ptr")))
-    c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", DG_WEAK=True)
-    out.append(("linear_bwd gate=1 dg_weak", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"], lin["bwd_num_stages"],
-                ("dg_ptr",)))
-    out.append(("linear_bwd gate=1 one_sum", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"], lin["bwd_num_stages"],
-                ("dg_ptr",)))
+    # Mamba-2's gate gradient: one masked row sum; fla's form on weak chunks (both forms compiled, a branch)
+    for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=True)),
+                        ("dg_weak one_sum", dict(DG_WEAK=True, ONE_SUM=True))):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", **flags)
+        out.append((f"linear_bwd gate=1 {name}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
+                     lin["bwd_num_stages"], ("dg_ptr",)))
     c = dict(K=K, BT=BT, BK=K, PREC="tf32")
     out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 4, 1, ("x_ptr",)))
     for gate in (0, 1):
@@ -252,7 +252,8 @@ def main():
             failed += 1
             print(f"{label}: COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             continue
-        report = {**ptxas_report(compiled.asm["ptx"]), "shared_bytes": compiled.metadata.shared}
+        report = {**ptxas_report(compiled.asm["ptx"]), "shared_bytes": compiled.metadata.shared,
+                  "instructions": len(sass_instructions(compiled.asm["cubin"])[0])}
         print(f"{label}: {report}")
         for i, loop in enumerate(sass_loops(compiled.asm["cubin"])):
             body_ldg = loop.get("LDG", "")
