@@ -35,7 +35,7 @@ INT32 = {"flag_ptr"}
 
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
-                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": False}
+                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": 0}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -115,8 +115,9 @@ def jobs():
     out.append(("linear_bwd gate=2 reload", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                 min(lin["bwd_num_stages"], 2), ("dq_ptr", "dk_ptr", "dg_ptr")))
     # Mamba-2's gate gradient: one masked row sum; fla's form on weak chunks (both forms compiled, a branch)
-    for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=True)),
-                        ("dg_weak one_sum", dict(DG_WEAK=True, ONE_SUM=True))):
+    for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=1)),
+                        ("dg_weak one_sum", dict(DG_WEAK=1, ONE_SUM=True)),
+                        ("dg_weak=2 weak chunks", dict(DG_WEAK=2)), ("dg_weak=2 other chunks", dict(DG_WEAK=3))):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", **flags)
         out.append((f"linear_bwd gate=1 {name}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                      lin["bwd_num_stages"], ("dg_ptr",)))

@@ -172,6 +172,8 @@ CANDIDATES = {
     # that path against 2,984 for the exact form, no spills)
     "dg_weak": ("linear_attention", {"DG_WEAK": 1}, ("mamba2",)),
     "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
+    # the same from two launches, one per form (weak chunks' kernel 2,520 instructions without spills)
+    "dg_weak2": ("linear_attention", {"DG_WEAK": 2, "DG_ONE_SUM": 1}, ("mamba2",)),
     # the scans' in-loop row factors by packed 16-bit multiplies (sm_90: Mamba-2's backward scan 425 against 469
     # instructions in the loop, with the gate pass skipped: PREP_SCALAR 0)
     "scan_s16": ("linear_attention", {"SCAN_SCALE16": 1}, ("retention", "mamba2")),
@@ -221,6 +223,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
     ("scan_s16", "linear:Hfixed,linear:BTH", {"linear_attention": {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}}),
     ("dg_weak_one_sum", "linear:BTH", {"linear_attention": {"DG_WEAK": 1, "DG_ONE_SUM": 1}}),
+    ("dg_weak2", "linear:BTH", {"linear_attention": {"DG_WEAK": 2, "DG_ONE_SUM": 1}}),
     ("fused delta:none", "delta:none", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused delta:BTH", "delta:BTH", {"delta_rule": {"FUSED_FWD": 3}}),
     ("fused_nofold", "linear:Hfixed,linear:BTH", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 0}}),

@@ -120,9 +120,11 @@ _COMMON = {
 #   DG_WEAK      linear attention, Mamba-2: 1 = a chunk whose steps all decay by at most WEAK_STEP (2) takes its
 #                gate gradient in fla's form, the suffix sum of q.dq - k.dk of the final gradients (no second
 #                q k^T, no [BT, BT] products or column sums), other chunks the exact chunk-local form (a branch
-#                per chunk). fla's form loses the small terms next to the diagonal's under strong decay (relative
-#                error 42 at steps of -20 on the CPU), hence the bound. sm_90, 8 warps: that path 2,512
-#                instructions, no spills, against the exact form's 2,984; not yet timed on a GPU.
+#                per chunk, both forms in one kernel); 2 = the same from two launches, each kernel compiled with
+#                one form (the programs of the other kind return at once). fla's form loses the small terms next
+#                to the diagonal's under strong decay (relative error 42 at steps of -20 on the CPU), hence the
+#                bound. sm_90, 8 warps: 1 = 3,280 instructions, 24 B spilled; 2 = 2,520 for weak chunks, no
+#                spills, 3,000 for the others; exact form alone (0) 2,984. Not yet timed on a GPU.
 #   GLA_BWD_RELOAD per-channel gates: 1 = the per-chunk backward loads q, k and the gate again after its V loop
 #                and forms the split-decay factors again, instead of keeping these [BT, K] tiles live through
 #                the loop (sm_90, 8 warps, V tiles of 64: spill stores 548 against 1,068 bytes, 6,552 against
@@ -180,7 +182,7 @@ CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1),
-                         "DG_WEAK": (0, 1)},
+                         "DG_WEAK": (0, 1, 2)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -1175,7 +1177,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                        FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
-                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = False):
+                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1184,13 +1186,26 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
 
     Gate gradient (scalar gate), chunk-local so that nothing large cancels under strong decay:
     dg_s = sum_{i>=s} q_i.dq_inter_i + sum_{i>=s, j<s} dA_ij A_ij + exp(b_last) <h_n, G_n>
-           + sum_{j<s} k_j.dk_inter_j."""
+           + sum_{j<s} k_j.dk_inter_j.
+    DG_WEAK (data-dependent scalar gate): 1 = chunks whose steps decay by at most WEAK_STEP take fla's form of
+    dg (a branch per chunk, both forms compiled); 2 / 3 = this launch does only those chunks / only the others
+    (each compiled with its form alone; the caller launches both)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
     hh = bh % H
     rows = n * BT + tl.arange(0, BT)
     rmask = rows < T
+    if GATE == 1 and not FIXED and DG_WEAK >= 2:
+        at = tl.arange(0, BT)
+        chunk_weak = _weak_steps(b_ptr, tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0), bh, rows, at,
+                                 rmask, T)
+        if DG_WEAK == 2:
+            if not chunk_weak:
+                return
+        else:
+            if chunk_weak:
+                return
     tok = (bb * T + rows).to(tl.int64) * H + hh
     last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
     kk = tl.arange(0, BK)
@@ -1296,10 +1311,10 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
             e_term = tl.exp(b_last) * _trace(hgm, BV)
             decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
-            if DG_WEAK:
+            if DG_WEAK == 1:
                 weak = _weak_steps(b_ptr, b, bh, rows, ii, rmask, T)
             else:
-                weak = False
+                weak = DG_WEAK == 2
             if not weak:
                 x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
                 strict = ii[:, None] > ii[None, :]
@@ -1318,7 +1333,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             dq = dq * scale
         dq += tl.dot(da.to(k_t.dtype), k_t, input_precision=PREC)
         dk += tl.dot(tl.trans(da).to(q_t.dtype), q_t, input_precision=PREC)
-        if GATE == 1 and not FIXED and DG_WEAK:
+        if GATE == 1 and not FIXED and DG_WEAK > 0:
             if weak:
                 # per-step decays of at most WEAK_STEP: fla's form, q.dq - k.dk of the final gradients (the
                 # diagonal terms cancel there, to fp32 rounding of terms no larger than exp(WEAK_STEP) times the
@@ -2165,11 +2180,13 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     dq = dk = None
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-    _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
-                                    T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q), FIXED=fixed,
-                                    ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
-                                    RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=bool(cfg.get("DG_WEAK", 0)),
-                                    **opts)
+    weak_mode = cfg.get("DG_WEAK", 0) if gate == 1 and not fixed else 0
+    # DG_WEAK 2: two launches, the weak chunks' form and the exact one each compiled alone
+    for part in ((2, 3) if weak_mode == 2 else (weak_mode,)):
+        _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
+                                        T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+                                        FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
+                                        RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=part, **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)
