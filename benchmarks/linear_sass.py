@@ -35,7 +35,8 @@ INT32 = {"flag_ptr"}
 
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
-                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": 0}
+                 "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": 0,
+                 "GLA_PART": 0}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -111,9 +112,12 @@ def jobs():
         out.append((f"linear_bwd gate={gate}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                     min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
                     ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
-    c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=2, PREC="tf32", RELOAD=True)
-    out.append(("linear_bwd gate=2 reload", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
-                min(lin["bwd_num_stages"], 2), ("dq_ptr", "dk_ptr", "dg_ptr")))
+    for name, flags in (("reload", dict(RELOAD=True)), ("split safe chunks", dict(GLA_PART=1)),
+                        ("split unsafe chunks", dict(GLA_PART=2)),
+                        ("split safe chunks reload", dict(GLA_PART=1, RELOAD=True))):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=2, PREC="tf32", **flags)
+        out.append((f"linear_bwd gate=2 {name}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
+                    min(lin["bwd_num_stages"], 2), ("dq_ptr", "dk_ptr", "dg_ptr")))
     # Mamba-2's gate gradient: one masked row sum; fla's form on weak chunks (both forms compiled, a branch)
     for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=1)),
                         ("dg_weak one_sum", dict(DG_WEAK=1, ONE_SUM=True)),

@@ -180,6 +180,10 @@ CANDIDATES = {
     "prep0_s16": ("linear_attention", {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}, ("mamba2",)),
     # GLA's per-chunk backward with q, k and the gate loaded again after its V loop (sm_90 spills halved)
     "gla_reload": ("linear_attention", {"GLA_BWD_RELOAD": 1}, ("gla",)),
+    # GLA's per-chunk backward from two launches, safe and unsafe chunks (sm_90, safe chunks: 6,216 instructions
+    # against 6,496; with RELOAD 6,416 and 620 B spilled)
+    "gla_split": ("linear_attention", {"GLA_BWD_SPLIT": 1}, ("gla",)),
+    "gla_split_reload": ("linear_attention", {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}, ("gla",)),
     "fold1_noprefetch": ("both", {"FUSED_FOLD": 1, "FUSED_PREFETCH": 0}, ("retention", "mamba2", "gated_delta")),
     "mamba_prep0": ("linear_attention", {"PREP_SCALAR": 0}, ("mamba2",)),
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
@@ -220,6 +224,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
        for f in (3, 4) for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
+    ("gla_split", "linear:BTHK", {"linear_attention": {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}}),
     ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
     ("scan_s16", "linear:Hfixed,linear:BTH", {"linear_attention": {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}}),
     ("dg_weak_one_sum", "linear:BTH", {"linear_attention": {"DG_WEAK": 1, "DG_ONE_SUM": 1}}),

@@ -125,6 +125,9 @@ _COMMON = {
 #                to the diagonal's under strong decay (relative error 42 at steps of -20 on the CPU), hence the
 #                bound. sm_90, 8 warps: 1 = 3,280 instructions, 24 B spilled; 2 = 2,520 for weak chunks, no
 #                spills, 3,000 for the others; exact form alone (0) 2,984. Not yet timed on a GPU.
+#   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
+#                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
+#                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
 #   GLA_BWD_RELOAD per-channel gates: 1 = the per-chunk backward loads q, k and the gate again after its V loop
 #                and forms the split-decay factors again, instead of keeping these [BT, K] tiles live through
 #                the loop (sm_90, 8 warps, V tiles of 64: spill stores 548 against 1,068 bytes, 6,552 against
@@ -175,14 +178,14 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL", "SCAN_SCALE16"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
-                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK"),
+                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1),
-                         "DG_WEAK": (0, 1, 2)},
+                         "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -237,7 +240,8 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
                 "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
-                "FUSED_SCALE16": 0, "DG_ONE_SUM": 0, "GLA_BWD_RELOAD": 0, "DG_WEAK": 0}
+                "FUSED_SCALE16": 0, "DG_ONE_SUM": 0, "GLA_BWD_RELOAD": 0, "DG_WEAK": 0,
+                "GLA_BWD_SPLIT": 0}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
@@ -1177,7 +1181,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                        FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
-                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0):
+                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0, GLA_PART: tl.constexpr = 0):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1189,7 +1193,9 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
            + sum_{j<s} k_j.dk_inter_j.
     DG_WEAK (data-dependent scalar gate): 1 = chunks whose steps decay by at most WEAK_STEP take fla's form of
     dg (a branch per chunk, both forms compiled); 2 / 3 = this launch does only those chunks / only the others
-    (each compiled with its form alone; the caller launches both)."""
+    (each compiled with its form alone; the caller launches both).
+    GLA_PART (per-channel gate): 1 / 2 = this launch does only the chunks flagged safe / only the others, each
+    compiled without the other kind's path (0: both kinds in one kernel, masked)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -1206,6 +1212,14 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         else:
             if chunk_weak:
                 return
+    if GATE == 2 and GLA_PART > 0:
+        chunk_safe = tl.load(flag_ptr + bh.to(tl.int64) * NT + n) != 0
+        if GLA_PART == 1:
+            if not chunk_safe:
+                return
+        else:
+            if chunk_safe:
+                return
     tok = (bb * T + rows).to(tl.int64) * H + hh
     last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
     kk = tl.arange(0, BK)
@@ -1220,13 +1234,23 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
         b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
-        fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+        if GLA_PART == 0:
+            fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
+        else:
+            fast = (ii * 0 + (GLA_PART == 1)) != 0
         first = (bb * T + n * BT).to(tl.int64) * H + hh
         r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0), b_last)
-        qf, kf = _split_decay(q_t, k_t, b, r)
-        att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
-                           mask=rmask[:, None] & ~fast[None, :], other=0)
-        att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
+        if GLA_PART == 0:
+            qf, kf = _split_decay(q_t, k_t, b, r)
+            att_slow = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :],
+                               mask=rmask[:, None] & ~fast[None, :], other=0)
+            att = tl.where(fast[None, :] & causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), att_slow)
+        elif GLA_PART == 1:
+            qf, kf = _split_decay(q_t, k_t, b, r)
+            att = tl.where(causal, tl.dot(qf, tl.trans(kf), input_precision=PREC), 0)
+        else:  # unsafe chunks: A from `_gla_intra_kernel`
+            att = tl.load(a_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], mask=rmask[:, None],
+                          other=0)
     else:
         att = tl.dot(q_t, tl.trans(k_t), input_precision=PREC)
         if GATE == 1:
@@ -1277,28 +1301,39 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             b = tl.load(b_ptr + tok[:, None] * K + kk[None, :], mask=m_k, other=0)
             b_last = tl.load(b_ptr + last * K + kk, mask=kmask, other=0)
             r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0), b_last)
-            qf, kf = _split_decay(q_t, k_t, b, r)
+            if GLA_PART != 2:
+                qf, kf = _split_decay(q_t, k_t, b, r)
         dq = dq * scale * tl.exp(b)
         dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0))
-        # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
-        # (the diagonal carries no gate and is left out of X, where it would only cancel)
-        da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
-        # the factors are recomputed rather than kept live through the V loop (registers)
-        dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
-        dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * tl.exp(tl.minimum(r[None, :] - b, 40.0))
-        qx = q_t.to(tl.float32)
-        kx = k_t.to(tl.float32)
-        da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
-        fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
-        tl.store(dq_ptr + tok[:, None] * K + kk[None, :],
-                 tl.where(fast_k[None, :], qx * (dq + dq_off) - kx * dk_off, dq), mask=m_k)
-        tl.store(dk_ptr + tok[:, None] * K + kk[None, :], tl.where(fast_k[None, :], kx * dk, dk), mask=m_k)
-        tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
-                 (dq + dq_off + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
-        tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
-                 (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
-        tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
-                 mask=rmask[:, None] & ~fast[None, :])
+        if GLA_PART == 2:
+            # unsafe chunks: the inter-chunk dq / dk and dA, for `_gla_intra_bwd_kernel`
+            tl.store(dq_ptr + tok[:, None] * K + kk[None, :], dq, mask=m_k)
+            tl.store(dk_ptr + tok[:, None] * K + kk[None, :], dk, mask=m_k)
+            tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da, mask=rmask[:, None])
+        else:
+            # safe chunks: the intra-chunk parts by two matmuls of the split-decay factors, i > j only
+            # (the diagonal carries no gate and is left out of X, where it would only cancel)
+            da_s = tl.where(ii[:, None] > ii[None, :], da, 0)
+            dq_off = tl.dot(da_s.to(kf.dtype), kf, input_precision=PREC) * tl.exp(tl.minimum(b - r[None, :], 40.0))
+            dk_off = tl.dot(tl.trans(da_s).to(qf.dtype), qf, input_precision=PREC) * \
+                tl.exp(tl.minimum(r[None, :] - b, 40.0))
+            qx = q_t.to(tl.float32)
+            kx = k_t.to(tl.float32)
+            da_diag = tl.sum(tl.where(ii[:, None] == ii[None, :], da, 0), axis=1)
+            if GLA_PART == 1:
+                fast_k = (kk * 0 + 1) != 0
+            else:
+                fast_k = (kk * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0
+            tl.store(dq_ptr + tok[:, None] * K + kk[None, :],
+                     tl.where(fast_k[None, :], qx * (dq + dq_off) - kx * dk_off, dq), mask=m_k)
+            tl.store(dk_ptr + tok[:, None] * K + kk[None, :], tl.where(fast_k[None, :], kx * dk, dk), mask=m_k)
+            tl.store(dqo_ptr + tok[:, None] * K + kk[None, :],
+                     (dq + dq_off + da_diag[:, None] * kx).to(dqo_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+            tl.store(dko_ptr + tok[:, None] * K + kk[None, :],
+                     (dk + dk_off + da_diag[:, None] * qx).to(dko_ptr.dtype.element_ty), mask=m_k & fast_k[None, :])
+            if GLA_PART == 0:
+                tl.store(da_ptr + (bh.to(tl.int64) * T + rows)[:, None] * BT + ii[None, :], da,
+                         mask=rmask[:, None] & ~fast[None, :])
         tl.store(e_ptr + (bh.to(tl.int64) * NT + n) * K + kk, tl.exp(b_last) * hg, mask=kmask)
     else:
         if GATE == 1 and FIXED:
@@ -2181,12 +2216,19 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     if gate == 2:
         dq, dk = torch.empty_like(q), torch.empty_like(k)
     weak_mode = cfg.get("DG_WEAK", 0) if gate == 1 and not fixed else 0
-    # DG_WEAK 2: two launches, the weak chunks' form and the exact one each compiled alone
-    for part in ((2, 3) if weak_mode == 2 else (weak_mode,)):
+    # DG_WEAK 2 / GLA_BWD_SPLIT: two launches, each kernel compiled for one kind of chunk
+    if weak_mode == 2:
+        parts = [(2, 0), (3, 0)]
+    elif gate == 2 and cfg.get("GLA_BWD_SPLIT", 0):
+        parts = [(0, 1), (0, 2)]
+    else:
+        parts = [(weak_mode, 0)]
+    for weak_part, gla_part in parts:
         _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
                                         T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                         FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
-                                        RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=part, **opts)
+                                        RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=weak_part,
+                                        GLA_PART=gla_part, **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)

@@ -480,10 +480,13 @@ def test_gate_grad_one_sum(T, gmin):
 
 
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -8.0), (37, -20.0)])
-def test_gla_backward_reload(T, gmin):
-    """GLA_BWD_RELOAD: the per-channel backward's epilogue on q, k and the gate loaded again; mild decay (every
-    chunk safe), -8 (T = 48: safe and unsafe chunks in both heads) and -20 (none safe)."""
-    _compare("linear", "BTHK", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"GLA_BWD_RELOAD": 1}, seed=39)
+@pytest.mark.parametrize("config", [{"GLA_BWD_RELOAD": 1}, {"GLA_BWD_SPLIT": 1},
+                                    {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}])
+def test_gla_backward_variants(T, gmin, config):
+    """GLA_BWD_RELOAD (the per-channel backward's epilogue on q, k and the gate loaded again) and GLA_BWD_SPLIT
+    (safe and unsafe chunks from two launches): mild decay (every chunk safe), -8 (T = 48: safe and unsafe
+    chunks in both heads) and -20 (none safe)."""
+    _compare("linear", "BTHK", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=39)
 
 
 @pytest.mark.parametrize("fold", [3, 4])
