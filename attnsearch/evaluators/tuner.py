@@ -216,13 +216,28 @@ TUNING_FAMILIES = {
 }
 
 
-def op_families(op: str, fixed: dict | None = None, valid: dict | None = None) -> list[dict]:
-    """The op's tuning families, without the keys the search space pinned and without values the
-    op does not accept (``valid``: its config space, chunk_size included)."""
+# Opt-in variants of one mechanism's gate path in the Triton linear kernels (triton_linear's FUSED_FOLD 3 / 4,
+# FUSED_SCALE16, SCAN_SCALE16, DG_WEAK, DG_ONE_SUM, GLA_BWD_RELOAD / SPLIT), after the op's own families:
+# fewer instructions on sm_90 but not yet the defaults, so they are measured where the user tunes, and the
+# winner is checked against the PyTorch backend like any other.
+MECHANISM_FAMILIES = {
+    "retnet": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1), "SCAN_SCALE16": (0, 1)}],
+    "mamba2": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)},
+               {"DG_WEAK": (0, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1)}],
+    "gla": [{"GLA_BWD_RELOAD": (0, 1), "GLA_BWD_SPLIT": (0, 1)}],
+    "gated_deltanet": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}],
+}
+
+
+def op_families(op: str, fixed: dict | None = None, valid: dict | None = None,
+                mechanism: str | None = None) -> list[dict]:
+    """The op's tuning families (and the mechanism's, `MECHANISM_FAMILIES`), without the keys the search
+    space pinned and without values the op does not accept (``valid``: its config space, chunk_size
+    included)."""
     valid = valid if valid is not None else op_space(op)
     fixed = fixed or {}
     out = []
-    for family in TUNING_FAMILIES.get(op, []):
+    for family in TUNING_FAMILIES.get(op, []) + MECHANISM_FAMILIES.get(mechanism, []):
         fam = {k: [v for v in values if v in valid.get(k, ())] for k, values in family.items()
                if k not in fixed and k in valid}
         fam = {k: v for k, v in fam.items() if v}
@@ -545,7 +560,8 @@ def tune_arch(arch, seq_len: int, batch_tokens: int | None = None, dtype: str = 
 
             fixed = dict(layer.kernel_config or {})
             default = {**op_default(op), **fixed}
-            result = tune_families(op_families(op, fixed), default, run_factory=run_factory(call),
+            result = tune_families(op_families(op, fixed, mechanism=layer.mechanism), default,
+                                   run_factory=run_factory(call),
                                    timer=timer, validate=validator(call), cache=cache, key_for=key_for, op=op,
                                    exhaustive_limit=exhaustive_limit, n_trials=n_trials, seed=seed,
                                    time_budget_s=time_budget_s)

@@ -226,6 +226,25 @@ def test_families_search_each_kernel_family_with_the_others_at_their_best():
     assert result.method == "families(exhaustive,exhaustive)" and result.space_size == 10
 
 
+def test_mechanism_families_add_gate_path_variants():
+    """Gated mechanisms also search their opt-in gate-path variants, each a small family after the op's own;
+    pinned keys stay out and ungated mechanisms get none."""
+    base = tuner.op_families("linear_attention")
+    mamba = tuner.op_families("linear_attention", mechanism="mamba2")
+    assert mamba[:len(base)] == base and len(mamba) == len(base) + 2
+    assert mamba[-1] == {"DG_WEAK": [0, 2], "DG_ONE_SUM": [0, 1], "SCAN_SCALE16": [0, 1]}
+    assert tuner.op_families("linear_attention", mechanism="linear") == base
+    pinned = tuner.op_families("linear_attention", fixed={"FUSED_FOLD": 2}, mechanism="retnet")[-1]
+    assert "FUSED_FOLD" not in pinned and pinned["FUSED_SCALE16"] == [0, 1]
+    gdn = tuner.op_families("delta_rule", mechanism="gated_deltanet")[-1]
+    assert gdn == {"FUSED_FOLD": [2, 3, 4], "FUSED_SCALE16": [0, 1]}
+    from attnsearch.space.catalogue import mechanism
+    for mech, fams in tuner.MECHANISM_FAMILIES.items():
+        assert mechanism(mech).op in ("linear_attention", "delta_rule")  # a catalogue name, of a linear op
+        for fam in fams:
+            assert tuner.space_size(fam) <= tuner.EXHAUSTIVE_LIMIT, mech
+
+
 def test_families_respect_pinned_keys_and_valid_values():
     fams = tuner.op_families("linear_attention", fixed={"chunk_size": 128, "num_warps": 4},
                              valid={"chunk_size": (16, 32, 64, 128), "BLOCK_K": (16, 32, 64), "num_warps": (4, 8),
