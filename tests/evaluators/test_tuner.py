@@ -227,13 +227,14 @@ def test_families_search_each_kernel_family_with_the_others_at_their_best():
 
 
 def test_mechanism_families_add_gate_path_variants():
-    """Gated mechanisms also search their opt-in gate-path variants, each a small family after the op's own;
-    pinned keys stay out and ungated mechanisms get none."""
+    """Scalar-gated mechanisms also search their fused forward's opt-in variants, a small family after the op's
+    own; pinned keys stay out, and other mechanisms (ungated, GLA) get none."""
     base = tuner.op_families("linear_attention")
     mamba = tuner.op_families("linear_attention", mechanism="mamba2")
-    assert mamba[:len(base)] == base and len(mamba) == len(base) + 2
-    assert mamba[-1] == {"DG_WEAK": [0, 2], "DG_ONE_SUM": [0, 1], "SCAN_SCALE16": [0, 1]}
+    assert mamba[:len(base)] == base and len(mamba) == len(base) + 1
+    assert mamba[-1] == {"FUSED_FOLD": [2, 3, 4], "FUSED_SCALE16": [0, 1]}
     assert tuner.op_families("linear_attention", mechanism="linear") == base
+    assert tuner.op_families("linear_attention", mechanism="gla") == base
     pinned = tuner.op_families("linear_attention", fixed={"FUSED_FOLD": 2}, mechanism="retnet")[-1]
     assert "FUSED_FOLD" not in pinned and pinned["FUSED_SCALE16"] == [0, 1]
     gdn = tuner.op_families("delta_rule", mechanism="gated_deltanet")[-1]
