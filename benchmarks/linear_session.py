@@ -420,9 +420,12 @@ def main():
             save()
         del x
     report["vs_default"] = compare_to_default(report["sweep"])
+    report["vs_ungated"] = compare_to_ungated(report["sweep"])
     phase("B_candidates", t0)
     for name, rel in report["vs_default"].items():
         print(f"  {name:22s} time / default: {rel}", flush=True)
+    for name, rel in report["vs_ungated"].items():  # target: <= 1.3
+        print(f"  {name:22s} gated / ungated default: {rel}", flush=True)
 
     # C. the table beside fla with the committed defaults
     if smoke:
@@ -510,6 +513,25 @@ def _cpu_once(fn):
     return (time.perf_counter() - t0) * 1e3
 
 
+
+
+# the issue's second target: a gated op within 1.3x of its ungated counterpart, both at their defaults
+UNGATED = {"retention": "linear", "mamba2": "linear", "gla": "linear", "gated_delta": "delta"}
+
+
+def compare_to_ungated(rows):
+    """Per candidate (and the default): each gated op's fwd and fwd+bwd time over its ungated op's default time,
+    where this run timed that default."""
+    base = {r["op"]: r for r in rows if r["candidate"] == "default"}
+    out = {}
+    for r in rows:
+        b = base.get(UNGATED.get(r["op"]))
+        if not b:
+            continue
+        rel = {m: (round(r[f"{m}_ms"] / b[f"{m}_ms"], 3) if r.get(f"{m}_ms") and b.get(f"{m}_ms") else None)
+               for m in ("fwd", "fwdbwd")}
+        out.setdefault(r["candidate"], {})[r["op"]] = rel
+    return out
 
 
 def compare_to_default(rows):
