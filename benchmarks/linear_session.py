@@ -168,11 +168,11 @@ CANDIDATES = {
     "s16_fold4_train": ("both", {"FUSED_SCALE16": 1, "FUSED_FOLD": 4, "FUSED_FWD": 3}, ("retention", "mamba2")),
     # Mamba-2's gate gradient as one masked row sum (sm_90: per-chunk backward 2,768 against 2,992 instructions)
     "dg_one_sum": ("linear_attention", {"DG_ONE_SUM": 1}, ("mamba2",)),
-    # Mamba-2's gate gradient in fla's form on chunks whose steps decay by at most 2 (sm_90: 2,512 instructions on
-    # that path against 2,984 for the exact form, no spills)
+    # Mamba-2's gate gradient in fla's form on chunks whose steps decay by at most 2 on average (both forms in one
+    # kernel, a branch per chunk: sm_90 3,296 instructions, against 2,984 for the exact form alone)
     "dg_weak": ("linear_attention", {"DG_WEAK": 1}, ("mamba2",)),
     "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
-    # the same from two launches, one per form (weak chunks' kernel 2,520 instructions without spills)
+    # the same from two launches, one per form (weak chunks' kernel 2,544 instructions without spills)
     "dg_weak2": ("linear_attention", {"DG_WEAK": 2, "DG_ONE_SUM": 1}, ("mamba2",)),
     # the scans' in-loop row factors by packed 16-bit multiplies (sm_90: Mamba-2's backward scan 425 against 469
     # instructions in the loop, with the gate pass skipped: PREP_SCALAR 0)

@@ -440,11 +440,11 @@ def test_scan_scale16_plumbing(op, gate):
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (37, -4.0), (48, -20.0), (53, "mixed"), (48, "strong")])
 @pytest.mark.parametrize("weak,one_sum", [(1, 0), (1, 1), (2, 0)])
 def test_gate_grad_weak_steps(T, gmin, weak, one_sum):
-    """DG_WEAK: chunks whose steps decay by at most WEAK_STEP (2) take fla's q.dq - k.dk form of Mamba-2's gate
-    gradient, the others the exact chunk-local form (1: a branch per chunk; 2: two launches, one per form): all
-    weak (-1), some steps past 2 (-4, -20: uniform draws), a sequence with weak and strong chunks side by side
-    ("mixed": steps down to -12 in its second and fourth chunk), and every step about -20 ("strong", where fla's
-    form is off by a factor of about 40)."""
+    """DG_WEAK: chunks whose steps decay by at most WEAK_STEP (2) on average take fla's q.dq - k.dk form of
+    Mamba-2's gate gradient, the others the exact chunk-local form (1: a branch per chunk; 2: two launches, one per
+    form): all weak (-1), about half of them (-4: a mean step of 2), none (-20), a sequence with weak and strong
+    chunks side by side ("mixed": steps down to -12 in its second and fourth chunk), and every step about -20
+    ("strong", where fla's form is off by a factor of about 40)."""
     config = {"DG_WEAK": weak, "DG_ONE_SUM": one_sum}
     if gmin not in ("mixed", "strong"):
         _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=46)
