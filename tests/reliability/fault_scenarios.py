@@ -242,27 +242,36 @@ def driver_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
 
 
-def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 12, kills: int = 3) -> FaultRow:
-    """SIGKILL the driver process mid-study ``kills`` times in a row, resuming after each kill."""
+def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 24, kills: int = 3) -> FaultRow:
+    """SIGKILL the driver process mid-study ``kills`` times in a row, resuming after each kill. Each run is killed
+    once it has completed two trials and runs another, so the budget must leave every run work to do (with 12,
+    a fast machine's third run could find one trial left, finish it and exit, never to be killed)."""
     name = "driver-kill"
     spec = dict(space=FAULT_SPACE, study=name, url=url, n_trials=budget, workers=2, sleep_s=0.4,
                 address=ray_address)
-    kill_times, before = [], {}
+    kill_times, before, done_at_kill = [], {}, []
     for _ in range(kills):
         proc = subprocess.Popen(driver_cmd("join", **spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=driver_env())
         done_before = len(completed_values(_safe_trials(name, url)))
 
         def progressed_and_busy():
+            if proc.poll() is not None:
+                return "exited"
             trials = _safe_trials(name, url)
             mine = [t for t in trials if t.state.name == "RUNNING" and "driver_id" in t.user_attrs]
             return len(completed_values(trials)) >= done_before + 2 and mine
         try:
-            wait_for(progressed_and_busy, timeout=180, every=0.1)
+            seen = wait_for(progressed_and_busy, timeout=180, every=0.1)
         except TimeoutError:
             proc.kill()
             out, err = proc.communicate()
             raise AssertionError(f"driver made no progress: {err[-3000:]}") from None
+        if seen == "exited":
+            out, err = proc.communicate()
+            raise AssertionError(f"driver exited ({proc.returncode}) before it could be killed, with "
+                                 f"{len(completed_values(_safe_trials(name, url)))} of {budget} trials done: "
+                                 f"{(err or out)[-2000:]}")
         # kill at once: a trial seen running can still finish in the gap, so which trials were in flight is
         # read back from their timestamps afterwards (`in_flight_at`), not assumed; the time is taken once the
         # driver is dead, so that nothing it wrote comes after it
@@ -270,6 +279,7 @@ def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 1
         proc.wait()
         kill_times.append(time.time())
         before.update(completed_values(_safe_trials(name, url)))  # a dead driver completes nothing more
+        done_at_kill.append(len(before))
     # the last resume runs to the end of the budget
     proc = subprocess.run(driver_cmd("join", **spec), capture_output=True, text=True, env=driver_env(),
                           timeout=300)
@@ -280,8 +290,11 @@ def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 1
     stale = [t for t in trials if t.user_attrs.get("fail_kind") == "stale"]
     row = audit(f"driver SIGKILLed mid-study, resumed ({kills}x)", trials, budget, before=before,
                 outcome=f"{len(stale)} running trials failed as stale and re-run")
-    row.recovery_s = max(r for r in recoveries if r is not None) if all(r is not None for r in recoveries) else None
-    row.extra = {"recoveries_s": recoveries, "result": json.loads(proc.stdout.strip().splitlines()[-1]),
+    row.recovery_s = max((r for r in recoveries if r is not None), default=None)
+    # a kill after which the study was already complete (its last trial finished just before the signal landed)
+    # has nothing to recover: no trial completes after it
+    row.extra = {"recoveries_s": recoveries, "done_at_kill": done_at_kill, "kill_times": kill_times,
+                 "result": json.loads(proc.stdout.strip().splitlines()[-1]),
                  "stale": len(stale), "in_flight": [in_flight_at(trials, t) for t in kill_times]}
     return row
 
