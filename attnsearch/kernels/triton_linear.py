@@ -95,8 +95,8 @@ _COMMON = {
 #                scan (q exp(b)) and exp(b_last) per chunk, so that the scan only rescales its state;
 #                2 = the forward scan's keys (k exp(b_last - b)) too (for the delta rule the UT-transform
 #                kernel writes them, no extra pass).
-#   SCAN_SCALE16 scalar gates, 16-bit inputs: 1 = the scans' in-loop row factors (a fixed decay always; other
-#                scalar gates where PREP_SCALAR leaves them in the loop) rounded to the input dtype and applied
+#   SCAN_SCALE16 scalar gates, bf16 inputs: 1 = the scans' in-loop row factors (a fixed decay always; other
+#                scalar gates where PREP_SCALAR leaves them in the loop) rounded to bf16 and applied
 #                by packed 16-bit multiplies (`_scale_rows`). Not yet timed on a GPU.
 #   PREP_CHANNEL per-channel gates (GLA): 1 = the same for both scans; the pass replaces the cumulative-gate
 #                kernel, and the fp32 cumulative gate is written only where the backward needs it.
@@ -166,7 +166,7 @@ _COMMON = {
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
 #                FUSED_SPLIT_K: 1 = the state held as two halves of K (H200: linear fwd 1.10x, delta 1.03x,
 #                gated delta 0.96x of 0; not the default).
-#                FUSED_SCALE16 (scalar gates, 16-bit inputs): 1 = v's row factors rounded to the input dtype and
+#                FUSED_SCALE16 (scalar gates, bf16 inputs): 1 = v's row factors rounded to bf16 and
 #                applied by packed 16-bit multiplies (`_scale_rows`; sm_90 inference loops, without / with it:
 #                RetNet FOLD 2 766 / 728, FOLD 3 717 / 654; Mamba-2 FOLD 2 827 / 778, FOLD 3 780 / 735, FOLD 4
 #                796 / 733 with its skipped branch; gated delta FOLD 2 924 / 933, FOLD 3 907 / 878; not yet timed
@@ -641,11 +641,12 @@ def _out_chunk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h_ptr, a_ptr, flag_ptr, o_ptr,
 
 @triton.jit
 def _scale_rows(x, f, SCALE16: tl.constexpr):
-    """x [R, C] times the row factors f [R] (fp32), in x's dtype. SCALE16: f rounded to x's dtype first, so that
-    16-bit x takes one packed 16-bit multiply per two elements (sm_90 HMUL2) instead of unpacking, fp32
-    multiplies and packing again (f's rounding adds at most 2^-9 relative error in bf16, below x's own
-    rounding); fp32 x is the same either way."""
-    if SCALE16:
+    """x [R, C] times the row factors f [R] (fp32), in x's dtype. SCALE16, bf16 x: f rounded to bf16 first, so
+    that one packed bf16 multiply serves two elements (sm_90 HMUL2) instead of unpacking, fp32 multiplies and
+    packing again (f's rounding adds at most 2^-9 relative error, below x's own rounding). fp16 x keeps the fp32
+    product: a factor below fp16's normal range (6e-5) would lose its precision before the multiply."""
+    # (plain dtype comparisons: the form of constexpr test known to compile on Triton 3.6)
+    if SCALE16 and x.dtype == tl.bfloat16:
         return x * f.to(x.dtype)[:, None]
     else:
         return (x * f[:, None]).to(x.dtype)
