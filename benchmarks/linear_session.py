@@ -17,6 +17,16 @@ D. (if time is left) per-stage times of ours at T=32768 along the default paths 
 OUTDIR/session.json is rewritten after every step (a step cut by its time limit leaves the others);
 OUTDIR/table.json is linear.py's own JSON; OUTDIR/session.log the log of every subprocess.
 --smoke: CPU, TRITON_INTERPRET=1, toy shapes (gradcheck --small, timing of the plumbing only, no C).
+
+Waiting for their first GPU timing and gradient check (session 9 had no device time; sm_90 counts only, see
+CANDIDATES), in two calls so that phase A's compiles fit:
+  LINEAR_TABLE=0 LINEAR_OPS=linear,retention,mamba2,delta,gated_delta LINEAR_GRADCHECKS=scale16,fold4_all
+    LINEAR_CANDIDATES=fold3,fold3_all,fold4_all,s16_fold2,s16_fold3,s16_fold4,s16_fold3_train,s16_fold4_train
+  LINEAR_TABLE=0 LINEAR_OPS=linear,retention,mamba2,delta,gated_delta,gla
+    LINEAR_GRADCHECKS=dg_weak,scan_s16,gla_reload,gla_split,gated_w4
+    LINEAR_CANDIDATES=dg_one_sum,dg_weak,dg_weak_one_sum,dg_weak2,scan_s16,prep0_s16,gla_reload,gla_split,
+                      gla_split_reload,dbwd_gated_w4
+each with LINEAR_BUDGET_S=360 LINEAR_A_MAX_S=240 OUT=... bash benchmarks/linear_session.sh (about 330 s held).
 """
 from __future__ import annotations
 
