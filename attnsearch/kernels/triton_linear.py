@@ -114,8 +114,8 @@ _COMMON = {
 #                read twice and dw written and read, +48 KB; Tm in bf16, -16 KB). H200 (session 8): fwd+bwd
 #                1.08x (gated 1.13x) of 0, so 0 stays the default.
 #   DG_ONE_SUM   linear attention, data-dependent scalar gate (Mamba-2): 1 = the per-chunk backward sums the gate
-#                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,768 instructions
-#                against 2,992; not yet timed on a GPU); 0 = a reverse scan and a masked prefix sum. (The delta rule's
+#                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,776 instructions
+#                against 2,984; not yet timed on a GPU); 0 = a reverse scan and a masked prefix sum. (The delta rule's
 #                UT-transform backward spilled more with it: 232 against 52 bytes.)
 #   DG_WEAK      linear attention, Mamba-2: 1 = a chunk whose steps decay by at most WEAK_STEP (2) on average takes its
 #                gate gradient in fla's form, the suffix sum of q.dq - k.dk of the final gradients (no second
@@ -1361,8 +1361,8 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                 m = tl.where(strict, da * tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay, 0)
                 x += tl.sum(m, axis=1) - tl.sum(m, axis=0)
                 if ONE_SUM:
-                    # one masked row sum instead of a reverse scan and a masked prefix sum (sm_90, 8 warps: 2,768
-                    # instructions against 2,992, 75 shuffles against 167)
+                    # one masked row sum instead of a reverse scan and a masked prefix sum (sm_90, 8 warps: 2,776
+                    # instructions against 2,984)
                     dg = _suffix_plus_prefix(x, y, BT) + e_term
                 else:
                     dg = tl.cumsum(x, axis=0, reverse=True) + e_term + _exclusive_prefix(y, BT)
