@@ -102,7 +102,11 @@ def sass_instructions(cubin: bytes) -> tuple[list[str], dict[str, int]]:
 
 def sass_loops(cubin: bytes) -> list[dict]:
     """Backward branches of the SASS as loops, with what their bodies hold."""
-    instructions, labels = sass_instructions(cubin)
+    return loops_of(*sass_instructions(cubin))
+
+
+def loops_of(instructions: list[str], labels: dict[str, int]) -> list[dict]:
+    """`sass_loops` on an already disassembled kernel (`sass_instructions`)."""
     loops = []
     for end, ins in enumerate(instructions):
         target = re.search(r"BRA\s+`?\(?\.?(L_x_\d+)", ins)

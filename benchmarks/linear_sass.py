@@ -24,7 +24,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from attention_sass import ptxas_report, sass_instructions, sass_loops  # noqa: E402
+from attention_sass import loops_of, ptxas_report, sass_instructions  # noqa: E402
 from attnsearch.kernels import triton_linear as tlin  # noqa: E402
 
 # pointer arguments that hold fp32 / int32 data (the rest are bf16 inputs, outputs or states)
@@ -257,10 +257,11 @@ def main():
             failed += 1
             print(f"{label}: COMPILE FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             continue
+        instructions, labels = sass_instructions(compiled.asm["cubin"])
         report = {**ptxas_report(compiled.asm["ptx"]), "shared_bytes": compiled.metadata.shared,
-                  "instructions": len(sass_instructions(compiled.asm["cubin"])[0])}
+                  "instructions": len(instructions)}
         print(f"{label}: {report}")
-        for i, loop in enumerate(sass_loops(compiled.asm["cubin"])):
+        for i, loop in enumerate(loops_of(instructions, labels)):
             body_ldg = loop.get("LDG", "")
             print(f"  loop {i}: {loop}{body_ldg}")
     return 1 if failed else 0

@@ -221,11 +221,8 @@ TUNING_FAMILIES = {
 # defaults, so they are measured where the user tunes, and the winner is checked against the PyTorch backend
 # like any other. (The backward's variants, DG_WEAK, DG_ONE_SUM, SCAN_SCALE16, GLA_BWD_*, stay out: that check
 # compares outputs, not gradients.)
-MECHANISM_FAMILIES = {
-    "retnet": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}],
-    "mamba2": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}],
-    "gated_deltanet": [{"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}],
-}
+_FUSED_GATE_VARIANTS = {"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}
+MECHANISM_FAMILIES = {name: [_FUSED_GATE_VARIANTS] for name in ("retnet", "mamba2", "gated_deltanet")}
 
 
 def op_families(op: str, fixed: dict | None = None, valid: dict | None = None,

@@ -123,7 +123,7 @@ _COMMON = {
 #                per chunk, both forms in one kernel); 2 = the same from two launches, each kernel compiled with
 #                one form (the programs of the other kind return at once). fla's form loses the small terms next
 #                to the diagonal's under strong decay (relative error 42 at steps of -20 on the CPU), hence the
-#                bound. sm_90, 8 warps: 1 = 3,296 instructions, 24 B spilled; 2 = 2,544 for weak chunks, no
+#                bound. sm_90, 8 warps: 1 = 3,304 instructions, 20 B spilled; 2 = 2,544 for weak chunks, no
 #                spills, 3,016 for the others; exact form alone (0) 2,984. Not yet timed on a GPU.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
@@ -786,23 +786,19 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         if SPLIT:
             att = tl.dot(q2, tl.trans(kb), att, input_precision=PREC)
         att = tl.where(causal, att, 0)
-        if GATE == 1 and FIXED and FOLD >= 3:
-            if LAZY:
-                cs = cs * d_f
+        if GATE == 1 and FOLD >= 3:  # the chunk's decay goes on the state (or, LAZY, on cs) before q h_n
+            if FIXED:
+                d_n = d_f
             else:
-                s1 = s1 * d_f
-                if SPLIT:
-                    s2 = s2 * d_f
-        if EARLY_GATE:
-            b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx, BT,
-                                                            PRE_LOAD, False)
-            d = tl.exp(b_last)
+                b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx,
+                                                                BT, PRE_LOAD, False)
+                d_n = tl.exp(b_last)
             if LAZY:
-                cs = cs * d
+                cs = cs * d_n
             else:
-                s1 = s1 * d
+                s1 = s1 * d_n
                 if SPLIT:
-                    s2 = s2 * d
+                    s2 = s2 * d_n
         acc = _rows_dot(q1, q2, s1, s2, PREC, SPLIT)
         if GATE == 1 and FIXED and FOLD >= 3:
             # (LAZY: o = cs (q s + att v_x / cs), the state's update takes v_x / cs)
@@ -1162,11 +1158,11 @@ def _exclusive_prefix(y, BT: tl.constexpr):
 
 
 @triton.jit
-def _weak_steps(b_ptr, b, bh, rows, ii, rmask, T):
-    """Do the steps of this chunk after its first decay by at most WEAK_STEP on average (sum_i |b_i - b_{i-1}|
-    <= WEAK_STEP (L - 1) over its L rows; for log-decays the chunk's span)? A scalar (int1) for the chunk's
-    program; ii: the rows' indices within the chunk."""
-    later = rmask & (ii > 0)
+def _weak_steps(b_ptr, b, bh, rows, rmask, T, BT: tl.constexpr):
+    """Do the steps of this chunk (rows, cumulative gate b) after its first decay by at most WEAK_STEP on average
+    (sum_i |b_i - b_{i-1}| <= WEAK_STEP (L - 1) over its L rows; for log-decays the chunk's span)? A scalar
+    (int1) for the chunk's program."""
+    later = rmask & (rows % BT > 0)
     b_prev = tl.load(b_ptr + _srow(bh, rows - 1, T), mask=later, other=0)
     steps = tl.sum(tl.where(later, tl.abs(b_prev - b), 0.0), axis=0)
     return steps <= WEAK_STEP * tl.sum(later.to(tl.float32), axis=0)
@@ -1206,24 +1202,13 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     hh = bh % H
     rows = n * BT + tl.arange(0, BT)
     rmask = rows < T
-    if GATE == 1 and not FIXED and DG_WEAK >= 2:
-        at = tl.arange(0, BT)
-        chunk_weak = _weak_steps(b_ptr, tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0), bh, rows, at,
-                                 rmask, T)
-        if DG_WEAK == 2:
-            if not chunk_weak:
-                return
-        else:
-            if chunk_weak:
-                return
+    if GATE == 1 and not FIXED and DG_WEAK >= 2:  # this launch's kind of chunk only
+        b_rows = tl.load(b_ptr + _srow(bh, rows, T), mask=rmask, other=0)
+        if _weak_steps(b_ptr, b_rows, bh, rows, rmask, T, BT) != (DG_WEAK == 2):
+            return
     if GATE == 2 and GLA_PART > 0:
-        chunk_safe = tl.load(flag_ptr + bh.to(tl.int64) * NT + n) != 0
-        if GLA_PART == 1:
-            if not chunk_safe:
-                return
-        else:
-            if chunk_safe:
-                return
+        if (tl.load(flag_ptr + bh.to(tl.int64) * NT + n) != 0) != (GLA_PART == 1):
+            return
     tok = (bb * T + rows).to(tl.int64) * H + hh
     last = (bb * T + tl.minimum(n * BT + BT, T) - 1).to(tl.int64) * H + hh
     kk = tl.arange(0, BK)
@@ -1240,8 +1225,6 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         k_dec = (k_t * tl.exp(tl.minimum(b_last[None, :] - b, 0))).to(k_t.dtype)
         if GLA_PART == 0:
             fast = (ii * 0 + tl.load(flag_ptr + bh.to(tl.int64) * NT + n)) != 0  # broadcast: masks take no scalars
-        else:
-            fast = (ii * 0 + (GLA_PART == 1)) != 0
         first = (bb * T + n * BT).to(tl.int64) * H + hh
         r = _midpoint(tl.load(b_ptr + first * K + kk, mask=kmask, other=0), b_last)
         if GLA_PART == 0:
@@ -1351,7 +1334,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             e_term = tl.exp(b_last) * _trace(hgm, BV)
             decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             if DG_WEAK == 1:
-                weak = _weak_steps(b_ptr, b, bh, rows, ii, rmask, T)
+                weak = _weak_steps(b_ptr, b, bh, rows, rmask, T, BT)
             else:
                 weak = DG_WEAK == 2
             if not weak:

@@ -293,7 +293,7 @@ def driver_sigkill_resume(url: str, tmp: Path, ray_address: str, budget: int = 2
     row.recovery_s = max((r for r in recoveries if r is not None), default=None)
     # a kill after which the study was already complete (its last trial finished just before the signal landed)
     # has nothing to recover: no trial completes after it
-    row.extra = {"recoveries_s": recoveries, "done_at_kill": done_at_kill, "kill_times": kill_times,
+    row.extra = {"recoveries_s": recoveries, "done_at_kill": done_at_kill,
                  "result": json.loads(proc.stdout.strip().splitlines()[-1]),
                  "stale": len(stale), "in_flight": [in_flight_at(trials, t) for t in kill_times]}
     return row

@@ -73,10 +73,11 @@ def test_proxy_past_its_time_limit_is_killed(ray_session, sqlite_url, tmp_path, 
 
 def test_driver_sigkilled_three_times_and_resumed(ray_session, sqlite_url, tmp_path, record_row):
     address = ray_session.get_runtime_context().gcs_address
-    row = fs.driver_sigkill_resume(sqlite_url, tmp_path, address, budget=24, kills=3)
+    budget = 24
+    row = fs.driver_sigkill_resume(sqlite_url, tmp_path, address, budget=budget, kills=3)
     record_row(row)
-    _no_loss_no_duplicate(row, 24)          # includes: every trial completed before a kill still is
-    assert row.completed == 24 and row.failed == 0
+    _no_loss_no_duplicate(row, budget)      # includes: every trial completed before a kill still is
+    assert row.completed == budget and row.failed == 0
     stale = [t for t in row.trials if t.user_attrs.get("fail_kind") == "stale"]
     # every trial in flight at a kill was failed as stale (and re-run, below); the test kills while one runs,
     # but that one can finish just before the signal lands, so the count is read from the timestamps
@@ -91,7 +92,7 @@ def test_driver_sigkilled_three_times_and_resumed(ray_session, sqlite_url, tmp_p
     assert all("not re-enqueued" in t.user_attrs["fail_reason"] for t in stale if t.number in capped)
     # every kill that left work behind was recovered from (a trial completed after it)
     recoveries, done = row.extra["recoveries_s"], row.extra["done_at_kill"]
-    assert all(r is not None for r, d in zip(recoveries, done) if d < 24), (recoveries, done)
+    assert all(r is not None for r, d in zip(recoveries, done) if d < budget), (recoveries, done)
     assert recoveries[0] is not None                                        # the first kill always leaves work
 
 
