@@ -142,6 +142,16 @@ def tune(config: Annotated[Path, typer.Argument(help="Architecture JSON (an expo
     typer.echo(f"wrote {out}")
 
 
+def _check_cell(check: dict) -> str:
+    """The winner's check against the torch backend: output error, and gradient error where checked."""
+    if not check:
+        return "-"
+    errors = f"out {check['rel_err']:.2g}"
+    if "grad_rel_err" in check:
+        errors += f", grad {check['grad_rel_err']:.2g}"
+    return ("ok" if check.get("ok") else "FAILED") + f" ({errors})"
+
+
 def _print_tuning(result: dict, cache) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -157,7 +167,7 @@ def _print_tuning(result: dict, cache) -> None:
         table.add_row(mech, r["op"], f"{r['method']} / {r['space_size']}", str(r["n_timed"]), str(r["n_skipped"]),
                       f"{default:.4g}" if default else "-", f"{best:.4g}" if best else "-",
                       f"x{r['speedup']:.2f}" if r.get("speedup") else "-",
-                      ("ok" if check.get("ok") else "FAILED") + f" ({check['rel_err']:.2g})" if check else "-")
+                      _check_cell(check))
     Console(width=200).print(table)
     typer.echo(f"benchmark cache: {cache.hits} hits, {cache.misses} misses")
 

@@ -11,8 +11,9 @@ For each distinct (op, mechanism, params) among an architecture's layers:
    out-of-resources on the first launch;
 4. time forward + backward (training) of each valid config through the benchmark cache (a key
    already there is never timed again);
-5. check the winner's output once against the torch backend; a winner that disagrees is
-   dropped and the next fastest is checked.
+5. check the winner once against the torch backend: its output, and its input gradients on the
+   first batch row (configs of the backward's kernels change only those); a winner that
+   disagrees is dropped and the next fastest is checked.
 
 Kernel configs do not change what a layer computes (up to rounding), so they are tuned by
 timing, never by proxy training. ``tune_configs`` is the search alone, with an injectable
@@ -34,6 +35,8 @@ N_TRIALS = 24
 MAX_ATTEMPTS_FACTOR = 4          # TPE: stop after this many asks per wanted valid config
 LINEAR_CHUNKS = (16, 32, 64, 128)
 CHECK_TOLERANCE = {"fp32": 2e-3, "bf16": 3e-2, "fp16": 1e-2}   # relative L2 error vs torch
+# gradients sum over T (a gate's over every later step too): looser than the output's
+GRAD_CHECK_TOLERANCE = {"fp32": 5e-3, "bf16": 6e-2, "fp16": 2e-2}
 MAX_CHECKS = 3
 
 
@@ -216,13 +219,18 @@ TUNING_FAMILIES = {
 }
 
 
-# Opt-in variants of one mechanism's gate path in the Triton linear kernels' fused forward (triton_linear's
-# FUSED_FOLD 3 / 4 and FUSED_SCALE16), after the op's own families: fewer instructions on sm_90 but not yet the
-# defaults, so they are measured where the user tunes, and the winner is checked against the PyTorch backend
-# like any other. (The backward's variants, DG_WEAK, DG_ONE_SUM, SCAN_SCALE16, GLA_BWD_*, stay out: that check
-# compares outputs, not gradients.)
+# Opt-in variants of one mechanism's gate path in the Triton linear kernels, after the op's own families:
+# fewer instructions on sm_90 but not (yet) the defaults, so they are measured where the user tunes. The fused
+# forward's (triton_linear's FUSED_FOLD 3 / 4, FUSED_SCALE16) and the backward's (Mamba-2's DG_WEAK / DG_ONE_SUM,
+# the scans' SCAN_SCALE16, GLA's GLA_BWD_SPLIT / GLA_BWD_RELOAD); the winner is checked against the PyTorch
+# backend, output and gradients, like every tuned config.
 _FUSED_GATE_VARIANTS = {"FUSED_FOLD": (2, 3, 4), "FUSED_SCALE16": (0, 1)}
-MECHANISM_FAMILIES = {name: [_FUSED_GATE_VARIANTS] for name in ("retnet", "mamba2", "gated_deltanet")}
+MECHANISM_FAMILIES = {
+    "retnet": [_FUSED_GATE_VARIANTS, {"SCAN_SCALE16": (0, 1)}],
+    "mamba2": [_FUSED_GATE_VARIANTS, {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1)}],
+    "gated_deltanet": [_FUSED_GATE_VARIANTS],
+    "gla": [{"GLA_BWD_SPLIT": (0, 1), "GLA_BWD_RELOAD": (0, 1)}],
+}
 
 
 def op_families(op: str, fixed: dict | None = None, valid: dict | None = None,
@@ -430,8 +438,49 @@ def run_factory(call: CapturedOp, backward: bool = True, backend: str = "triton"
     return make
 
 
-def check_against_torch(call: CapturedOp, config: dict, dtype: str) -> dict:
-    """Relative L2 error of the triton output with ``config`` against the torch backend."""
+def batch_rows(call: CapturedOp, rows: int = 1) -> CapturedOp:
+    """The call cut to its first ``rows`` batch rows: tensors of rank >= 3 led by the batch (q's first
+    dimension: q, k, v, per-token gates, beta, the initial state, block lists) are cut; a per-head decay
+    and non-tensors stay as they are."""
+    import torch
+
+    batch = next(a for a in call.args if torch.is_tensor(a)).shape[0]
+
+    def cut(x):
+        return x[:rows] if torch.is_tensor(x) and x.dim() >= 3 and x.shape[0] == batch else x
+
+    return CapturedOp(call.op, tuple(cut(a) for a in call.args), {k: cut(v) for k, v in call.kwargs.items()})
+
+
+def _relative_error(ours, ref) -> float:
+    ours, ref = ours.double(), ref.double()
+    return float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _gradients(call: CapturedOp, backend: str, cfg: dict, extra: dict) -> dict:
+    """{argument name: gradient} of the op on fresh copies of the call's inputs, for one fixed
+    random output gradient (the same for every backend)."""
+    import torch
+
+    from attnsearch import kernels
+
+    args, kwargs = _fresh_leaves(call)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("backend", "config")}
+    named = [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    leaves = [(name, t) for name, t in named if torch.is_tensor(t) and t.requires_grad]
+    kw = {**kwargs, **extra, **({"config": cfg} if backend == "triton" else {})}
+    out = _output(getattr(kernels, call.op)(*args, backend=backend, **kw))
+    gen = torch.Generator(device=out.device).manual_seed(0)
+    grad_out = torch.randn(out.shape, generator=gen, device=out.device, dtype=torch.float32).to(out.dtype)
+    grads = torch.autograd.grad(out, [t for _n, t in leaves], grad_out, allow_unused=True)
+    return {name: g for (name, _t), g in zip(leaves, grads) if g is not None}
+
+
+def check_against_torch(call: CapturedOp, config: dict, dtype: str, gradients: bool = True) -> dict:
+    """Relative L2 error of the triton op with ``config`` against the torch backend: its output on the
+    whole call, and (``gradients``) every input gradient on the call's first batch row, which keeps the
+    torch backend's memory small at long T. Configs that change only the backward's kernels are caught
+    by the second."""
     import torch
 
     from attnsearch import kernels
@@ -441,11 +490,35 @@ def check_against_torch(call: CapturedOp, config: dict, dtype: str) -> dict:
     kwargs = {k: v for k, v in kwargs.items() if k not in ("backend", "config")}
     extra, cfg = split_config(call.op, config)
     with torch.no_grad():
-        ours = _output(fn(*args, backend="triton", config=cfg, **{**kwargs, **extra})).float()
-        ref = _output(fn(*args, backend="torch", **{**kwargs, **extra})).float()
-    rel = float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
+        ours = _output(fn(*args, backend="triton", config=cfg, **{**kwargs, **extra}))
+        ref = _output(fn(*args, backend="torch", **{**kwargs, **extra}))
+        rel = _relative_error(ours, ref)
+    del ours, ref, args, kwargs
     tol = CHECK_TOLERANCE.get(dtype, 3e-2)
-    return {"config": dict(config), "rel_err": rel, "tolerance": tol, "ok": bool(math.isfinite(rel) and rel <= tol)}
+    outcome = {"config": dict(config), "rel_err": rel, "tolerance": tol, "ok": bool(math.isfinite(rel) and rel <= tol)}
+    if gradients and outcome["ok"]:
+        row = batch_rows(call)
+        ref_grads = _gradients(row, "torch", {}, extra)
+        our_grads = _gradients(row, "triton", cfg, extra)
+        missing = sorted(set(ref_grads) - set(our_grads))
+        if missing:
+            return {**outcome, "ok": False, "error": f"no gradient for {', '.join(missing)}"}
+        errors = {name: _relative_error(our_grads[name], g) for name, g in ref_grads.items()}
+        worst = max(errors, key=errors.get, default=None)
+        grad_tol = GRAD_CHECK_TOLERANCE.get(dtype, 5e-2)
+        grad_err = errors[worst] if worst else 0.0
+        outcome.update(grad_rel_err=grad_err, grad_tolerance=grad_tol, worst_grad=worst,
+                       ok=bool(math.isfinite(grad_err) and grad_err <= grad_tol))
+    return outcome
+
+
+def _failed_check(outcome: dict) -> str:
+    if "error" in outcome:
+        return f"check failed: {outcome['error']}"
+    if "grad_rel_err" in outcome and not outcome["ok"]:
+        return (f"wrong gradient ({outcome['worst_grad']}): relative error {outcome['grad_rel_err']:.3g} > "
+                f"{outcome['grad_tolerance']:.3g}")
+    return f"wrong output: relative error {outcome['rel_err']:.3g} > {outcome['tolerance']:.3g}"
 
 
 def checked_winner(result: TuneResult, check: Callable[[dict], dict]) -> TuneResult:
@@ -464,8 +537,7 @@ def checked_winner(result: TuneResult, check: Callable[[dict], dict]) -> TuneRes
         if outcome["ok"]:
             result.best_config, result.best_stats = dict(trial.config), trial.stats
             return result
-        trial.skipped = (f"check failed: {outcome['error']}" if "error" in outcome else
-                         f"wrong output: relative error {outcome['rel_err']:.3g} > {outcome['tolerance']:.3g}")
+        trial.skipped = _failed_check(outcome)
     result.best_config, result.best_stats = dict(result.default_config), result.default_stats
     return result
 

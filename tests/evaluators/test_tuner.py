@@ -227,23 +227,83 @@ def test_families_search_each_kernel_family_with_the_others_at_their_best():
 
 
 def test_mechanism_families_add_gate_path_variants():
-    """Scalar-gated mechanisms also search their fused forward's opt-in variants, a small family after the op's
-    own; pinned keys stay out, and other mechanisms (ungated, GLA) get none."""
+    """Gated mechanisms also search their gate paths' opt-in variants, small families after the op's own;
+    pinned keys stay out, and ungated mechanisms get none."""
     base = tuner.op_families("linear_attention")
     mamba = tuner.op_families("linear_attention", mechanism="mamba2")
-    assert mamba[:len(base)] == base and len(mamba) == len(base) + 1
-    assert mamba[-1] == {"FUSED_FOLD": [2, 3, 4], "FUSED_SCALE16": [0, 1]}
+    assert mamba[:len(base)] == base and len(mamba) == len(base) + 2
+    assert mamba[len(base)] == {"FUSED_FOLD": [2, 3, 4], "FUSED_SCALE16": [0, 1]}
+    assert mamba[-1] == {"DG_WEAK": [0, 1, 2], "DG_ONE_SUM": [0, 1], "SCAN_SCALE16": [0, 1]}
     assert tuner.op_families("linear_attention", mechanism="linear") == base
-    assert tuner.op_families("linear_attention", mechanism="gla") == base
-    pinned = tuner.op_families("linear_attention", fixed={"FUSED_FOLD": 2}, mechanism="retnet")[-1]
+    assert tuner.op_families("linear_attention", mechanism="gla")[-1] == {"GLA_BWD_SPLIT": [0, 1],
+                                                                          "GLA_BWD_RELOAD": [0, 1]}
+    pinned = tuner.op_families("linear_attention", fixed={"FUSED_FOLD": 2}, mechanism="retnet")[len(base)]
     assert "FUSED_FOLD" not in pinned and pinned["FUSED_SCALE16"] == [0, 1]
     gdn = tuner.op_families("delta_rule", mechanism="gated_deltanet")[-1]
     assert gdn == {"FUSED_FOLD": [2, 3, 4], "FUSED_SCALE16": [0, 1]}
     from attnsearch.space.catalogue import mechanism
     for mech, fams in tuner.MECHANISM_FAMILIES.items():
-        assert mechanism(mech).op in ("linear_attention", "delta_rule")  # a catalogue name, of a linear op
+        op = mechanism(mech).op
+        assert op in ("linear_attention", "delta_rule")  # a catalogue name, of a linear op
         for fam in fams:
             assert tuner.space_size(fam) <= tuner.EXHAUSTIVE_LIMIT, mech
+            assert set(fam) <= set(tuner.op_space(op)), mech  # keys the op accepts
+
+
+def test_batch_rows_cuts_batch_led_tensors_only():
+    q = torch.randn(3, 10, 2, 4)
+    decay = torch.tensor([-0.1, -0.2])          # per head: stays whole
+    state = torch.randn(3, 2, 4, 4)
+    call = tuner.CapturedOp("linear_attention", (q, q, q, decay), {"initial_state": state, "chunk_size": 16})
+    row = tuner.batch_rows(call)
+    assert [a.shape[0] for a in row.args[:3]] == [1, 1, 1] and row.args[3].shape == (2,)
+    assert row.kwargs["initial_state"].shape == (1, 2, 4, 4) and row.kwargs["chunk_size"] == 16
+    assert torch.equal(row.args[0], q[:1])
+
+
+class _GradientScaled(torch.autograd.Function):
+    """Identity forward, backward scaled: an op whose output is right and whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+@pytest.mark.parametrize("mech, params", [("mamba2", {}), ("retnet", {}), ("gated_deltanet", {})])
+def test_check_against_torch_compares_gradients_too(monkeypatch, mech, params):
+    """A config that only breaks the backward passes an output check; the gradient check (first batch row,
+    every input) catches it and names the gradient. The real triton kernels (interpreter) pass both."""
+    from attnsearch import kernels
+
+    arch = _tiny_arch(mech, params, kernel_config={"chunk_size": 16})
+    call = tuner.capture_layer_op(arch, arch.layers[0], batch=2, seq_len=40, dtype=torch.float32, device="cpu")
+    good = tuner.check_against_torch(call, {}, "fp32")
+    assert good["ok"] and good["rel_err"] < 1e-4 and good["grad_rel_err"] < 1e-4, good
+    real = getattr(kernels, call.op)
+
+    def broken_backward(*args, backend="auto", config=None, **kwargs):
+        broken = bool((config or {}).get("BROKEN"))
+        config = {k: v for k, v in (config or {}).items() if k != "BROKEN"} or None
+        out = real(*args, backend=backend, config=config, **kwargs)
+        if backend != "triton" or not broken:
+            return out
+        o, *rest = out if isinstance(out, tuple) else (out,)
+        o = _GradientScaled.apply(o, 1.5)
+        return (o, *rest) if isinstance(out, tuple) else o
+
+    monkeypatch.setattr(kernels, call.op, broken_backward)
+    monkeypatch.setattr(tuner, "split_config", lambda op, config: ({}, dict(config)))
+    bad = tuner.check_against_torch(call, {"BROKEN": 1}, "fp32")
+    assert bad["rel_err"] < 1e-4 and not bad["ok"]
+    assert bad["grad_rel_err"] == pytest.approx(0.5, rel=1e-3) and bad["worst_grad"]
+    assert tuner._failed_check(bad).startswith(f"wrong gradient ({bad['worst_grad']})")
+    outputs_only = tuner.check_against_torch(call, {"BROKEN": 1}, "fp32", gradients=False)
+    assert outputs_only["ok"] and "grad_rel_err" not in outputs_only
 
 
 def test_families_respect_pinned_keys_and_valid_values():
