@@ -59,6 +59,11 @@ def make_inputs(op, B, T, H, K, V, device, dtype=torch.bfloat16, seed=0):
     return x
 
 
+def group(op: str) -> str:
+    """The kernel op (and config group) of a benchmark op."""
+    return "delta_rule" if op in ("delta", "gated_delta") else "linear_attention"
+
+
 def ours_fn(op, x, config=None, chunk_size=64):
     if op in ("delta", "gated_delta"):
         return lambda: kernels.delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"), backend="triton",
@@ -128,7 +133,6 @@ def run_breakdown(report, ops, T, B, H, K, V, save, configs=None, device="cuda",
     from triton.testing import do_bench
 
     from attnsearch.kernels import triton_linear as tlin
-    group = lambda op: "delta_rule" if "delta" in op else "linear_attention"  # noqa: E731
     cfgs = {op: {**tlin.default_config(group(op)), **((configs or {}).get(group(op)) or {})} for op in ops}
     BT = 64
     for op in ops:
@@ -357,6 +361,16 @@ def time_row(row: dict, makers, op, x, timed_fn, tokens: int, floor_ms: float, r
     return row
 
 
+def ours_with(configs):
+    """ours_fn with a config per op group ({"linear_attention": {...}, "delta_rule": {...}}, over the defaults)."""
+    if not configs:
+        return ours_fn
+
+    def make(op, x):
+        return ours_fn(op, x, configs.get(group(op)) or None)
+    return make
+
+
 def attempt(fn, *args):
     try:
         return fn(*args), None
@@ -381,6 +395,8 @@ def main():
     ap.add_argument("--sweep-index", type=int, help="with --warm: compile only this sweep config")
     ap.add_argument("--breakdown", action="store_true", help="also time our kernels stage by stage at max T")
     ap.add_argument("--skip-main", action="store_true", help="skip the main comparison")
+    ap.add_argument("--configs", help="JSON file of our configs over the defaults, per op group "
+                    "({\"linear_attention\": {...}, \"delta_rule\": {...}}): the table times these")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds alternating ours / fla per timing, each 1/rounds of the repetitions (median kept)")
     args = ap.parse_args()
@@ -392,7 +408,13 @@ def main():
         warm(args.warm, ops, args.sweep_index, B, H, K, V)
         return
     import triton
+    configs = {}
+    if args.configs:
+        with open(args.configs) as f:
+            configs = json.load(f)
+    ours = ours_with(configs)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "configs_over_defaults": configs,
               "shape": {"B": B, "H": H, "K": K, "V": V, "dtype": "bfloat16"}, "rows": [], "memory": [],
               "sweep": [], "breakdown": []}
     try:
@@ -416,7 +438,7 @@ def main():
             x = make_inputs(op, B, T, H, K, V, "cuda")
             row = {"op": op, "what": OPS[op][2], "T": T, "floor_fwd_ms": floor_ms}
             t0 = time.time()
-            makers = [("ours", ours_fn)] + ([] if args.no_fla else [("fla", fla_fn)])
+            makers = [("ours", ours)] + ([] if args.no_fla else [("fla", fla_fn)])
             rounds = max(1, args.rounds)
             time_row(row, makers, op, x, lambda fn, x, bwd: timed(fn, x, bwd, rep=max(20, 100 // rounds)),
                      B * T, floor_ms, rounds=rounds)
@@ -443,7 +465,7 @@ def main():
     for op in (ops if Ts_main else []):
         x = make_inputs(op, B, T, H, K, V, "cuda")
         mem = {"op": op, "T": T}
-        for who, make in (("ours", ours_fn), ("fla", None if args.no_fla else fla_fn)):
+        for who, make in (("ours", ours), ("fla", None if args.no_fla else fla_fn)):
             if make is None:
                 continue
             fn, err = attempt(make, op, x)
@@ -457,7 +479,7 @@ def main():
         del x
     print_table(report)
     if args.breakdown:
-        run_breakdown(report, ops, T, B, H, K, V, save)
+        run_breakdown(report, ops, T, B, H, K, V, save, configs=configs)
     if args.sweep:
         run_sweep(report, ops, T, B, H, K, V, save)
 

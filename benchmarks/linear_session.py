@@ -27,6 +27,9 @@ CANDIDATES), in two calls so that phase A's compiles fit:
     LINEAR_CANDIDATES=dg_one_sum,dg_weak,dg_weak_one_sum,dg_weak2,scan_s16,prep0_s16,gla_reload,gla_split,
                       gla_split_reload,dbwd_gated_w4
 each with LINEAR_BUDGET_S=360 LINEAR_A_MAX_S=240 OUT=... bash benchmarks/linear_session.sh (about 330 s held).
+Or all in one call that also tables the winners (LINEAR_ADOPT, see ADOPT_CHECKS; E. then gradient-checks the
+adopted configs together in bf16): LINEAR_ADOPT="s16_fold4_train|s16_fold3_train|s16_fold4|s16_fold3;
+dg_weak2|dg_weak_one_sum|dg_one_sum;prep0_s16;gla_split_reload|gla_reload;dbwd_gated_w4" with the table on.
 """
 from __future__ import annotations
 
@@ -247,6 +250,59 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 ]
 
 
+# LINEAR_ADOPT: the candidates phase C's table may take over the defaults, as slots of alternatives that set the
+# same keys ("s16_fold4_train|s16_fold3_train;dg_weak2|dg_one_sum"). Per slot and per op group, the candidate
+# with the best mean time / default over its ops of that group is adopted if it passed its gradient checks in
+# phase A (ADOPT_CHECKS: the GRADCHECKS name, or the prefix of several) and no time of those ops rose by more
+# than ADOPT_NOISE; the adopted configs, merged, are what the table times (linear.py --configs), and what the
+# session's author then commits as the defaults, so that one GPU call measures and tables them.
+ADOPT_CHECKS = {"s16_fold4": "scale16 fold4", "s16_fold4_train": "scale16 fold4", "s16_fold3": "scale16 fold3",
+                "s16_fold3_train": "scale16 fold3", "fold4_all": "fold4_all", "fold3_all": "fold3_all",
+                "fold3": "fold3", "dg_weak2": "dg_weak2", "dg_weak": "dg_weak", "dg_weak_one_sum": "dg_weak_one_sum",
+                "dg_one_sum": "dg_one_sum", "prep0_s16": "scan_s16", "gla_reload": "gla_reload",
+                "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4"}
+ADOPT_NOISE, ADOPT_GAIN = 1.01, 0.99
+
+
+def adopt_slots():
+    """LINEAR_ADOPT as a list of slots, each a list of candidate names."""
+    slots = [[n.strip() for n in slot.split("|") if n.strip()] for slot in os.environ.get("LINEAR_ADOPT", "").split(";")]
+    unknown = sorted({n for slot in slots for n in slot if n not in ADOPT_CHECKS})
+    if unknown:
+        sys.exit(f"LINEAR_ADOPT: no adoptable candidate named {', '.join(unknown)} (ADOPT_CHECKS)")
+    return [slot for slot in slots if slot]
+
+
+def gradchecks_passed(results, check):
+    mine = [r for r in results if r.get("path") == check or str(r.get("path")).startswith(check + " ")]
+    return bool(mine) and all(r.get("ok") for r in mine)
+
+
+def adopt(slots, vs_default, gradcheck_results):
+    """({group: config over the defaults}, [why each slot took what it took]) from phase B's times / default."""
+    adopted = {"linear_attention": {}, "delta_rule": {}}
+    picks = []
+    for slot in slots:
+        for grp in adopted:
+            scored = []
+            for name in slot:
+                ops = [op for op in (vs_default.get(name) or {}) if GROUP[op] == grp]
+                rels = [v for op in ops for v in vs_default[name][op].values()]
+                if not ops or None in rels:
+                    continue
+                why = {"candidate": name, "group": grp, "mean": round(sum(rels) / len(rels), 4), "worst": max(rels),
+                       "gradcheck": gradchecks_passed(gradcheck_results, ADOPT_CHECKS[name])}
+                why["ok"] = why["gradcheck"] and why["worst"] <= ADOPT_NOISE and why["mean"] < ADOPT_GAIN
+                scored.append(why)
+            ok = sorted((w for w in scored if w["ok"]), key=lambda w: w["mean"])
+            if ok:
+                name = ok[0]["candidate"]
+                adopted[grp].update(config_for(name, next(op for op in CANDIDATES[name][2] if GROUP[op] == grp)))
+            picks.append({"slot": "|".join(slot), "group": grp, "adopted": ok[0]["candidate"] if ok else None,
+                          "scored": scored})
+    return {g: c for g, c in adopted.items() if c}, picks
+
+
 def _env_list(name):
     """A comma-separated environment list, or None when unset (then everything is run)."""
     value = os.environ.get(name)
@@ -309,6 +365,7 @@ def task_warm(spec):
 def main():
     global CANDIDATES, GRADCHECKS
     CANDIDATES, GRADCHECKS = selected_candidates(), selected_gradchecks()
+    slots = adopt_slots()
     args = sys.argv[1:]
     if args and args[0] == "--task":
         task_warm(json.loads(args[1]))
@@ -436,6 +493,20 @@ def main():
         print(f"  {name:22s} time / default: {rel}", flush=True)
     for name, rel in report["vs_ungated"].items():  # target: <= 1.3
         print(f"  {name:22s} gated / ungated default: {rel}", flush=True)
+    adopted_path = None
+    if slots:
+        adopted, report["adopt"] = adopt(slots, report["vs_default"], report["gradcheck"]["results"])
+        report["adopted"] = adopted
+        for pick in report["adopt"]:
+            print(f"  adopt [{pick['slot']}] {pick['group']}: {pick['adopted']}  "
+                  + ", ".join(f"{w['candidate']} mean {w['mean']} worst {w['worst']} gc {w['gradcheck']}"
+                              for w in pick["scored"]), flush=True)
+        print(f"  adopted for the table: {json.dumps(adopted)}", flush=True)
+        if adopted:
+            adopted_path = os.path.join(outdir, "adopted.json")
+            with open(adopted_path, "w") as f:
+                json.dump(adopted, f, indent=1)
+        save()
 
     # C. the table beside fla with the committed defaults
     if smoke:
@@ -454,7 +525,8 @@ def main():
     limit_c = max(10, int(left()))
     cmd = [sys.executable, os.path.join(HERE, "linear.py"), os.path.join(outdir, "table.json"),
            "--T", "32768,8192"] + ([] if os.environ.get("LINEAR_SDPA") == "1" else ["--no-sdpa"]) + [
-           "--ops", ",".join(selected_ops())] + ([] if report["fla"] else ["--no-fla"])
+           "--ops", ",".join(selected_ops())] + ([] if report["fla"] else ["--no-fla"]) + (
+           ["--configs", adopted_path] if adopted_path else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     with open(log, "a") as logf:
         try:
@@ -471,6 +543,30 @@ def main():
         report["table"] = f"no table: {e}"
     phase("C_table", t0)
 
+    # E. the adopted configs together (phase A checked each alone): bf16 gradient check, all cases
+    if adopted_path and left() > 30:
+        t0 = time.time()
+        gc_out = os.path.join(outdir, "gc_adopted.json")
+        cmd = [sys.executable, os.path.join(HERE, "linear_gradcheck.py"), gc_out, "--bench-shape", "--bf16-only",
+               "--configs", adopted_path]
+        with open(log, "a") as logf:
+            try:
+                rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    timeout=left() - 15).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        try:
+            with open(gc_out) as f:
+                got = json.load(f)["results"]
+        except (OSError, ValueError, KeyError):
+            got = []
+        bad = [r for r in got if not r.get("ok")]
+        report["gradcheck_adopted"] = {"exit": rc, "n": len(got), "n_bad": len(bad), "bad": bad,
+                                       "worst": max((r["worst"] for r in got if "worst" in r), default=None)}
+        print(f"gradcheck of the adopted configs (bf16): {len(got) - len(bad)}/{len(got)} ok, exit {rc}, "
+              f"worst {report['gradcheck_adopted']['worst']}", flush=True)
+        phase("E_gradcheck_adopted", t0)
+
     # D. where the time goes now: GPU time per kernel of one fwd+bwd (ours, and fla's where it ran in C),
     # then stage by stage along the default paths, at T=32768, while time is left
     t0 = time.time()
@@ -480,7 +576,7 @@ def main():
     report["breakdown"] = []
     if left() > 20:
         try:
-            lb.run_breakdown(report, selected_ops(), 32768, 2, 16, 128, 128, save)
+            lb.run_breakdown(report, selected_ops(), 32768, 2, 16, 128, 128, save, configs=report.get("adopted"))
         except Exception as e:  # the table and candidates above are what matter; keep them
             report["breakdown_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     else:
