@@ -258,6 +258,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 # session's author then commits as the defaults, so that one GPU call measures and tables them.
 ADOPT_CHECKS = {"s16_fold4": "scale16 fold4", "s16_fold4_train": "scale16 fold4", "s16_fold3": "scale16 fold3",
                 "s16_fold3_train": "scale16 fold3", "fold4_all": "fold4_all", "fold3_all": "fold3_all",
+                "fold4_all_train": "fold4_all", "fold3_all_train": "fold3_all",
                 "fold3": "fold3", "dg_weak2": "dg_weak2", "dg_weak": "dg_weak", "dg_weak_one_sum": "dg_weak_one_sum",
                 "dg_one_sum": "dg_one_sum", "prep0_s16": "scan_s16", "gla_reload": "gla_reload",
                 "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4"}
@@ -418,13 +419,16 @@ def main():
             spec = dict(who="fla", ops=[op], B=2, H=16, K=128, T=1024)
             tasks.append((f"warm fla {op}", [__file__, "--task", json.dumps(spec)]))
     checks = []
+    # LINEAR_BF16_ONLY=1: the checks in bf16 only (the benchmark's dtype: seconds to compile where fp32 took minutes)
+    bf16_only = ["--bf16-only"] if os.environ.get("LINEAR_BF16_ONLY") == "1" and not smoke else []
+    report["gradcheck_dtypes"] = "bf16" if bf16_only else "fp32, bf16"
     for i, (name, only, cfg) in enumerate(GRADCHECKS):
         cfg_path = os.path.join(outdir, f"gc_cfg_{i}.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
         checks.append((f"gradcheck {i}", [gc, os.path.join(outdir, f"gc_{i}.json"),
                                           "--small" if smoke else "--bench-shape", "--only", only,
-                                          "--configs", cfg_path]))
+                                          "--configs", cfg_path] + bf16_only))
     warms = []
     shape = dict(B=1, H=2, K=32, T=80) if smoke else dict(B=1, H=2, K=128, T=256)
     for op in selected_ops():

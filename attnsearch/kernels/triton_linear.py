@@ -97,7 +97,8 @@ _COMMON = {
 #                kernel writes them, no extra pass).
 #   SCAN_SCALE16 scalar gates, bf16 inputs: 1 = the scans' in-loop row factors (a fixed decay always; other
 #                scalar gates where PREP_SCALAR leaves them in the loop) rounded to bf16 and applied
-#                by packed 16-bit multiplies (`_scale_rows`). Not yet timed on a GPU.
+#                by packed 16-bit multiplies (`_scale_rows`). H100 (session 10): RetNet fwd 1.018x, fwd+bwd
+#                0.998x of 0; with PREP_SCALAR 0, Mamba-2 fwd+bwd 1.021x: left at 0.
 #   PREP_CHANNEL per-channel gates (GLA): 1 = the same for both scans; the pass replaces the cumulative-gate
 #                kernel, and the fp32 cumulative gate is written only where the backward needs it.
 #   GLA_OUT_FUSED per-channel gates: 1 = the forward output takes the raw gate and forms the chunk-local
@@ -115,7 +116,8 @@ _COMMON = {
 #                1.08x (gated 1.13x) of 0, so 0 stays the default.
 #   DG_ONE_SUM   linear attention, data-dependent scalar gate (Mamba-2): 1 = the per-chunk backward sums the gate
 #                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,776 instructions
-#                against 2,984; not yet timed on a GPU); 0 = a reverse scan and a masked prefix sum. (The delta rule's
+#                against 2,984; H100: Mamba-2 fwd+bwd 0.979x, the default); 0 = a reverse scan and a masked prefix
+#                sum. (The delta rule's
 #                UT-transform backward spilled more with it: 232 against 52 bytes.)
 #   DG_WEAK      linear attention, Mamba-2: 1 = a chunk whose steps decay by at most WEAK_STEP (2) on average takes its
 #                gate gradient in fla's form, the suffix sum of q.dq - k.dk of the final gradients (no second
@@ -124,14 +126,15 @@ _COMMON = {
 #                one form (the programs of the other kind return at once). fla's form loses the small terms next
 #                to the diagonal's under strong decay (relative error 42 at steps of -20 on the CPU), hence the
 #                bound. sm_90, 8 warps: 1 = 3,304 instructions, 20 B spilled; 2 = 2,544 for weak chunks, no
-#                spills, 3,016 for the others; exact form alone (0) 2,984. Not yet timed on a GPU.
+#                spills, 3,016 for the others; exact form alone (0) 2,984. H100 (session 10, with DG_ONE_SUM):
+#                Mamba-2 fwd+bwd 1 0.977x, 2 0.999x of neither, DG_ONE_SUM alone 0.979x: 0 stays the default.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
 #                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
 #   GLA_BWD_RELOAD per-channel gates: 1 = the per-chunk backward loads q, k and the gate again after its V loop
 #                and forms the split-decay factors again, instead of keeping these [BT, K] tiles live through
 #                the loop (sm_90, 8 warps, V tiles of 64: spill stores 548 against 1,068 bytes, 6,552 against
-#                6,496 instructions; not yet timed on a GPU, where this kernel took 4.7 of GLA's 8.7 ms f+b).
+#                6,496 instructions; H100: GLA fwd+bwd 0.912x alone, 0.909x with GLA_BWD_SPLIT, the default).
 #   SAVE_TM      the delta rule: 1 = a forward that a backward follows stores Tm = (I + L)^-1 of every chunk
 #                ([B*H, T, BT] fp32: half the bytes of the bf16 per-chunk states at K = V = 128, chunk 64; fla
 #                keeps its A too), and the backward forms w and u from it instead of inverting again (no
@@ -155,9 +158,11 @@ _COMMON = {
 #                (H200: RetNet fwd 0.978x / 0.975x of 1 in sessions 7 / 8, gradient-checked there in session 8);
 #                3 = every scalar gate pivots at the chunk's end and applies the chunk's decay to the state before
 #                q h_n: a fixed decay as in 2 on full chunks (a shorter last chunk takes the exact loop), a
-#                data-dependent gate on sequences whose chunks all span at most GLA_SAFE_SPAN / 2 (sm_90, Triton
-#                3.9, inference loops: RetNet 717 instructions against FOLD 2's 766, Mamba-2 780 against 827,
-#                gated delta 907 against 924, ungated 575);
+#                data-dependent gate on sequences whose chunks all span at most GLA_SAFE_SPAN / 2, FOLD 1's loop for
+#                those within GLA_SAFE_SPAN (the flag's levels; before session 10 they took the exact loop, and the
+#                benchmark's logsigmoid(randn) gates, about 50 per chunk of 64, made FOLD 3 / 4 1.45x FOLD 2 in
+#                Mamba-2's forward on the H100) (sm_90, Triton 3.9, inference loops: RetNet 717 instructions
+#                against FOLD 2's 766, Mamba-2 780 against 827, gated delta 907 against 924, ungated 575);
 #                4 = 3 with the chunks' decays multiplied into a scalar that the state takes back only when it falls
 #                below LAZY_MIN (a branch the loop skips otherwise): sm_90 loops RetNet 703 (735 with the skipped
 #                branch), Mamba-2 764 (796), gated delta 904 against FOLD 3's 717, 780, 907;
@@ -234,6 +239,11 @@ def default_config(op: str, device=None) -> dict:
     # session (the fp32 case compiles for minutes), and the gate is where Triton 3.6 on Hopper miscompiled fla.
     # OUT_V_LOOP 1 (linear attention): Mamba-2's forward 0.982x / 0.98x of OUT_V_LOOP 0 on the H200 (sessions 3
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
+    # Session 10 (H100, results/h100_session10/call1, T=32768, fwd+bwd over the previous default in one process,
+    # gradient-checked there in fp32 and bf16, and together in bf16): GLA_BWD_SPLIT 1 + GLA_BWD_RELOAD 1 0.909x
+    # (RELOAD alone 0.912x, SPLIT alone 1.032x); DG_ONE_SUM 1 (Mamba-2) 0.979x (DG_WEAK 2 0.999x, DG_WEAK 1 with
+    # ONE_SUM 0.977x: no better than the exact form alone, which needs no bound on the chunk's decay).
+    # gated_bwd_num_warps 4 measured 1.032x there (0.96x on the H200 in session 8): gated inputs keep 8.
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
@@ -242,8 +252,8 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
                 "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
-                "FUSED_SCALE16": 0, "DG_ONE_SUM": 0, "GLA_BWD_RELOAD": 0, "DG_WEAK": 0,
-                "GLA_BWD_SPLIT": 0}
+                "FUSED_SCALE16": 0, "DG_ONE_SUM": 1, "GLA_BWD_RELOAD": 1, "DG_WEAK": 0,
+                "GLA_BWD_SPLIT": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
             "BWD_BLOCK_V": 32, "bwd_num_warps": 4, "gated_bwd_num_warps": 8, "bwd_num_stages": 3, "PREP_SCALAR": 2,
@@ -289,7 +299,8 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
     """b = cumulative sum of g within each chunk, in fp32. FLAG, per-channel gates: flag[bh, n] = 1 when
     every channel's b spans at most SAFE inside the chunk, so that A can be formed by one matmul of
     q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2)).
-    FLAG, scalar gates: flag[bh] = 1 when that holds for every chunk of the sequence (`_fused_fwd_kernel`)."""
+    FLAG, scalar gates: the sequence's level for `_fused_fwd_kernel`, flag[bh] = 2 when every chunk spans at most
+    SAFE / 2 (FUSED_FOLD 3 / 4 pivot at the chunk's end), 1 when at most SAFE (FOLD 1's middle pivot), else 0."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -308,9 +319,9 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
         tl.store(b_ptr + _srow(bh, rows, T), tl.cumsum(g, axis=0), mask=mask)
-        if FLAG:  # flag[bh] (set to 1 beforehand) drops to 0 when any chunk of the sequence is unsafe
+        if FLAG:  # flag[bh] (set to 2 beforehand) drops to the level of the sequence's widest chunk
             a = tl.sum(tl.where(tl.arange(0, BT) >= 1, tl.abs(g), 0), axis=0)
-            tl.atomic_min(flag_ptr + bh, (a <= SAFE).to(tl.int32))
+            tl.atomic_min(flag_ptr + bh, (a <= SAFE).to(tl.int32) + (a <= SAFE * 0.5).to(tl.int32))
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -921,12 +932,27 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
         s1 += tl.load(h0_ptr + o1, mask=m1, other=0).to(tl.float32)
         if SPLIT:
             s2 += tl.load(h0_ptr + o2, mask=m2, other=0).to(tl.float32)
-    if GATE == 1 and FOLD > 0:
+    if GATE == 1 and FOLD >= 3 and not FIXED:
+        # FOLD 3 / 4 for a sequence whose chunks span at most SAFE / 2 (level 2), FOLD 1 for one whose chunks span
+        # at most SAFE (level 1: logsigmoid(randn) steps over 64 rows span about 50), else the exact loop
+        level = tl.load(flag_ptr + bh)
+        n_top = NT * (level == 2).to(tl.int32)
+        n_mid = n_top + NT * (level == 1).to(tl.int32)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_top, scale, bh, bb,
+                               hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
+                               PREFETCH, SPLIT, SCALE16)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_top, n_mid, scale, bh,
+                               bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 1, SAFE, DELTA,
+                               PREFETCH, SPLIT, SCALE16)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_mid, NT, scale, bh,
+                               bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
+                               PREFETCH, SPLIT, SCALE16)
+    elif GATE == 1 and FOLD > 0:
         if FIXED:
             lim = SAFE * 0.5 if FOLD >= 2 else SAFE
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
         else:
-            fold = tl.load(flag_ptr + bh)
+            fold = (tl.load(flag_ptr + bh) >= 1).to(tl.int32)
         # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
         n_fold = (T // BT if FOLD >= 3 and FIXED else NT) * fold
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
@@ -1941,8 +1967,8 @@ def _fixed(g) -> bool:
 
 def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN):
     """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
-    factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
-    (all its chunks safe) for scalar ones."""
+    factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates (1 = safe), per sequence
+    [B*H] for scalar ones (2 = every chunk spans at most safe / 2, 1 = at most safe, 0 = wider)."""
     if g is None:
         return (None, None) if flags else None
     B, T, H = g.shape[:3]
@@ -1954,7 +1980,7 @@ def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN):
         flag = None
     else:
         flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
-            torch.ones(B * H, dtype=torch.int32, device=g.device)
+            torch.full((B * H,), 2, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
                                       FLAG=flags, SAFE=safe)
     return (b, flag) if flags else b
@@ -2068,8 +2094,9 @@ def _fused_gate(g, BT, cfg, dtype):
         return g, None
     fold = _fold_mode(cfg, _gate_kind(g), dtype)
     if fold:
-        # FOLD 3 pivots at the chunk's end: its factors span exp(+-span), so the span must be half FOLD 1's
-        return _chunk_cumsum(g, BT, flags=True, safe=GLA_SAFE_SPAN / 2 if fold >= 3 else GLA_SAFE_SPAN)
+        # the flag's levels: FOLD 3 pivots at the chunk's end, its factors span exp(+-span), so its span must be
+        # half FOLD 1's; a sequence beyond that but within FOLD 1's takes FOLD 1's loop
+        return _chunk_cumsum(g, BT, flags=True)
     return _chunk_cumsum(g, BT), None
 
 

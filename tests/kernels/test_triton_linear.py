@@ -44,14 +44,14 @@ def _gate(kind, B, T, H, K, gmin, gen):
 
 
 def _compare(op, gate, *, B=1, T=37, H=2, K=16, V=32, chunk=16, gmin=-1.0, h0=True, seed=0, config=None,
-             grad_g=True, g_dtype=None):
+             grad_g=True, g_dtype=None, g=None):
     gen = torch.Generator().manual_seed(seed)
     x = {"q": torch.randn(B, T, H, K, generator=gen), "k": torch.randn(B, T, H, K, generator=gen),
          "v": torch.randn(B, T, H, V, generator=gen)}
     if op == "delta":
         x["k"] = torch.nn.functional.normalize(x["k"], dim=-1)
         x["beta"] = torch.rand(B, T, H, generator=gen)
-    g = _gate(gate, B, T, H, K, gmin, gen)
+    g = _gate(gate, B, T, H, K, gmin, gen) if g is None else g
     if g is not None:
         # a gate in its own dtype (the reference takes its rounded values exactly)
         x["g"] = g if g_dtype is None else g.to(g_dtype)
@@ -348,15 +348,49 @@ def test_inference_forward_writes_no_states(interpreter, monkeypatch, fold, gate
 
 
 def test_fused_safe_flags(interpreter):
-    """The per-sequence flag of the scalar-gate cumulative sum: 1 only when every chunk moves b by at most
-    GLA_SAFE_SPAN after its first step (the first step itself may be anything)."""
+    """The per-sequence level of the scalar-gate cumulative sum: 2 when every chunk moves b by at most
+    GLA_SAFE_SPAN / 2 after its first step (the first step itself may be anything), 1 when by at most
+    GLA_SAFE_SPAN, else 0: the widest chunk decides."""
     T, BT = 40, 16
-    g = torch.full((1, T, 3), -1.0)
-    g[0, 16, 1] = -1000.0                      # the first step of chunk 1: still safe
+    g = torch.full((1, T, 4), -1.0)
+    g[0, 16, 1] = -1000.0                      # the first step of chunk 1: still level 2
     g[0, 20:32, 2] = -8.0                      # chunk 1 moves by 3 + 12 * 8 = 99 > 80 after its first step
+    g[0, 20:32, 3] = -4.0                      # 3 + 12 * 4 = 51: within 80, not within 40
     b, flag = interpreter._chunk_cumsum(g, BT, flags=True)
-    assert flag.tolist() == [1, 1, 0]
+    assert flag.tolist() == [2, 2, 0, 1]
     assert torch.allclose(b[0, 0, :16], torch.cumsum(g[0, :16, 0], 0))
+
+
+def _three_level_gate(T, seed):
+    """A [1, T, 3] data-dependent gate with one head at each fold level for chunks of 16: steps in (-1, 0] (a
+    chunk spans at most 15), about -4 (about 60), about -20 (about 300: a folded loop's factors would overflow)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(1, T, 3, generator=gen)
+    return -(u * torch.tensor([1.0, 0.5, 0.5]) + torch.tensor([0.0, 3.75, 19.75]))
+
+
+@pytest.mark.parametrize("fold", [3, 4])
+@pytest.mark.parametrize("op,mode", [("linear", 1), ("linear", 3), ("delta", 3)])
+def test_fused_fold_levels_side_by_side(interpreter, fold, op, mode):
+    """FUSED_FOLD 3 / 4 with data-dependent gates: a head whose chunks span at most 40 takes the end-pivot loop,
+    one within 80 FOLD 1's middle-pivot loop (before, the exact loop: the benchmark's logsigmoid(randn) steps span
+    about 50 per 64 rows and made FOLD 3 1.45x slower on the H100), a wider one the exact loop; three heads of one
+    batch, forward (inference, FUSED_FWD 1) or forward and every gradient (training, FUSED_FWD 3), T = 45 with a
+    shorter last chunk."""
+    g = _three_level_gate(45, seed=50)
+    assert interpreter._chunk_cumsum(g, 16, flags=True)[1].tolist() == [2, 1, 0]
+    config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
+    if mode == 3:
+        _compare(op, "BTH", T=45, H=3, chunk=16, K=16, V=32, config=config, seed=51, g=g)
+        return
+    gen = torch.Generator().manual_seed(52)
+    q, k = torch.randn(1, 45, 3, 16, generator=gen), torch.randn(1, 45, 3, 16, generator=gen)
+    v, h0 = torch.randn(1, 45, 3, 32, generator=gen), torch.randn(1, 3, 16, 32, generator=gen)
+    with torch.no_grad():
+        o, s = kernels.linear_attention(q, k, v, g, chunk_size=16, initial_state=h0, output_final_state=True,
+                                        backend="triton", config=config)
+    ro, rs = linear_attention_ref(q.double(), k.double(), v.double(), g.double(), None, h0.double(), True)
+    assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL, (_rel(o, ro), _rel(s, rs))
 
 
 def test_gated_backward_warps(interpreter):
