@@ -116,9 +116,9 @@ _COMMON = {
 #                1.08x (gated 1.13x) of 0, so 0 stays the default.
 #   DG_ONE_SUM   linear attention, data-dependent scalar gate (Mamba-2): 1 = the per-chunk backward sums the gate
 #                gradient's suffix and prefix terms in one masked row sum (sm_90, 8 warps: 2,776 instructions
-#                against 2,984; H100: Mamba-2 fwd+bwd 0.979x, the default); 0 = a reverse scan and a masked prefix
-#                sum. (The delta rule's
-#                UT-transform backward spilled more with it: 232 against 52 bytes.)
+#                against 2,984; H100: Mamba-2 fwd+bwd 0.979x; default, with DG_WEAK 1); 0 = a reverse scan and a
+#                masked prefix sum. (The delta rule's UT-transform backward spilled more with it: 232 against 52
+#                bytes.)
 #   DG_WEAK      linear attention, Mamba-2: 1 = a chunk whose steps decay by at most WEAK_STEP (2) on average takes its
 #                gate gradient in fla's form, the suffix sum of q.dq - k.dk of the final gradients (no second
 #                q k^T, no [BT, BT] products or column sums), other chunks the exact chunk-local form (a branch
@@ -127,7 +127,7 @@ _COMMON = {
 #                to the diagonal's under strong decay (relative error 42 at steps of -20 on the CPU), hence the
 #                bound. sm_90, 8 warps: 1 = 3,304 instructions, 20 B spilled; 2 = 2,544 for weak chunks, no
 #                spills, 3,016 for the others; exact form alone (0) 2,984. H100 (session 10, with DG_ONE_SUM):
-#                Mamba-2 fwd+bwd 1 0.977x, 2 0.999x of neither, DG_ONE_SUM alone 0.979x: 0 stays the default.
+#                Mamba-2 fwd+bwd 1 0.977x, 2 0.999x of neither, DG_ONE_SUM alone 0.979x: 1 is the default.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
 #                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
@@ -241,8 +241,8 @@ def default_config(op: str, device=None) -> dict:
     # and 6), linear and RetNet within 0.5% either way (results/h200_session6).
     # Session 10 (H100, results/h100_session10/call1, T=32768, fwd+bwd over the previous default in one process,
     # gradient-checked there in fp32 and bf16, and together in bf16): GLA_BWD_SPLIT 1 + GLA_BWD_RELOAD 1 0.909x
-    # (RELOAD alone 0.912x, SPLIT alone 1.032x); DG_ONE_SUM 1 (Mamba-2) 0.979x (DG_WEAK 2 0.999x, DG_WEAK 1 with
-    # ONE_SUM 0.977x: no better than the exact form alone, which needs no bound on the chunk's decay).
+    # (RELOAD alone 0.912x, SPLIT alone 1.032x); Mamba-2 DG_WEAK 1 + DG_ONE_SUM 1 0.977x (DG_ONE_SUM alone 0.979x,
+    # DG_WEAK 2 0.999x): the pair the run adopted and tabled (results/h100_session10/call1/table.json).
     # gated_bwd_num_warps 4 measured 1.032x there (0.96x on the H200 in session 8): gated inputs keep 8.
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
@@ -252,7 +252,7 @@ def default_config(op: str, device=None) -> dict:
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
                 "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
                 "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
-                "FUSED_SCALE16": 0, "DG_ONE_SUM": 1, "GLA_BWD_RELOAD": 1, "DG_WEAK": 0,
+                "FUSED_SCALE16": 0, "DG_ONE_SUM": 1, "GLA_BWD_RELOAD": 1, "DG_WEAK": 1,
                 "GLA_BWD_SPLIT": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
@@ -295,12 +295,14 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: tl.constexpr,
-                         BD: tl.constexpr, VEC: tl.constexpr, FLAG: tl.constexpr, SAFE: tl.constexpr):
+                         BD: tl.constexpr, VEC: tl.constexpr, FLAG: tl.constexpr, SAFE: tl.constexpr,
+                         LEVELS: tl.constexpr = False):
     """b = cumulative sum of g within each chunk, in fp32. FLAG, per-channel gates: flag[bh, n] = 1 when
     every channel's b spans at most SAFE inside the chunk, so that A can be formed by one matmul of
     q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2)).
-    FLAG, scalar gates: the sequence's level for `_fused_fwd_kernel`, flag[bh] = 2 when every chunk spans at most
-    SAFE / 2 (FUSED_FOLD 3 / 4 pivot at the chunk's end), 1 when at most SAFE (FOLD 1's middle pivot), else 0."""
+    FLAG, scalar gates: flag[bh] = 1 when that holds for every chunk of the sequence (`_fused_fwd_kernel`);
+    LEVELS (FUSED_FOLD 3 / 4): the sequence's level instead, 2 when every chunk spans at most SAFE / 2 (the
+    end pivot), 1 when at most SAFE (FOLD 1's middle pivot), else 0."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -319,9 +321,12 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
         mask = rows < T
         g = tl.load(g_ptr + tok, mask=mask, other=0).to(tl.float32)
         tl.store(b_ptr + _srow(bh, rows, T), tl.cumsum(g, axis=0), mask=mask)
-        if FLAG:  # flag[bh] (set to 2 beforehand) drops to the level of the sequence's widest chunk
+        if FLAG:  # flag[bh] (set to 1, LEVELS 2, beforehand) drops to the level of the sequence's widest chunk
             a = tl.sum(tl.where(tl.arange(0, BT) >= 1, tl.abs(g), 0), axis=0)
-            tl.atomic_min(flag_ptr + bh, (a <= SAFE).to(tl.int32) + (a <= SAFE * 0.5).to(tl.int32))
+            level = (a <= SAFE).to(tl.int32)
+            if LEVELS:
+                level += (a <= SAFE * 0.5).to(tl.int32)
+            tl.atomic_min(flag_ptr + bh, level)
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
@@ -952,7 +957,7 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
             lim = SAFE * 0.5 if FOLD >= 2 else SAFE
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
         else:
-            fold = (tl.load(flag_ptr + bh) >= 1).to(tl.int32)
+            fold = tl.load(flag_ptr + bh)
         # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
         n_fold = (T // BT if FOLD >= 3 and FIXED else NT) * fold
         s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
@@ -1965,10 +1970,11 @@ def _fixed(g) -> bool:
     return g is not None and g.dim() == 1
 
 
-def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN):
+def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False):
     """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
-    factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates (1 = safe), per sequence
-    [B*H] for scalar ones (2 = every chunk spans at most safe / 2, 1 = at most safe, 0 = wider)."""
+    factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
+    (1: all its chunks safe) for scalar ones; levels=True, scalar gates: 2 = every chunk spans at most
+    safe / 2, 1 = at most safe, 0 = wider."""
     if g is None:
         return (None, None) if flags else None
     B, T, H = g.shape[:3]
@@ -1980,9 +1986,9 @@ def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN):
         flag = None
     else:
         flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
-            torch.full((B * H,), 2, dtype=torch.int32, device=g.device)
+            torch.full((B * H,), 2 if levels else 1, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
-                                      FLAG=flags, SAFE=safe)
+                                      FLAG=flags, SAFE=safe, LEVELS=levels and flags and not vec)
     return (b, flag) if flags else b
 
 
@@ -2096,7 +2102,7 @@ def _fused_gate(g, BT, cfg, dtype):
     if fold:
         # the flag's levels: FOLD 3 pivots at the chunk's end, its factors span exp(+-span), so its span must be
         # half FOLD 1's; a sequence beyond that but within FOLD 1's takes FOLD 1's loop
-        return _chunk_cumsum(g, BT, flags=True)
+        return _chunk_cumsum(g, BT, flags=True, levels=fold >= 3)
     return _chunk_cumsum(g, BT), None
 
 

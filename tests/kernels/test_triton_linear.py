@@ -348,15 +348,17 @@ def test_inference_forward_writes_no_states(interpreter, monkeypatch, fold, gate
 
 
 def test_fused_safe_flags(interpreter):
-    """The per-sequence level of the scalar-gate cumulative sum: 2 when every chunk moves b by at most
-    GLA_SAFE_SPAN / 2 after its first step (the first step itself may be anything), 1 when by at most
-    GLA_SAFE_SPAN, else 0: the widest chunk decides."""
+    """The per-sequence flag of the scalar-gate cumulative sum: 1 only when every chunk moves b by at most
+    GLA_SAFE_SPAN after its first step (the first step itself may be anything); with levels (FUSED_FOLD 3 / 4)
+    2 when by at most GLA_SAFE_SPAN / 2, 1 when by at most GLA_SAFE_SPAN, else 0: the widest chunk decides."""
     T, BT = 40, 16
     g = torch.full((1, T, 4), -1.0)
     g[0, 16, 1] = -1000.0                      # the first step of chunk 1: still level 2
     g[0, 20:32, 2] = -8.0                      # chunk 1 moves by 3 + 12 * 8 = 99 > 80 after its first step
     g[0, 20:32, 3] = -4.0                      # 3 + 12 * 4 = 51: within 80, not within 40
     b, flag = interpreter._chunk_cumsum(g, BT, flags=True)
+    assert flag.tolist() == [1, 1, 0, 1]
+    b, flag = interpreter._chunk_cumsum(g, BT, flags=True, levels=True)
     assert flag.tolist() == [2, 2, 0, 1]
     assert torch.allclose(b[0, 0, :16], torch.cumsum(g[0, :16, 0], 0))
 
@@ -378,7 +380,7 @@ def test_fused_fold_levels_side_by_side(interpreter, fold, op, mode):
     batch, forward (inference, FUSED_FWD 1) or forward and every gradient (training, FUSED_FWD 3), T = 45 with a
     shorter last chunk."""
     g = _three_level_gate(45, seed=50)
-    assert interpreter._chunk_cumsum(g, 16, flags=True)[1].tolist() == [2, 1, 0]
+    assert interpreter._chunk_cumsum(g, 16, flags=True, levels=True)[1].tolist() == [2, 1, 0]
     config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
     if mode == 3:
         _compare(op, "BTH", T=45, H=3, chunk=16, K=16, V=32, config=config, seed=51, g=g)
