@@ -18,18 +18,18 @@ OUTDIR/session.json is rewritten after every step (a step cut by its time limit 
 OUTDIR/table.json is linear.py's own JSON; OUTDIR/session.log the log of every subprocess.
 --smoke: CPU, TRITON_INTERPRET=1, toy shapes (gradcheck --small, timing of the plumbing only, no C).
 
-Waiting for their first GPU timing and gradient check (session 9 had no device time; sm_90 counts only, see
-CANDIDATES), in two calls so that phase A's compiles fit:
-  LINEAR_TABLE=0 LINEAR_OPS=linear,retention,mamba2,delta,gated_delta LINEAR_GRADCHECKS=scale16,fold4_all
-    LINEAR_CANDIDATES=fold3,fold3_all,fold4_all,s16_fold2,s16_fold3,s16_fold4,s16_fold3_train,s16_fold4_train
-  LINEAR_TABLE=0 LINEAR_OPS=linear,retention,mamba2,delta,gated_delta,gla
-    LINEAR_GRADCHECKS=dg_weak,scan_s16,gla_reload,gla_split,gated_w4
-    LINEAR_CANDIDATES=dg_one_sum,dg_weak,dg_weak_one_sum,dg_weak2,scan_s16,prep0_s16,gla_reload,gla_split,
-                      gla_split_reload,dbwd_gated_w4
-each with LINEAR_BUDGET_S=360 LINEAR_A_MAX_S=240 OUT=... bash benchmarks/linear_session.sh (about 330 s held).
-Or all in one call that also tables the winners (LINEAR_ADOPT, see ADOPT_CHECKS; E. then gradient-checks the
-adopted configs together in bf16): LINEAR_ADOPT="s16_fold4_train|s16_fold3_train|s16_fold4|s16_fold3;
-dg_weak2|dg_weak_one_sum|dg_one_sum;prep0_s16;gla_split_reload|gla_reload;dbwd_gated_w4" with the table on.
+Session 10 (H100, results/h100_session10/call1) timed and checked the candidates of session 9 in one call with
+LINEAR_ADOPT (below), and tabled the adopted configs. Waiting for a GPU: FUSED_FOLD 3 / 4 since data-dependent
+sequences beyond the end pivot's span take FOLD 1's loop (they took the exact loop, 1.45x in Mamba-2's forward),
+and the training forward through the fused pass for scalar gates (the *_train candidates), in one call:
+  LINEAR_SDPA=1 LINEAR_CANDIDATES=fold3_all,fold4_all,fold3_all_train,fold4_all_train,s16_fold4,s16_fold4_train
+  LINEAR_GRADCHECKS=fold3_all,fold4_all,scale16,default
+  LINEAR_ADOPT="fold4_all_train|fold3_all_train|s16_fold4_train|fold4_all|fold3_all|s16_fold4"
+  LINEAR_BUDGET_S=555 LINEAR_A_MAX_S=285 OUT=... bash benchmarks/linear_session.sh   (about 430 s held)
+LINEAR_ADOPT picks, per slot of alternatives and op group, the fastest candidate that passed its gradient checks
+and slowed nothing (ADOPT_CHECKS); the table then times the adopted configs over the defaults and phase E
+gradient-checks them together in bf16; commit what it adopted as the defaults. LINEAR_BF16_ONLY=1 checks in bf16
+only where fp32's compiles (minutes) do not fit.
 """
 from __future__ import annotations
 
