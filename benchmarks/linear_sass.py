@@ -141,7 +141,7 @@ def jobs():
     fold = lin["FUSED_FOLD"]
     for gate, fixed, fold, split in ((0, False, 0, False), (1, True, fold, False), (1, True, 3, False),
                                      (1, True, 4, False), (1, False, fold, False), (1, False, 3, False),
-                                     (1, False, 4, False), (1, False, 0, False),
+                                     (1, False, 4, False), (1, False, 5, False), (1, False, 0, False),
                                      (0, False, 0, True),
                                      (1, False, fold, True)):
         for store_h in (False, True):
@@ -155,7 +155,7 @@ def jobs():
                 out.append((f"fused_fwd scale16 gate={gate} fixed={fixed} fold={fold} store_h={store_h}",
                             tlin._fused_fwd_kernel, dict(c, SCALE16=True), launch["num_warps"],
                             launch["num_stages"], ()))
-    for gate, fold in ((0, 0), (1, 1), (1, 3), (1, 4)):
+    for gate, fold in ((0, 0), (1, 1), (1, 3), (1, 4), (1, 5)):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=dl["FUSED_BLOCK_V"], GATE=gate, HAS_H0=False, STORE_H=False,
                  STORE_HT=False, PREC="tf32", FIXED=False, SAFE=tlin.GLA_SAFE_SPAN, FOLD=fold, DELTA=True,
                  PREFETCH=dl["FUSED_PREFETCH"])

@@ -21,10 +21,11 @@ OUTDIR/table.json is linear.py's own JSON; OUTDIR/session.log the log of every s
 Session 10 (H100, results/h100_session10/call1) timed and checked the candidates of session 9 in one call with
 LINEAR_ADOPT (below), and tabled the adopted configs. Waiting for a GPU: FUSED_FOLD 3 / 4 since data-dependent
 sequences beyond the end pivot's span take FOLD 1's loop (they took the exact loop, 1.45x in Mamba-2's forward),
-and the training forward through the fused pass for scalar gates (the *_train candidates), in one call:
-  LINEAR_SDPA=1 LINEAR_CANDIDATES=fold3_all,fold4_all,fold3_all_train,fold4_all_train,s16_fold4,s16_fold4_train
-  LINEAR_GRADCHECKS=fold3_all,fold4_all,scale16,default
-  LINEAR_ADOPT="fold4_all_train|fold3_all_train|s16_fold4_train|fold4_all|fold3_all|s16_fold4"
+FUSED_FOLD 5 (folds chunks up to 72, which the benchmark's gates need), and the training forward through the
+fused pass for scalar gates (the *_train candidates), in one call:
+  LINEAR_SDPA=1 LINEAR_CANDIDATES=fold4_all,fold5_all,fold4_all_train,fold5_all_train,s16_fold5,s16_fold5_train
+  LINEAR_GRADCHECKS=fold4_all,fold5_all,scale16,default
+  LINEAR_ADOPT="s16_fold5_train|fold5_all_train|fold4_all_train|s16_fold5|fold5_all|fold4_all"
   LINEAR_BUDGET_S=555 LINEAR_A_MAX_S=285 OUT=... bash benchmarks/linear_session.sh   (about 430 s held)
 LINEAR_ADOPT picks, per slot of alternatives and op group, the fastest candidate that passed its gradient checks
 and slowed nothing (ADOPT_CHECKS); the table then times the adopted configs over the defaults and phase E
@@ -173,6 +174,11 @@ CANDIDATES = {
     # FUSED_FOLD 4: FOLD 3 with the state's decay carried as a scalar (sm_90 loops about 2% shorter than FOLD 3)
     "fold4_all": ("both", {"FUSED_FOLD": 4}, ("retention", "mamba2", "gated_delta")),
     "fold4_all_train": ("both", {"FUSED_FOLD": 4, "FUSED_FWD": 3}, ("retention", "mamba2")),
+    # FUSED_FOLD 5: FOLD 4 folding data-dependent chunks up to LAZY_SPAN (72; the benchmark's gates span 61-72)
+    "fold5_all": ("both", {"FUSED_FOLD": 5}, ("retention", "mamba2", "gated_delta")),
+    "fold5_all_train": ("both", {"FUSED_FOLD": 5, "FUSED_FWD": 3}, ("retention", "mamba2")),
+    "s16_fold5": ("both", {"FUSED_SCALE16": 1, "FUSED_FOLD": 5}, ("retention", "mamba2", "gated_delta")),
+    "s16_fold5_train": ("both", {"FUSED_SCALE16": 1, "FUSED_FOLD": 5, "FUSED_FWD": 3}, ("retention", "mamba2")),
     # FUSED_SCALE16: v's row factors by packed 16-bit multiplies (sm_90 inference loops 5-9% shorter)
     "s16_fold2": ("both", {"FUSED_SCALE16": 1}, ("retention", "mamba2", "gated_delta")),
     "s16_fold3": ("both", {"FUSED_SCALE16": 1, "FUSED_FOLD": 3}, ("retention", "mamba2", "gated_delta")),
@@ -232,9 +238,11 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
        for c in ("linear:Hfixed", "linear:BTH", "delta:H", "delta:BTH")] + [
 ] + [(f"fold4_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 4}, "delta_rule": {"FUSED_FOLD": 4}})
        for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
+] + [(f"fold5_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 5}, "delta_rule": {"FUSED_FOLD": 5}})
+       for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
 ] + [(f"scale16 fold{f} {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": f, "FUSED_SCALE16": 1},
                                   "delta_rule": {"FUSED_FOLD": f, "FUSED_SCALE16": 1}})
-       for f in (3, 4) for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
+       for f in (3, 4, 5) for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
     ("gla_split", "linear:BTHK", {"linear_attention": {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}}),
@@ -258,7 +266,8 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
 # session's author then commits as the defaults, so that one GPU call measures and tables them.
 ADOPT_CHECKS = {"s16_fold4": "scale16 fold4", "s16_fold4_train": "scale16 fold4", "s16_fold3": "scale16 fold3",
                 "s16_fold3_train": "scale16 fold3", "fold4_all": "fold4_all", "fold3_all": "fold3_all",
-                "fold4_all_train": "fold4_all", "fold3_all_train": "fold3_all",
+                "fold4_all_train": "fold4_all", "fold3_all_train": "fold3_all", "fold5_all": "fold5_all",
+                "fold5_all_train": "fold5_all", "s16_fold5": "scale16 fold5", "s16_fold5_train": "scale16 fold5",
                 "fold3": "fold3", "dg_weak2": "dg_weak2", "dg_weak": "dg_weak", "dg_weak_one_sum": "dg_weak_one_sum",
                 "dg_one_sum": "dg_one_sum", "prep0_s16": "scan_s16", "gla_reload": "gla_reload",
                 "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4"}

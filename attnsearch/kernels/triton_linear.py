@@ -165,7 +165,11 @@ _COMMON = {
 #                against FOLD 2's 766, Mamba-2 780 against 827, gated delta 907 against 924, ungated 575);
 #                4 = 3 with the chunks' decays multiplied into a scalar that the state takes back only when it falls
 #                below LAZY_MIN (a branch the loop skips otherwise): sm_90 loops RetNet 703 (735 with the skipped
-#                branch), Mamba-2 764 (796), gated delta 904 against FOLD 3's 717, 780, 907;
+#                branch), Mamba-2 764 (796), gated delta 904 against FOLD 3's 717, 780, 907; for a data-dependent
+#                gate the state takes it back before a chunk that would push it below 1 / LAZY_FACTOR_4, with the
+#                chunk's first step (session 10: a first step of -100 had underflowed the scalar, NaN out);
+#                5 = 4 with the data-dependent bound LAZY_SPAN (72) in place of GLA_SAFE_SPAN / 2 (the benchmark's
+#                gates span 61-72 per sequence, so 3 / 4 fold none of them), factors within exp(+-72);
 #                0 = one exponential per score always (so are fp16 inputs: the scaled v would overflow fp16).
 #                FUSED_PREFETCH (data-dependent scalar gates): 1 = b, b_0 and b_last of chunk n + 1 are loaded in
 #                iteration n (H200: Mamba-2 fwd 0.955x, gated delta fwd 0.99x of 0).
@@ -178,7 +182,7 @@ _COMMON = {
 #                on a GPU, nor gradient-checked there: the interpreter's 16-bit arithmetic is wrong).
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2), "SCAN_SCALE16": (0, 1)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
-          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4),
+          "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4, 5),
           "FUSED_PREFETCH": (0, 1), "FUSED_SPLIT_K": (0, 1), "FUSED_SCALE16": (0, 1)}
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL", "SCAN_SCALE16"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
@@ -203,6 +207,14 @@ GLA_SAFE_SPAN = 80.0
 # FUSED_FOLD 4: the scale below which the fused pass multiplies its pending decay into the state (2^-20): v's rows
 # then take factors up to exp(GLA_SAFE_SPAN / 2) / LAZY_MIN (2.5e23), the state up to its true size / LAZY_MIN
 LAZY_MIN = tl.constexpr(2.0 ** -20)
+# FUSED_FOLD 5: a data-dependent sequence whose chunks span at most LAZY_SPAN takes FOLD 4's loop, and the state's
+# pending decay c goes back into it before a chunk n where c exp(b_last(n)) would fall below exp(-LAZY_SPAN): v's
+# factors exp(-b_j) / c and o's exp(b_i) c then stay within exp(+-LAZY_SPAN) (1.9e31 at 72, against FOLD 4's 2.5e23),
+# and q k^T (v exp(LAZY_SPAN)) over 64 rows stays below fp32's 3.4e38 for |q.k| |v| up to 2.8e5. 72 covers the
+# benchmark's logsigmoid(randn) steps (the widest chunk of 64 rows per sequence spans 61-72 at T = 32768).
+LAZY_SPAN = 72.0
+LAZY_FACTOR_MAX = tl.constexpr(1.8e31)  # exp(LAZY_SPAN), as a constant the loop compares with
+LAZY_FACTOR_4 = tl.constexpr(2.4e23)    # FOLD 4's: exp(GLA_SAFE_SPAN / 2) / LAZY_MIN
 # DG_WEAK: the largest mean per-step decay (-g) of a chunk for which Mamba-2's gate gradient takes fla's cheaper
 # form. CPU, fp32, relative error of dg: steps all about -g, chunk 16: 1.4e-6 at 1, up to 6.7e-6 at 2, 3.3e-5 at 4
 # and 42 at 20 (all of its terms cancel there), against 2e-7 - 1e-6 for the exact form; chunk 64, steps of mixed
@@ -296,13 +308,13 @@ def validate_config(op: str, config: dict, chunk_size: int = 64, **ctx) -> None:
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: tl.constexpr,
                          BD: tl.constexpr, VEC: tl.constexpr, FLAG: tl.constexpr, SAFE: tl.constexpr,
-                         LEVELS: tl.constexpr = False):
+                         LEVELS: tl.constexpr = False, TOP: tl.constexpr = 40.0):
     """b = cumulative sum of g within each chunk, in fp32. FLAG, per-channel gates: flag[bh, n] = 1 when
     every channel's b spans at most SAFE inside the chunk, so that A can be formed by one matmul of
     q exp(b - r) and k exp(r - b) with r the middle of the span (both factors within exp(+-SAFE/2)).
     FLAG, scalar gates: flag[bh] = 1 when that holds for every chunk of the sequence (`_fused_fwd_kernel`);
-    LEVELS (FUSED_FOLD 3 / 4): the sequence's level instead, 2 when every chunk spans at most SAFE / 2 (the
-    end pivot), 1 when at most SAFE (FOLD 1's middle pivot), else 0."""
+    LEVELS (FUSED_FOLD 3 - 5): the sequence's level instead, 2 when every chunk spans at most TOP (FOLD 3 / 4's
+    end pivot: SAFE / 2; FOLD 5: LAZY_SPAN), 1 when at most SAFE (FOLD 1's middle pivot), else 0."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -325,7 +337,7 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
             a = tl.sum(tl.where(tl.arange(0, BT) >= 1, tl.abs(g), 0), axis=0)
             level = (a <= SAFE).to(tl.int32)
             if LEVELS:
-                level += (a <= SAFE * 0.5).to(tl.int32)
+                level += (a <= TOP).to(tl.int32)
             tl.atomic_min(flag_ptr + bh, level)
 
 
@@ -761,7 +773,12 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
     EARLY_GATE: tl.constexpr = GATE == 1 and not FIXED and FOLD >= 3
     # FOLD 4: the state is held as cs * s, the chunks' decays multiplied into the scalar cs instead of into every
     # element of s; s takes cs back (and cs is reset) once cs falls below LAZY_MIN, and on the way out
-    LAZY: tl.constexpr = GATE == 1 and FOLD == 4
+    LAZY: tl.constexpr = GATE == 1 and FOLD >= 4
+    # data-dependent gate: c goes back into s before a chunk that would take c exp(b_last) below 1 / F, the bound
+    # on every row factor (FOLD 4: F = exp(SAFE / 2) / LAZY_MIN; FOLD 5: exp(LAZY_SPAN)), the chunk's first step
+    # with it (a fixed decay: after a chunk that took c below LAZY_MIN; its steps are small)
+    SPAN_LAZY: tl.constexpr = LAZY and not FIXED
+    F_MAX: tl.constexpr = LAZY_FACTOR_MAX if FOLD == 5 else LAZY_FACTOR_4
     cs = 1.0
     b_nx = 0.0  # (placeholders the loop carries unchanged without PRE_LOAD)
     bl_nx = 0.0
@@ -807,9 +824,19 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 d_n = d_f
             else:
                 b, b_last, b_0, b_nx, bl_nx, b0_nx = _gate_rows(b_ptr, bh, hh, n, NT, T, ii, b_nx, bl_nx, b0_nx,
-                                                                BT, PRE_LOAD, False)
+                                                                BT, PRE_LOAD, SPAN_LAZY)
                 d_n = tl.exp(b_last)
-            if LAZY:
+            if SPAN_LAZY:
+                if cs * d_n < 1.0 / F_MAX:
+                    # s takes c and the chunk's first step (whatever its size: it may underflow s to 0, as the
+                    # true state does); c keeps the rest, exp(b_last - b_0) >= exp(-LAZY_SPAN)
+                    s1 = s1 * (cs * tl.exp(b_0))
+                    if SPLIT:
+                        s2 = s2 * (cs * tl.exp(b_0))
+                    cs = tl.exp(b_last - b_0)
+                else:
+                    cs = cs * d_n
+            elif LAZY:
                 cs = cs * d_n
             else:
                 s1 = s1 * d_n
@@ -885,7 +912,7 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
         if SPLIT:
             s2 = _state_step(s2, kb, v_x, d, c, PREC, FORM)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], (acc * scale).to(o_ptr.dtype.element_ty), mask=m_v)
-        if LAZY:
+        if LAZY and not SPAN_LAZY:
             if cs < LAZY_MIN:
                 s1 = s1 * cs
                 if SPLIT:
@@ -1970,11 +1997,11 @@ def _fixed(g) -> bool:
     return g is not None and g.dim() == 1
 
 
-def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False):
+def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False, top=GLA_SAFE_SPAN / 2):
     """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
     factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
     (1: all its chunks safe) for scalar ones; levels=True, scalar gates: 2 = every chunk spans at most
-    safe / 2, 1 = at most safe, 0 = wider."""
+    top (FOLD 3 / 4: safe / 2), 1 = at most safe, 0 = wider."""
     if g is None:
         return (None, None) if flags else None
     B, T, H = g.shape[:3]
@@ -1988,7 +2015,7 @@ def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False):
         flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
             torch.full((B * H,), 2 if levels else 1, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
-                                      FLAG=flags, SAFE=safe, LEVELS=levels and flags and not vec)
+                                      FLAG=flags, SAFE=safe, LEVELS=levels and flags and not vec, TOP=top)
     return (b, flag) if flags else b
 
 
@@ -2102,7 +2129,8 @@ def _fused_gate(g, BT, cfg, dtype):
     if fold:
         # the flag's levels: FOLD 3 pivots at the chunk's end, its factors span exp(+-span), so its span must be
         # half FOLD 1's; a sequence beyond that but within FOLD 1's takes FOLD 1's loop
-        return _chunk_cumsum(g, BT, flags=True, levels=fold >= 3)
+        return _chunk_cumsum(g, BT, flags=True, levels=fold >= 3,
+                             top=LAZY_SPAN if fold == 5 else GLA_SAFE_SPAN / 2)
     return _chunk_cumsum(g, BT), None
 
 

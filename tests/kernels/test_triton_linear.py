@@ -363,6 +363,20 @@ def test_fused_safe_flags(interpreter):
     assert torch.allclose(b[0, 0, :16], torch.cumsum(g[0, :16, 0], 0))
 
 
+def _inference_matches(g, config, seed):
+    """Linear attention without a gradient (K = 16, V = 32, chunks of 16, an initial state) under ``config``, with
+    the [1, T, H] gate g: output and final state equal the float64 recurrence."""
+    gen = torch.Generator().manual_seed(seed)
+    _, T, H = g.shape
+    q, k = torch.randn(1, T, H, 16, generator=gen), torch.randn(1, T, H, 16, generator=gen)
+    v, h0 = torch.randn(1, T, H, 32, generator=gen), torch.randn(1, H, 16, 32, generator=gen)
+    with torch.no_grad():
+        o, s = kernels.linear_attention(q, k, v, g, chunk_size=16, initial_state=h0, output_final_state=True,
+                                        backend="triton", config=config)
+    ro, rs = linear_attention_ref(q.double(), k.double(), v.double(), g.double(), None, h0.double(), True)
+    assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL, (_rel(o, ro), _rel(s, rs))
+
+
 def _three_level_gate(T, seed):
     """A [1, T, 3] data-dependent gate with one head at each fold level for chunks of 16: steps in (-1, 0] (a
     chunk spans at most 15), about -4 (about 60), about -20 (about 300: a folded loop's factors would overflow)."""
@@ -371,28 +385,24 @@ def _three_level_gate(T, seed):
     return -(u * torch.tensor([1.0, 0.5, 0.5]) + torch.tensor([0.0, 3.75, 19.75]))
 
 
-@pytest.mark.parametrize("fold", [3, 4])
+@pytest.mark.parametrize("fold", [3, 4, 5])
 @pytest.mark.parametrize("op,mode", [("linear", 1), ("linear", 3), ("delta", 3)])
 def test_fused_fold_levels_side_by_side(interpreter, fold, op, mode):
-    """FUSED_FOLD 3 / 4 with data-dependent gates: a head whose chunks span at most 40 takes the end-pivot loop,
+    """FUSED_FOLD 3 / 4 (5: within 72) with data-dependent gates: a head whose chunks span at most 40 takes the
+    end-pivot loop,
     one within 80 FOLD 1's middle-pivot loop (before, the exact loop: the benchmark's logsigmoid(randn) steps span
     about 50 per 64 rows and made FOLD 3 1.45x slower on the H100), a wider one the exact loop; three heads of one
     batch, forward (inference, FUSED_FWD 1) or forward and every gradient (training, FUSED_FWD 3), T = 45 with a
     shorter last chunk."""
     g = _three_level_gate(45, seed=50)
     assert interpreter._chunk_cumsum(g, 16, flags=True, levels=True)[1].tolist() == [2, 1, 0]
+    # FOLD 5's top level reaches LAZY_SPAN (72): the second head folds there too
+    assert interpreter._chunk_cumsum(g, 16, flags=True, levels=True, top=72.0)[1].tolist() == [2, 2, 0]
     config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
     if mode == 3:
         _compare(op, "BTH", T=45, H=3, chunk=16, K=16, V=32, config=config, seed=51, g=g)
         return
-    gen = torch.Generator().manual_seed(52)
-    q, k = torch.randn(1, 45, 3, 16, generator=gen), torch.randn(1, 45, 3, 16, generator=gen)
-    v, h0 = torch.randn(1, 45, 3, 32, generator=gen), torch.randn(1, 3, 16, 32, generator=gen)
-    with torch.no_grad():
-        o, s = kernels.linear_attention(q, k, v, g, chunk_size=16, initial_state=h0, output_final_state=True,
-                                        backend="triton", config=config)
-    ro, rs = linear_attention_ref(q.double(), k.double(), v.double(), g.double(), None, h0.double(), True)
-    assert _rel(o, ro) <= TOL and _rel(s, rs) <= TOL, (_rel(o, ro), _rel(s, rs))
+    _inference_matches(g, config, seed=52)
 
 
 def test_gated_backward_warps(interpreter):
@@ -409,7 +419,7 @@ def test_gated_backward_warps(interpreter):
 
 def test_fused_config_validation():
     q = torch.randn(1, 20, 1, 16)
-    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 5}, {"FUSED_BLOCK_V": 24}):
+    for bad in ({"FUSED_FWD": 4}, {"fused_gated_num_stages": 5}, {"FUSED_FOLD": 6}, {"FUSED_BLOCK_V": 24}):
         with pytest.raises(ValueError):
             kernels.linear_attention(q, q, q, chunk_size=16, backend="triton", config=bad)
 
@@ -422,14 +432,17 @@ def test_fused_delta_rule_matches_recurrence(mode, gate, gmin):
     _compare("delta", gate, T=37, chunk=16, K=16, V=32, gmin=gmin, config=config, seed=33)
 
 
+@pytest.mark.parametrize("fold", [4, 5])
 @pytest.mark.parametrize("op,gate,gmin", [("linear", "H", -0.5), ("linear", "BTH", -1.0), ("delta", "BTH", -1.0),
-                                          ("linear", "BTH", -4.0)])
-def test_fused_fold4_renormalises(op, gate, gmin):
+                                          ("linear", "BTH", -4.0), ("linear", "BTH", -9.0), ("delta", "BTH", -9.0)])
+def test_fused_fold4_renormalises(op, gate, gmin, fold):
     """FUSED_FOLD 4 over 7 chunks of 16: the state's pending decay falls below LAZY_MIN (2^-20) within a few
     chunks (up to -8 and -16 a chunk) and is multiplied back into the state, more than once; -4 mixes folded and
-    exact sequences. Inference (FUSED_FWD 1: no states stored) and training (3: states stored)."""
+    exact sequences. FOLD 5 multiplies it back before a chunk that would take it below exp(-72) (-9: chunks of
+    about 70, FOLD 5's folded loop, FOLD 4's FOLD 1 loop). Inference (FUSED_FWD 1: no states stored) and
+    training (3: states stored)."""
     for mode in (1, 3):
-        config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 4, "fused_num_stages": 2}
+        config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
         if mode == 1:
             gen = torch.Generator().manual_seed(40)
             B, T, H, K, V = 1, 100, 2, 16, 32
@@ -633,3 +646,45 @@ def test_fused_fp16_inputs_stay_finite(fixed):
                                         config={"FUSED_FWD": 1, "FUSED_BLOCK_V": 16, "fused_num_stages": 2})
     ro = linear_attention_ref(q.double(), k.double(), v.double(), g.double(), None, None, False)[0]
     assert torch.isfinite(o).all() and _rel(o, ro) <= 2e-3
+
+
+def _wide_chunk_gate(T, seed):
+    """[1, T, 2]: steps of about -4.4 (a chunk of 16 spans about 66 after its first step, within FOLD 5's 72, so
+    the pending decay crosses exp(-72) every chunk); the second head also takes a first step of -60 in chunks 1 and
+    3 (a reset: the span does not count it, the state's decay must)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = -(4.3 + 0.2 * torch.rand(1, T, 2, generator=gen))
+    g[0, 16, 1] = g[0, 48, 1] = -60.0
+    return g
+
+
+@pytest.mark.parametrize("op,mode", [("linear", 1), ("linear", 3), ("delta", 3)])
+def test_fused_fold5_takes_wide_chunks_and_resets(interpreter, op, mode):
+    """FUSED_FOLD 5 folds chunks spanning up to 72 (FOLD 3 / 4 stop at 40) and multiplies the pending decay back
+    into the state before each chunk that would take it below exp(-72), the chunk's first step included, whatever
+    its size: forward (and, training, every gradient) equal the float64 recurrence."""
+    g = _wide_chunk_gate(70, seed=53)
+    assert interpreter._chunk_cumsum(g, 16, flags=True, levels=True, top=72.0)[1].tolist() == [2, 2]
+    config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": 5, "fused_num_stages": 2}
+    if mode == 3:
+        _compare(op, "BTH", T=70, chunk=16, K=16, V=32, config=config, seed=54, g=g)
+        return
+    _inference_matches(g, config, seed=55)
+
+
+@pytest.mark.parametrize("fold", [2, 3, 4, 5])
+@pytest.mark.parametrize("op,mode", [("linear", 1), ("linear", 3), ("delta", 3)])
+def test_fused_fold_strong_first_step(interpreter, fold, op, mode):
+    """A chunk whose first step is a reset (-100: the span does not count it, so the sequence still folds) with
+    weak steps after it: FOLD 4 once multiplied that step into its pending decay c, which underflowed to 0 and made
+    v's factors exp(-b_j) / c infinite (NaN out); now c goes back into the state with the step before the chunk."""
+    gen = torch.Generator().manual_seed(56)
+    g = -0.5 * torch.rand(1, 70, 2, generator=gen)
+    g[0, 16, :] = -100.0
+    g[0, 48, 1] = -100.0
+    assert interpreter._chunk_cumsum(g, 16, flags=True, levels=True)[1].tolist() == [2, 2]
+    config = {"FUSED_FWD": mode, "FUSED_BLOCK_V": 16, "FUSED_FOLD": fold, "fused_num_stages": 2}
+    if mode == 3:
+        _compare(op, "BTH", T=70, chunk=16, K=16, V=32, config=config, seed=57, g=g)
+        return
+    _inference_matches(g, config, seed=57)
