@@ -208,6 +208,15 @@ CANDIDATES = {
     "bwd_s2": ("linear_attention", {"bwd_num_stages": 2}, ("linear", "retention", "mamba2")),
     "ret_out_bv128_w8": ("linear_attention", {"OUT_BLOCK_V": 128, "out_num_warps": 8}, ("retention",)),
 }
+_FOLD_CASES = ("linear:Hfixed", "linear:BTH", "delta:BTH")
+
+
+def _fold_configs(fold, **over):
+    """A FUSED_FOLD check's configs: linear attention's fused pass in training too, the delta rule's already."""
+    return {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": fold, **over},
+            "delta_rule": {"FUSED_FOLD": fold, **over}}
+
+
 # gradient-check jobs: (name, --only cases, configs over the defaults)
 GRADCHECKS = [(f"default {c}", c, {}) for c in
               ("linear:none", "linear:H", "linear:Hfixed", "linear:BTH", "linear:BTHK", "delta:none", "delta:H",
@@ -234,15 +243,10 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gated_w4 delta:H", "delta:H", {"delta_rule": {"gated_bwd_num_warps": 4}}),
     ("gated_w4 delta:BTH", "delta:BTH", {"delta_rule": {"gated_bwd_num_warps": 4}}),
     ("fold3", "linear:Hfixed", {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}}),
-] + [(f"fold3_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 3}, "delta_rule": {"FUSED_FOLD": 3}})
-       for c in ("linear:Hfixed", "linear:BTH", "delta:H", "delta:BTH")] + [
-] + [(f"fold4_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 4}, "delta_rule": {"FUSED_FOLD": 4}})
-       for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
-] + [(f"fold5_all {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": 5}, "delta_rule": {"FUSED_FOLD": 5}})
-       for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
-] + [(f"scale16 fold{f} {c}", c, {"linear_attention": {"FUSED_FWD": 3, "FUSED_FOLD": f, "FUSED_SCALE16": 1},
-                                  "delta_rule": {"FUSED_FOLD": f, "FUSED_SCALE16": 1}})
-       for f in (3, 4, 5) for c in ("linear:Hfixed", "linear:BTH", "delta:BTH")] + [
+] + [(f"fold{f}_all {c}", c, _fold_configs(f)) for f, cases in
+       ((3, ("linear:Hfixed", "linear:BTH", "delta:H", "delta:BTH")), (4, _FOLD_CASES), (5, _FOLD_CASES))
+       for c in cases] + [
+    (f"scale16 fold{f} {c}", c, _fold_configs(f, FUSED_SCALE16=1)) for f in (3, 4, 5) for c in _FOLD_CASES] + [
     ("dg_one_sum", "linear:BTH", {"linear_attention": {"DG_ONE_SUM": 1}}),
     ("gla_reload", "linear:BTHK", {"linear_attention": {"GLA_BWD_RELOAD": 1}}),
     ("gla_split", "linear:BTHK", {"linear_attention": {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}}),

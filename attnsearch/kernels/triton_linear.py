@@ -58,6 +58,8 @@ lost all precision at g = -20 on the GPU (measured: relative error up to 3e2 for
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -213,8 +215,9 @@ LAZY_MIN = tl.constexpr(2.0 ** -20)
 # and q k^T (v exp(LAZY_SPAN)) over 64 rows stays below fp32's 3.4e38 for |q.k| |v| up to 2.8e5. 72 covers the
 # benchmark's logsigmoid(randn) steps (the widest chunk of 64 rows per sequence spans 61-72 at T = 32768).
 LAZY_SPAN = 72.0
-LAZY_FACTOR_MAX = tl.constexpr(1.8e31)  # exp(LAZY_SPAN), as a constant the loop compares with
-LAZY_FACTOR_4 = tl.constexpr(2.4e23)    # FOLD 4's: exp(GLA_SAFE_SPAN / 2) / LAZY_MIN
+# the bounds on a row factor that the loops compare with: FOLD 5's, and FOLD 4's
+LAZY_FACTOR_MAX = tl.constexpr(math.exp(LAZY_SPAN))
+LAZY_FACTOR_4 = tl.constexpr(math.exp(GLA_SAFE_SPAN / 2) / LAZY_MIN.value)
 # DG_WEAK: the largest mean per-step decay (-g) of a chunk for which Mamba-2's gate gradient takes fla's cheaper
 # form. CPU, fp32, relative error of dg: steps all about -g, chunk 16: 1.4e-6 at 1, up to 6.7e-6 at 2, 3.3e-5 at 4
 # and 42 at 20 (all of its terms cancel there), against 2e-7 - 1e-6 for the exact form; chunk 64, steps of mixed
@@ -830,9 +833,10 @@ def _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_sta
                 if cs * d_n < 1.0 / F_MAX:
                     # s takes c and the chunk's first step (whatever its size: it may underflow s to 0, as the
                     # true state does); c keeps the rest, exp(b_last - b_0) >= exp(-LAZY_SPAN)
-                    s1 = s1 * (cs * tl.exp(b_0))
+                    back = cs * tl.exp(b_0)
+                    s1 = s1 * back
                     if SPLIT:
-                        s2 = s2 * (cs * tl.exp(b_0))
+                        s2 = s2 * back
                     cs = tl.exp(b_last - b_0)
                 else:
                     cs = cs * d_n
@@ -964,33 +968,30 @@ def _fused_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, flag_ptr, h0_ptr, h_ptr
         s1 += tl.load(h0_ptr + o1, mask=m1, other=0).to(tl.float32)
         if SPLIT:
             s2 += tl.load(h0_ptr + o2, mask=m2, other=0).to(tl.float32)
-    if GATE == 1 and FOLD >= 3 and not FIXED:
-        # FOLD 3 / 4 for a sequence whose chunks span at most SAFE / 2 (level 2), FOLD 1 for one whose chunks span
-        # at most SAFE (level 1: logsigmoid(randn) steps over 64 rows span about 50), else the exact loop
-        level = tl.load(flag_ptr + bh)
-        n_top = NT * (level == 2).to(tl.int32)
-        n_mid = n_top + NT * (level == 1).to(tl.int32)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_top, scale, bh, bb,
-                               hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
-                               PREFETCH, SPLIT, SCALE16)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_top, n_mid, scale, bh,
-                               bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 1, SAFE, DELTA,
-                               PREFETCH, SPLIT, SCALE16)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_mid, NT, scale, bh,
-                               bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
-                               PREFETCH, SPLIT, SCALE16)
-    elif GATE == 1 and FOLD > 0:
+    if GATE == 1 and FOLD > 0:
+        # chunks [0, n_top) take the FOLD loop, [n_top, n_mid) FOLD 1's (FOLD >= 3, data-dependent gate: a
+        # sequence within SAFE but beyond the end pivot's span, level 1), [n_mid, NT) the exact loop
         if FIXED:
             lim = SAFE * 0.5 if FOLD >= 2 else SAFE
             fold = (tl.load(b_ptr + hh).to(tl.float32) * (BT - 1) >= -lim).to(tl.int32)
+            # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
+            n_top = (T // BT if FOLD >= 3 else NT) * fold
+            n_mid = n_top
+        elif FOLD >= 3:
+            level = tl.load(flag_ptr + bh)
+            n_top = NT * (level == 2).to(tl.int32)
+            n_mid = n_top + NT * (level == 1).to(tl.int32)
         else:
-            fold = tl.load(flag_ptr + bh)
-        # FOLD 3 folds full chunks only; a shorter last chunk takes the exact loop
-        n_fold = (T // BT if FOLD >= 3 and FIXED else NT) * fold
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_fold, scale, bh, bb,
+            n_top = NT * tl.load(flag_ptr + bh)
+            n_mid = n_top
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, 0, n_top, scale, bh, bb,
                                hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, FOLD, SAFE, DELTA,
                                PREFETCH, SPLIT, SCALE16)
-        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_fold, NT, scale, bh,
+        if FOLD >= 3 and not FIXED:
+            s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_top, n_mid, scale,
+                                   bh, bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 1, SAFE,
+                                   DELTA, PREFETCH, SPLIT, SCALE16)
+        s1, s2 = _fused_chunks(q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, h_ptr, o_ptr, s1, s2, n_mid, NT, scale, bh,
                                bb, hh, vv, T, NT, H, K, V, BT, BK, GATE, STORE_H, PREC, FIXED, 0, SAFE, DELTA,
                                PREFETCH, SPLIT, SCALE16)
     else:
@@ -1997,11 +1998,11 @@ def _fixed(g) -> bool:
     return g is not None and g.dim() == 1
 
 
-def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False, top=GLA_SAFE_SPAN / 2):
+def _chunk_cumsum(g, BT, flags=False, levels=False, top=GLA_SAFE_SPAN / 2):
     """Within-chunk cumulative gate (fp32); with flags=True also the int32 flags of chunks safe for a
     factorised decay (see GLA_SAFE_SPAN): per chunk [B*H, NT] for per-channel gates, per sequence [B*H]
     (1: all its chunks safe) for scalar ones; levels=True, scalar gates: 2 = every chunk spans at most
-    top (FOLD 3 / 4: safe / 2), 1 = at most safe, 0 = wider."""
+    top (FOLD 3 / 4: GLA_SAFE_SPAN / 2), 1 = at most GLA_SAFE_SPAN, 0 = wider."""
     if g is None:
         return (None, None) if flags else None
     B, T, H = g.shape[:3]
@@ -2015,7 +2016,7 @@ def _chunk_cumsum(g, BT, flags=False, safe=GLA_SAFE_SPAN, levels=False, top=GLA_
         flag = torch.empty(B * H, NT, dtype=torch.int32, device=g.device) if vec else \
             torch.full((B * H,), 2 if levels else 1, dtype=torch.int32, device=g.device)
     _chunk_cumsum_kernel[(NT, B * H)](g, b, flag, T, NT, H=H, D=D, BT=BT, BD=_pow2(D) if vec else 1, VEC=vec,
-                                      FLAG=flags, SAFE=safe, LEVELS=levels and flags and not vec, TOP=top)
+                                      FLAG=flags, SAFE=GLA_SAFE_SPAN, LEVELS=levels and flags and not vec, TOP=top)
     return (b, flag) if flags else b
 
 
@@ -2093,7 +2094,7 @@ def _state_fwd(k, v, b, w, h0, BT, cfg, gate, delta, want_ht, pre=False, fixed=F
 
 def _fused_fwd(q, k, v, b, h0, scale, BT, cfg, gate, store_h, want_ht, fixed=False, flag=None, w=None):
     """Scan and output in one pass (`_fused_fwd_kernel`): o, h (None unless store_h) and the final state.
-    flag: [B*H] int32, sequences whose every chunk is safe for the folded decay (`_chunk_cumsum(safe=True)`).
+    flag: [B*H] int32, each sequence's fold flag or level (`_chunk_cumsum(flags=True)`, `_fused_gate`).
     w (delta rule): the UT transform's w, v then holds its u."""
     B, T, H, K = q.shape
     V = v.shape[-1]
