@@ -36,7 +36,7 @@ INT32 = {"flag_ptr"}
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
                  "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": 0,
-                 "GLA_PART": 0}
+                 "GLA_PART": 0, "KDEC": False}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -121,6 +121,8 @@ def jobs():
     # Mamba-2's gate gradient: one masked row sum; fla's form on weak chunks (both forms compiled, a branch)
     for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=1)),
                         ("dg_weak one_sum", dict(DG_WEAK=1, ONE_SUM=True)),
+                        ("dg_weak one_sum kdec", dict(DG_WEAK=1, ONE_SUM=True, KDEC=True)),
+                        ("fixed", dict(FIXED=True)), ("fixed kdec", dict(FIXED=True, KDEC=True)),
                         ("dg_weak=2 weak chunks", dict(DG_WEAK=2)), ("dg_weak=2 other chunks", dict(DG_WEAK=3))):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", **flags)
         out.append((f"linear_bwd gate=1 {name}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],

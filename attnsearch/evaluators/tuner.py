@@ -222,12 +222,13 @@ TUNING_FAMILIES = {
 # Opt-in variants of one mechanism's gate path in the Triton linear kernels, after the op's own families:
 # fewer instructions on sm_90 but not (yet) the defaults, so they are measured where the user tunes. The fused
 # forward's (triton_linear's FUSED_FOLD 3 - 5, FUSED_SCALE16) and the backward's (Mamba-2's DG_WEAK / DG_ONE_SUM,
-# the scans' SCAN_SCALE16, GLA's GLA_BWD_SPLIT / GLA_BWD_RELOAD); the winner is checked against the PyTorch
+# the scalar gates' BWD_KDEC, the scans' SCAN_SCALE16, GLA's GLA_BWD_SPLIT / GLA_BWD_RELOAD); the winner is checked against the PyTorch
 # backend, output and gradients, like every tuned config.
 _FUSED_GATE_VARIANTS = {"FUSED_FOLD": (2, 3, 4, 5), "FUSED_SCALE16": (0, 1)}
 MECHANISM_FAMILIES = {
-    "retnet": [_FUSED_GATE_VARIANTS, {"SCAN_SCALE16": (0, 1)}],
-    "mamba2": [_FUSED_GATE_VARIANTS, {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1)}],
+    "retnet": [_FUSED_GATE_VARIANTS, {"SCAN_SCALE16": (0, 1), "BWD_KDEC": (0, 1)}],
+    "mamba2": [_FUSED_GATE_VARIANTS, {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1),
+                                      "BWD_KDEC": (0, 1)}],
     "gated_deltanet": [_FUSED_GATE_VARIANTS],
     "gla": [{"GLA_BWD_SPLIT": (0, 1), "GLA_BWD_RELOAD": (0, 1)}],
 }

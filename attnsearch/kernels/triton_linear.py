@@ -130,6 +130,11 @@ _COMMON = {
 #                bound. sm_90, 8 warps: 1 = 3,304 instructions, 20 B spilled; 2 = 2,544 for weak chunks, no
 #                spills, 3,016 for the others; exact form alone (0) 2,984. H100 (session 10, with DG_ONE_SUM):
 #                Mamba-2 fwd+bwd 1 0.977x, 2 0.999x of neither, DG_ONE_SUM alone 0.979x: 1 is the default.
+#   BWD_KDEC     linear attention, scalar gates (RetNet, Mamba-2): 1 = the per-chunk backward multiplies the keys'
+#                decay exp(b_last - b) into k once (rounded to the inputs' dtype, as the per-channel gate does) so
+#                that dv = A^T do + k_dec G^T is one accumulator; 0 = k G^T per V tile in its own accumulator, scaled
+#                by the decay. sm_90, 8 warps, Mamba-2 (DG_WEAK 1, DG_ONE_SUM 1): V loop 359 against 426
+#                instructions, 36 against 40 tensor-core ops, 116 against 20 bytes spilled outside the loop.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
 #                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
@@ -189,14 +194,14 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL", "SCAN_SCALE16"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
-                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT"),
+                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT", "BWD_KDEC"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1),
-                         "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1)},
+                         "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1), "BWD_KDEC": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -1240,7 +1245,8 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        T, NT, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                        FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
-                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0, GLA_PART: tl.constexpr = 0):
+                       RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0, GLA_PART: tl.constexpr = 0,
+                       KDEC: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1254,7 +1260,9 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     dg (a branch per chunk, both forms compiled); 2 / 3 = this launch does only those chunks / only the others
     (each compiled with its form alone; the caller launches both).
     GLA_PART (per-channel gate): 1 / 2 = this launch does only the chunks flagged safe / only the others, each
-    compiled without the other kind's path (0: both kinds in one kernel, masked)."""
+    compiled without the other kind's path (0: both kinds in one kernel, masked).
+    KDEC (scalar gates): the keys' decay into the next state multiplied into k once, before the V loop, so that
+    dv's state term joins its intra-chunk term in one accumulator (0: a separate product scaled per V tile)."""
     n = tl.program_id(0)
     bh = tl.program_id(1)
     bb = bh // H
@@ -1303,6 +1311,8 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             b, b_last = _scalar_decay(b_ptr, bh, rmask, hh, n, T, BT, FIXED)
             att = att * tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             kdec_f = tl.exp(tl.minimum(b_last - b, 0))
+            if KDEC:
+                k_dec = (k_t * kdec_f[:, None]).to(k_t.dtype)
         else:
             att = tl.where(causal, att, 0)
     att_t = tl.trans(att * scale).to(k_t.dtype)
@@ -1326,7 +1336,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         dk += tl.dot(v_t, tl.trans(g_t).to(v_t.dtype), input_precision=PREC)
         da += tl.dot(do_t, tl.trans(v_t), input_precision=PREC)
         dv = tl.dot(att_t, do_t, input_precision=PREC)
-        if GATE == 2:
+        if GATE == 2 or (GATE == 1 and KDEC):
             dv += tl.dot(k_dec, g_t.to(k_dec.dtype), input_precision=PREC)
         elif GATE == 1:
             dv += tl.dot(k_t, g_t.to(k_t.dtype), input_precision=PREC) * kdec_f[:, None]
@@ -2277,7 +2287,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
                                         T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                         FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
                                         RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=weak_part,
-                                        GLA_PART=gla_part, **opts)
+                                        GLA_PART=gla_part, KDEC=gate == 1 and bool(cfg.get("BWD_KDEC", 0)), **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)

@@ -528,6 +528,15 @@ def test_gate_grad_one_sum(T, gmin):
     _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, config={"DG_ONE_SUM": 1}, seed=38)
 
 
+@pytest.mark.parametrize("gate", ["BTH", "H"])
+@pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -20.0)])
+def test_bwd_kdec(gate, T, gmin):
+    """BWD_KDEC: the scalar gates' keys decayed into the next state once before the per-chunk backward's V loop
+    (Mamba-2's gate with its gradient, RetNet's fixed decay): weak and strong decay, a shorter last chunk."""
+    _compare("linear", gate, T=T, chunk=16, K=16, V=32, gmin=gmin, config={"BWD_KDEC": 1}, grad_g=gate != "H",
+             seed=40)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -8.0), (37, -20.0)])
 @pytest.mark.parametrize("config", [{"GLA_BWD_RELOAD": 1}, {"GLA_BWD_SPLIT": 1},
                                     {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}])
