@@ -134,7 +134,8 @@ _COMMON = {
 #                decay exp(b_last - b) into k once (rounded to the inputs' dtype, as the per-channel gate does) so
 #                that dv = A^T do + k_dec G^T is one accumulator; 0 = k G^T per V tile in its own accumulator, scaled
 #                by the decay. sm_90, 8 warps, Mamba-2 (DG_WEAK 1, DG_ONE_SUM 1): V loop 359 against 426
-#                instructions, 36 against 40 tensor-core ops, 116 against 20 bytes spilled outside the loop.
+#                instructions, 36 against 40 tensor-core ops, 116 against 20 bytes spilled outside the loop; RetNet
+#                278 against 341. H100 (session 11, T=32768): fwd+bwd RetNet 1.009x, Mamba-2 1.032x of 0: left at 0.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
 #                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
@@ -185,8 +186,14 @@ _COMMON = {
 #                FUSED_SCALE16 (scalar gates, bf16 inputs): 1 = v's row factors rounded to bf16 and
 #                applied by packed 16-bit multiplies (`_scale_rows`; sm_90 inference loops, without / with it:
 #                RetNet FOLD 2 766 / 728, FOLD 3 717 / 654; Mamba-2 FOLD 2 827 / 778, FOLD 3 780 / 735, FOLD 4
-#                796 / 733 with its skipped branch; gated delta FOLD 2 924 / 933, FOLD 3 907 / 878; not yet timed
-#                on a GPU, nor gradient-checked there: the interpreter's 16-bit arithmetic is wrong).
+#                796 / 733 with its skipped branch; gated delta FOLD 2 924 / 933, FOLD 3 907 / 878).
+#                H100, session 11 (results/h100_session11/call1, T=32768, over the then default FUSED_FWD 2 +
+#                FOLD 2 in one process; "train": FUSED_FWD 3): FOLD 5 + SCALE16 + train RetNet fwd 0.970x, f+b
+#                0.901x, Mamba-2 0.960x / 0.949x; FOLD 5 + train 0.991x / 0.897x, 0.975x / 0.952x; FOLD 4 + train
+#                0.991x / 0.894x, 1.017x / 0.930x; FOLD 5 alone (inference loop) Mamba-2 fwd 0.973x; gated delta
+#                FOLD 5 1.043x / 1.010x, FOLD 4 0.999x / 1.000x (the delta rule keeps FOLD 2). Linear attention's
+#                defaults since then: FUSED_FWD 3, FOLD 5, SCALE16 1. Gradient-checked there (fp32, bf16, g down to
+#                -20): FOLD 4 / 5 + train linear attention, SCALE16 with them in bf16.
 _GATE_PATHS_SCAN = {"PREP_SCALAR": (0, 1, 2), "SCAN_SCALE16": (0, 1)}
 _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps": (1, 2, 4, 8, 16),
           "fused_num_stages": (1, 2, 3, 4), "fused_gated_num_stages": (0, 1, 2, 3, 4), "FUSED_FOLD": (0, 1, 2, 3, 4, 5),
@@ -264,15 +271,18 @@ def default_config(op: str, device=None) -> dict:
     # (RELOAD alone 0.912x, SPLIT alone 1.032x); Mamba-2 DG_WEAK 1 + DG_ONE_SUM 1 0.977x (DG_ONE_SUM alone 0.979x,
     # DG_WEAK 2 0.999x): the pair the run adopted and tabled (results/h100_session10/call1/table.json).
     # gated_bwd_num_warps 4 measured 1.032x there (0.96x on the H200 in session 8): gated inputs keep 8.
+    # Session 11 (H100, results/h100_session11/call1): linear attention's scalar gates take the fused pass in training
+    # too (FUSED_FWD 3), FUSED_FOLD 5 and FUSED_SCALE16 1 (RetNet fwd 0.970x, fwd+bwd 0.901x; Mamba-2 0.960x / 0.949x
+    # of FUSED_FWD 2 + FOLD 2). BWD_KDEC 1 measured RetNet fwd+bwd 1.009x, Mamba-2 1.032x there: left at 0.
     if op == "linear_attention":
         return {"BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 3,
                 "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,
                 "BWD_BLOCK_V": 64, "bwd_num_warps": 8, "gated_bwd_num_warps": 0, "bwd_num_stages": 3,
                 "PREP_SCALAR": 1, "SCAN_SCALE16": 0, "PREP_CHANNEL": 1, "GLA_OUT_FUSED": 1, "GATED_BWD_BLOCK_V": 0,
                 "OUT_V_LOOP": 1, "SCAN_BWD_BLOCK_V": 0, "scan_bwd_num_warps": 0, "scan_bwd_num_stages": 0,
-                "FUSED_FWD": 2, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
-                "fused_gated_num_stages": 3, "FUSED_FOLD": 2, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
-                "FUSED_SCALE16": 0, "DG_ONE_SUM": 1, "GLA_BWD_RELOAD": 1, "DG_WEAK": 1,
+                "FUSED_FWD": 3, "FUSED_BLOCK_V": 32, "fused_num_warps": 4, "fused_num_stages": 4,
+                "fused_gated_num_stages": 3, "FUSED_FOLD": 5, "FUSED_PREFETCH": 1, "FUSED_SPLIT_K": 0,
+                "FUSED_SCALE16": 1, "DG_ONE_SUM": 1, "GLA_BWD_RELOAD": 1, "DG_WEAK": 1,
                 "GLA_BWD_SPLIT": 1}
     return {"BLOCK_V": 32, "num_warps": 4, "num_stages": 3,
             "OUT_BLOCK_K": 128, "OUT_BLOCK_V": 64, "out_num_warps": 4, "out_num_stages": 2,

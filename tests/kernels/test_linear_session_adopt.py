@@ -50,9 +50,21 @@ def test_adopts_the_fastest_checked_candidate_per_slot_and_group():
 
 def test_a_failed_or_missing_gradient_check_blocks_adoption():
     slots = [["s16_fold4_train", "s16_fold4"], ["dbwd_gated_w4"]]
-    adopted, _ = ls.adopt(slots, VS_DEFAULT, _results(failed=("scale16 fold4 delta:BTH", "gated_w4 delta:BTH")))
+    adopted, _ = ls.adopt(slots, VS_DEFAULT, _results(failed=("scale16 fold4 linear:Hfixed", "scale16 fold4 delta:BTH",
+                                                                  "gated_w4 delta:BTH")))
     assert adopted == {}
     assert ls.gradchecks_passed(_results(), "gated_w4") and not ls.gradchecks_passed(_results(), "fold3")
+
+
+def test_a_check_of_the_other_group_does_not_block_adoption():
+    """Session 11: the gated delta rule's fp32 checks of the FOLD candidates ran out of time; linear attention's
+    cases had passed, so linear attention may adopt them (the delta rule may not)."""
+    slots = [["s16_fold4_train", "s16_fold4"]]
+    adopted, _ = ls.adopt(slots, VS_DEFAULT, _results(failed=("scale16 fold4 delta:BTH",)))
+    assert adopted == {"linear_attention": {"FUSED_SCALE16": 1, "FUSED_FOLD": 4, "FUSED_FWD": 3}}
+    results = [{"path": "bwd_kdec", "op": "linear", "ok": True}, {"path": "bwd_kdec", "op": "delta", "ok": False}]
+    assert ls.gradchecks_passed(results, "bwd_kdec", "linear_attention")
+    assert not ls.gradchecks_passed(results, "bwd_kdec", "delta_rule") and not ls.gradchecks_passed(results, "bwd_kdec")
 
 
 def test_slots_come_from_the_environment_and_unknown_names_exit(monkeypatch):
