@@ -199,6 +199,11 @@ CANDIDATES = {
     # the keys' decay multiplied into k before the per-chunk backward's V loop (sm_90: Mamba-2's loop 359 against
     # 426 instructions, RetNet's 278 against 341)
     "bwd_kdec": ("linear_attention", {"BWD_KDEC": 1}, ("retention", "mamba2")),
+    # the per-chunk backward and the backward's gate pass on a (B * H, NT) grid: the programs in flight read
+    # neighbouring rows (the gate pass moves 268 MB in 0.19 ms on the H100, 1.4 TB/s)
+    "heads_first": ("linear_attention", {"HEADS_FIRST": 1}, ("linear", "retention", "mamba2", "gla")),
+    "prep_bwd_w2": ("linear_attention", {"prep_bwd_num_warps": 2}, ("mamba2",)),
+    "prep_bwd_w8": ("linear_attention", {"prep_bwd_num_warps": 8}, ("mamba2",)),
     "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
     # the same from two launches, one per form (weak chunks' kernel 2,544 instructions without spills)
     "dg_weak2": ("linear_attention", {"DG_WEAK": 2, "DG_ONE_SUM": 1}, ("mamba2",)),
@@ -261,6 +266,9 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("gla_split", "linear:BTHK", {"linear_attention": {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}}),
     ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
     ("bwd_kdec", "linear:Hfixed,linear:BTH", {"linear_attention": {"BWD_KDEC": 1}}),
+    ("heads_first", "linear:none,linear:Hfixed,linear:BTH,linear:BTHK", {"linear_attention": {"HEADS_FIRST": 1}}),
+    ("prep_bwd_warps 2", "linear:BTH", {"linear_attention": {"prep_bwd_num_warps": 2}}),
+    ("prep_bwd_warps 8", "linear:BTH", {"linear_attention": {"prep_bwd_num_warps": 8}}),
     ("scan_s16", "linear:Hfixed,linear:BTH", {"linear_attention": {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}}),
     ("dg_weak_one_sum", "linear:BTH", {"linear_attention": {"DG_WEAK": 1, "DG_ONE_SUM": 1}}),
     ("dg_weak2", "linear:BTH", {"linear_attention": {"DG_WEAK": 2, "DG_ONE_SUM": 1}}),
@@ -284,7 +292,9 @@ ADOPT_CHECKS = {"s16_fold4": "scale16 fold4", "s16_fold4_train": "scale16 fold4"
                 "fold5_all_train": "fold5_all", "s16_fold5": "scale16 fold5", "s16_fold5_train": "scale16 fold5",
                 "fold3": "fold3", "dg_weak2": "dg_weak2", "dg_weak": "dg_weak", "dg_weak_one_sum": "dg_weak_one_sum",
                 "dg_one_sum": "dg_one_sum", "prep0_s16": "scan_s16", "gla_reload": "gla_reload",
-                "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4", "bwd_kdec": "bwd_kdec"}
+                "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4", "bwd_kdec": "bwd_kdec",
+                "heads_first": "heads_first",
+                "prep_bwd_w2": "prep_bwd_warps", "prep_bwd_w8": "prep_bwd_warps"}
 ADOPT_NOISE, ADOPT_GAIN = 1.01, 0.99
 
 

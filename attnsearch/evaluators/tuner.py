@@ -207,6 +207,7 @@ TUNING_FAMILIES = {
         {"SCAN_BWD_BLOCK_V": (0, 32, 64), "scan_bwd_num_warps": (0, 4, 8), "scan_bwd_num_stages": (0, 2, 3)},
         {"FUSED_FWD": (0, 2, 3), "FUSED_BLOCK_V": (32, 64), "fused_num_stages": (3, 4),
          "fused_gated_num_stages": (0, 3)},
+        {"HEADS_FIRST": (0, 1), "prep_bwd_num_warps": (0, 2, 8)},
     ],
     "delta_rule": [
         {"chunk_size": (32, 64), "BLOCK_V": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},

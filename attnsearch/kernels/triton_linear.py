@@ -136,6 +136,12 @@ _COMMON = {
 #                by the decay. sm_90, 8 warps, Mamba-2 (DG_WEAK 1, DG_ONE_SUM 1): V loop 359 against 426
 #                instructions, 36 against 40 tensor-core ops, 116 against 20 bytes spilled outside the loop; RetNet
 #                278 against 341. H100 (session 11, T=32768): fwd+bwd RetNet 1.009x, Mamba-2 1.032x of 0: left at 0.
+#   HEADS_FIRST  linear attention: 1 = the per-chunk backward and the backward's gate pass launch on a (B * H, NT) grid,
+#                so that the programs in flight are the heads of neighbouring chunks and read contiguous rows of
+#                q, k, v and do ([B, T, H, K]: one token's heads lie together); 0 = (NT, B * H), one head's chunks
+#                together, each reading rows H * K elements apart.
+#   prep_bwd_num_warps  warps of the backward's gate pass (PREP_SCALAR / PREP_CHANNEL); 0 = 4 for scalar gates, 8 for
+#                per-channel ones.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
 #                safe (A by one matmul of the split factors) and one for the others (A from `_gla_intra_kernel`),
 #                the programs of the other kind returning at once; 0 = one kernel that forms both and masks.
@@ -201,14 +207,16 @@ _FUSED = {"FUSED_FWD": (0, 1, 2, 3), "FUSED_BLOCK_V": _TILES, "fused_num_warps":
 FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCALAR", "PREP_CHANNEL", "SCAN_SCALE16"),
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
-                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT", "BWD_KDEC"),
+                    "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT", "BWD_KDEC",
+                    "HEADS_FIRST", "prep_bwd_num_warps"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
     "linear_attention": {"BLOCK_K": _TILES, **_COMMON,   # BLOCK_K: K tile of the state scans
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1),
-                         "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1), "BWD_KDEC": (0, 1)},
+                         "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1), "BWD_KDEC": (0, 1), "HEADS_FIRST": (0, 1),
+                         "prep_bwd_num_warps": (0, 2, 4, 8)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -362,15 +370,14 @@ def _chunk_cumsum_kernel(g_ptr, b_ptr, flag_ptr, T, NT, H, D: tl.constexpr, BT: 
 @triton.jit(do_not_specialize=['T', 'NT', 'H'])
 def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, VEC: tl.constexpr, KEYS: tl.constexpr, STORE_B: tl.constexpr,
-                      SAFE: tl.constexpr):
+                      SAFE: tl.constexpr, HEADS_FIRST: tl.constexpr = False):
     """One chunk, chunk-parallel, so that the sequential scans carry no gate tile through their loop:
     b = within-chunk cumulative gate (fp32), d = exp(b_last) per chunk ([B*H, NT] or, VEC, [B*H, NT, K]),
     xd = x exp(b_last - b) (KEYS: keys as they enter the next state) or x exp(b) (queries reading the
     entering state), in x's dtype, the same rounding as the in-loop path. VEC also writes the chunk's safe
     flag (GLA_SAFE_SPAN). STORE_B: 0 no b, 1 b of unsafe chunks only (what `_gla_intra_kernel` reads),
-    2 all of b."""
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
+    2 all of b. HEADS_FIRST: see `_chunk_and_head`."""
+    n, bh = _chunk_and_head(HEADS_FIRST)
     bb = bh // H
     hh = bh % H
     rows = n * BT + tl.arange(0, BT)
@@ -409,6 +416,18 @@ def _gate_prep_kernel(g_ptr, x_ptr, b_ptr, flag_ptr, xd_ptr, d_ptr, T, NT, H, K:
         else:
             xd = x * tl.exp(b)[:, None]
     tl.store(xd_ptr + tok[:, None] * K + kk[None, :], xd.to(xd_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _chunk_and_head(HEADS_FIRST: tl.constexpr):
+    """(chunk, batch * head) of a chunk-parallel program. The grid's first axis varies fastest in launch order:
+    (NT, B * H) runs the chunks of one head together, whose rows lie H * K elements apart; HEADS_FIRST, the grid
+    (B * H, NT), runs the heads of the same rows together, so that the programs in flight read one contiguous span
+    of q, k, v and do."""
+    if HEADS_FIRST:
+        return tl.program_id(1), tl.program_id(0)
+    else:
+        return tl.program_id(0), tl.program_id(1)
 
 
 @triton.jit
@@ -1256,7 +1275,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                        FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
                        RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0, GLA_PART: tl.constexpr = 0,
-                       KDEC: tl.constexpr = False):
+                       KDEC: tl.constexpr = False, HEADS_FIRST: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1272,9 +1291,9 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     GLA_PART (per-channel gate): 1 / 2 = this launch does only the chunks flagged safe / only the others, each
     compiled without the other kind's path (0: both kinds in one kernel, masked).
     KDEC (scalar gates): the keys' decay into the next state multiplied into k once, before the V loop, so that
-    dv's state term joins its intra-chunk term in one accumulator (0: a separate product scaled per V tile)."""
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
+    dv's state term joins its intra-chunk term in one accumulator (0: a separate product scaled per V tile).
+    HEADS_FIRST: the grid is (B * H, NT) (`_chunk_and_head`)."""
+    n, bh = _chunk_and_head(HEADS_FIRST)
     bb = bh // H
     hh = bh % H
     rows = n * BT + tl.arange(0, BT)
@@ -2056,7 +2075,7 @@ def _bwd_block_v(cfg, gate):
     return cfg["BWD_BLOCK_V"]
 
 
-def _gate_prep(g, x, BT, keys, store_b):
+def _gate_prep(g, x, BT, keys, store_b, heads_first=False, warps=0):
     """Chunk-parallel gate pass (`_gate_prep_kernel`): returns b (or None), the per-channel safe flags
     (or None), x decayed (keys: x exp(b_last - b), else x exp(b)) and exp(b_last) per chunk."""
     B, T, H, K = x.shape
@@ -2067,8 +2086,10 @@ def _gate_prep(g, x, BT, keys, store_b):
     xd = torch.empty_like(x)
     d = torch.empty((B * H, NT, K) if vec else (B * H, NT), dtype=torch.float32, device=g.device)
     # per-channel: 8 warps (at 4 the fp32 chunk tile and its cumulative sum took all 255 registers on sm_90)
-    _gate_prep_kernel[(NT, B * H)](g, x, b, flag, xd, d, T, NT, H, K=K, BT=BT, BK=_pow2(K), VEC=vec, KEYS=keys,
-                                   STORE_B=store_b, SAFE=GLA_SAFE_SPAN, num_warps=8 if vec else 4)
+    grid = (B * H, NT) if heads_first else (NT, B * H)
+    _gate_prep_kernel[grid](g, x, b, flag, xd, d, T, NT, H, K=K, BT=BT, BK=_pow2(K), VEC=vec, KEYS=keys,
+                            STORE_B=store_b, SAFE=GLA_SAFE_SPAN, HEADS_FIRST=heads_first,
+                            num_warps=warps or (8 if vec else 4))
     return b, flag, xd, d
 
 
@@ -2254,11 +2275,13 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
     fixed = _fixed(g)
+    heads_first = bool(cfg.get("HEADS_FIRST", 0))
     if fixed:
         b, flag = g, None
         gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0, fixed=True)
     elif _use_prep(cfg, gate, backward=True):
-        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2)
+        b, flag, qd, d = _gate_prep(g, q, BT, keys=False, store_b=2, heads_first=heads_first,
+                                    warps=cfg.get("prep_bwd_num_warps", 0))
         gs, dh0, _ = _state_bwd(qd, k, None, d, do, None, dht, scale, BT, cfg, gate, False, want_dh0, pre=True)
         del qd, d
     else:
@@ -2293,11 +2316,13 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     else:
         parts = [(weak_mode, 0)]
     for weak_part, gla_part in parts:
-        _linear_bwd_kernel[(NT, B * H)](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
-                                        T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
-                                        FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
-                                        RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=weak_part,
-                                        GLA_PART=gla_part, KDEC=gate == 1 and bool(cfg.get("BWD_KDEC", 0)), **opts)
+        grid = (B * H, NT) if heads_first else (NT, B * H)
+        _linear_bwd_kernel[grid](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
+                                 T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
+                                 FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
+                                 RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=weak_part,
+                                 GLA_PART=gla_part, KDEC=gate == 1 and bool(cfg.get("BWD_KDEC", 0)),
+                                 HEADS_FIRST=heads_first, **opts)
     if gate != 2:
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)

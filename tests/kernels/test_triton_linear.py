@@ -537,6 +537,14 @@ def test_bwd_kdec(gate, T, gmin):
              seed=40)
 
 
+@pytest.mark.parametrize("gate", [None, "H", "BTH", "BTHK"])
+def test_heads_first_grid(gate):
+    """HEADS_FIRST: the per-chunk backward and the backward's gate pass on a (B * H, NT) grid (two sequences, so
+    that the batch and head indices both come from the swapped axis), a shorter last chunk, strong decay."""
+    _compare("linear", gate, B=2, T=37, chunk=16, K=16, V=32, gmin=-8.0, config={"HEADS_FIRST": 1},
+             grad_g=gate != "H", seed=41)
+
+
 @pytest.mark.parametrize("T,gmin", [(37, -1.0), (48, -8.0), (37, -20.0)])
 @pytest.mark.parametrize("config", [{"GLA_BWD_RELOAD": 1}, {"GLA_BWD_SPLIT": 1},
                                     {"GLA_BWD_SPLIT": 1, "GLA_BWD_RELOAD": 1}])
