@@ -29,8 +29,13 @@ fused pass for scalar gates (the *_train candidates), in one call:
   LINEAR_BUDGET_S=555 LINEAR_A_MAX_S=285 OUT=... bash benchmarks/linear_session.sh   (about 430 s held)
 Session 11 (H100, results/h100_session11/call1) ran that call (with bwd_kdec): FOLD 5 + SCALE16 + the fused training
 forward became linear attention's defaults; its gated delta fp32 checks ran out of time (adopt now counts only the
-group's own cases). The call that checks and tables the new defaults beside the old:
+group's own cases). The call that checks and tables the new defaults beside the old (session 11's second, results/h100_session11/call2):
   LINEAR_SDPA=1 LINEAR_CANDIDATES=pre11_fused LINEAR_GRADCHECKS=default LINEAR_BUDGET_S=480 LINEAR_A_MAX_S=220
+Waiting for a GPU (session 11 ran out of device time): HEADS_FIRST (the backward's chunk-parallel kernels on a
+(B * H, NT) grid) and the backward gate pass's warps, checked, timed, adopted and tabled in one call (~300 s held):
+  LINEAR_SDPA=1 LINEAR_BF16_ONLY=1 LINEAR_CANDIDATES=heads_first,prep_bwd_w2,prep_bwd_w8
+  LINEAR_GRADCHECKS=heads_first,prep_bwd_warps LINEAR_ADOPT="heads_first;prep_bwd_w2|prep_bwd_w8"
+  LINEAR_BUDGET_S=480 LINEAR_A_MAX_S=220
 LINEAR_ADOPT picks, per slot of alternatives and op group, the fastest candidate that passed its gradient checks
 and slowed nothing (ADOPT_CHECKS); the table then times the adopted configs over the defaults and phase E
 gradient-checks them together in bf16; commit what it adopted as the defaults. LINEAR_BF16_ONLY=1 checks in bf16
