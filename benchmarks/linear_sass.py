@@ -36,7 +36,7 @@ INT32 = {"flag_ptr"}
 # constexpr flags with a default in the kernels' signatures (not every job names them)
 DEFAULT_FLAGS = {"PRE": False, "FIXED": False, "PREFETCH": 0, "SPLIT": False, "LOAD_TM": False, "STORE_KD": False,
                  "DELTA": False, "ONE_SUM": False, "RELOAD": False, "SCALE16": False, "DG_WEAK": 0,
-                 "GLA_PART": 0, "KDEC": False}
+                 "GLA_PART": 0, "KDEC": False, "HEADS_FIRST": False, "DG_PREFIX": False}
 
 
 def compile_sm90(fn, constexprs, num_warps, num_stages, fp32=()):
@@ -122,6 +122,7 @@ def jobs():
     for name, flags in (("one_sum", dict(ONE_SUM=True)), ("dg_weak", dict(DG_WEAK=1)),
                         ("dg_weak one_sum", dict(DG_WEAK=1, ONE_SUM=True)),
                         ("dg_weak one_sum kdec", dict(DG_WEAK=1, ONE_SUM=True, KDEC=True)),
+                        ("dg_weak one_sum prefix", dict(DG_WEAK=1, ONE_SUM=True, DG_PREFIX=True)),
                         ("fixed", dict(FIXED=True)), ("fixed kdec", dict(FIXED=True, KDEC=True)),
                         ("dg_weak=2 weak chunks", dict(DG_WEAK=2)), ("dg_weak=2 other chunks", dict(DG_WEAK=3))):
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", **flags)

@@ -32,9 +32,10 @@ forward became linear attention's defaults; its gated delta fp32 checks ran out 
 group's own cases). The call that checks and tables the new defaults beside the old (session 11's second, results/h100_session11/call2):
   LINEAR_SDPA=1 LINEAR_CANDIDATES=pre11_fused LINEAR_GRADCHECKS=default LINEAR_BUDGET_S=480 LINEAR_A_MAX_S=220
 Waiting for a GPU (session 11 ran out of device time): HEADS_FIRST (the backward's chunk-parallel kernels on a
-(B * H, NT) grid) and the backward gate pass's warps, checked, timed, adopted and tabled in one call (~300 s held):
-  LINEAR_SDPA=1 LINEAR_BF16_ONLY=1 LINEAR_CANDIDATES=heads_first,prep_bwd_w2,prep_bwd_w8
-  LINEAR_GRADCHECKS=heads_first,prep_bwd_warps LINEAR_ADOPT="heads_first;prep_bwd_w2|prep_bwd_w8"
+(B * H, NT) grid), the backward gate pass's warps and DG_PREFIX (Mamba-2's state terms without the h^T G product),
+checked, timed, adopted and tabled in one call (~320 s held; fp32 checks of DG_PREFIX too, its arithmetic changes):
+  LINEAR_SDPA=1 LINEAR_CANDIDATES=heads_first,prep_bwd_w2,prep_bwd_w8,dg_prefix
+  LINEAR_GRADCHECKS=heads_first,prep_bwd_warps,dg_prefix LINEAR_ADOPT="heads_first;prep_bwd_w2|prep_bwd_w8;dg_prefix"
   LINEAR_BUDGET_S=480 LINEAR_A_MAX_S=220
 LINEAR_ADOPT picks, per slot of alternatives and op group, the fastest candidate that passed its gradient checks
 and slowed nothing (ADOPT_CHECKS); the table then times the adopted configs over the defaults and phase E
@@ -207,6 +208,9 @@ CANDIDATES = {
     # the per-chunk backward and the backward's gate pass on a (B * H, NT) grid: the programs in flight read
     # neighbouring rows (the gate pass moves 268 MB in 0.19 ms on the H100, 1.4 TB/s)
     "heads_first": ("linear_attention", {"HEADS_FIRST": 1}, ("linear", "retention", "mamba2", "gla")),
+    # Mamba-2's gate-gradient state terms from a prefix sum over chunks (sm_90: per-chunk backward loop 347
+    # against 426 instructions, 32 against 40 tensor-core ops)
+    "dg_prefix": ("linear_attention", {"DG_PREFIX": 1}, ("mamba2",)),
     "prep_bwd_w2": ("linear_attention", {"prep_bwd_num_warps": 2}, ("mamba2",)),
     "prep_bwd_w8": ("linear_attention", {"prep_bwd_num_warps": 8}, ("mamba2",)),
     "dg_weak_one_sum": ("linear_attention", {"DG_WEAK": 1, "DG_ONE_SUM": 1}, ("mamba2",)),
@@ -272,6 +276,7 @@ GRADCHECKS = [(f"default {c}", c, {}) for c in
     ("dg_weak", "linear:BTH", {"linear_attention": {"DG_WEAK": 1}}),
     ("bwd_kdec", "linear:Hfixed,linear:BTH", {"linear_attention": {"BWD_KDEC": 1}}),
     ("heads_first", "linear:none,linear:Hfixed,linear:BTH,linear:BTHK", {"linear_attention": {"HEADS_FIRST": 1}}),
+    ("dg_prefix", "linear:BTH", {"linear_attention": {"DG_PREFIX": 1}}),
     ("prep_bwd_warps 2", "linear:BTH", {"linear_attention": {"prep_bwd_num_warps": 2}}),
     ("prep_bwd_warps 8", "linear:BTH", {"linear_attention": {"prep_bwd_num_warps": 8}}),
     ("scan_s16", "linear:Hfixed,linear:BTH", {"linear_attention": {"SCAN_SCALE16": 1, "PREP_SCALAR": 0}}),
@@ -299,7 +304,8 @@ ADOPT_CHECKS = {"s16_fold4": "scale16 fold4", "s16_fold4_train": "scale16 fold4"
                 "dg_one_sum": "dg_one_sum", "prep0_s16": "scan_s16", "gla_reload": "gla_reload",
                 "gla_split_reload": "gla_split", "dbwd_gated_w4": "gated_w4", "bwd_kdec": "bwd_kdec",
                 "heads_first": "heads_first",
-                "prep_bwd_w2": "prep_bwd_warps", "prep_bwd_w8": "prep_bwd_warps"}
+                "prep_bwd_w2": "prep_bwd_warps", "prep_bwd_w8": "prep_bwd_warps",
+                "dg_prefix": "dg_prefix"}
 ADOPT_NOISE, ADOPT_GAIN = 1.01, 0.99
 
 

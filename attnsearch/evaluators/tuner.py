@@ -229,7 +229,7 @@ _FUSED_GATE_VARIANTS = {"FUSED_FOLD": (2, 3, 4, 5), "FUSED_SCALE16": (0, 1)}
 MECHANISM_FAMILIES = {
     "retnet": [_FUSED_GATE_VARIANTS, {"SCAN_SCALE16": (0, 1), "BWD_KDEC": (0, 1)}],
     "mamba2": [_FUSED_GATE_VARIANTS, {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1),
-                                      "BWD_KDEC": (0, 1)}],
+                                      "BWD_KDEC": (0, 1), "DG_PREFIX": (0, 1)}],
     "gated_deltanet": [_FUSED_GATE_VARIANTS],
     "gla": [{"GLA_BWD_SPLIT": (0, 1), "GLA_BWD_RELOAD": (0, 1)}],
 }

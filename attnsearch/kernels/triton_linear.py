@@ -140,6 +140,11 @@ _COMMON = {
 #                so that the programs in flight are the heads of neighbouring chunks and read contiguous rows of
 #                q, k, v and do ([B, T, H, K]: one token's heads lie together); 0 = (NT, B * H), one head's chunks
 #                together, each reading rows H * K elements apart.
+#   DG_PREFIX    linear attention, Mamba-2: 1 = the gate gradient's state term exp(b_last) <h_n, G_n> from a prefix sum
+#                over chunks of per-chunk sums the per-chunk backward forms anyway (`_add_state_term`), instead of an
+#                h^T G product per V tile (12 of its 40 sm_90 tensor-core ops, a [BV, BV] fp32 accumulator). A sum over
+#                the sequence of terms that cancel when the decay is strong: its error is absolute, about fp32's
+#                rounding of the largest per-chunk sums, beside a gate gradient of the size of its chunk's own terms.
 #   prep_bwd_num_warps  warps of the backward's gate pass (PREP_SCALAR / PREP_CHANNEL); 0 = 4 for scalar gates, 8 for
 #                per-channel ones.
 #   GLA_BWD_SPLIT per-channel gates: 1 = the per-chunk backward from two launches, one compiled for chunks flagged
@@ -208,7 +213,7 @@ FAMILIES = {"scan": ("BLOCK_K", "BLOCK_V", "num_warps", "num_stages", "PREP_SCAL
             "out": ("OUT_BLOCK_K", "OUT_BLOCK_V", "out_num_warps", "out_num_stages", "GLA_OUT_FUSED", "OUT_V_LOOP"),
             "bwd": ("BWD_BLOCK_V", "bwd_num_warps", "bwd_num_stages", "GATED_BWD_BLOCK_V", "gated_bwd_num_warps",
                     "WY_BWD_SPLIT", "DG_ONE_SUM", "GLA_BWD_RELOAD", "DG_WEAK", "GLA_BWD_SPLIT", "BWD_KDEC",
-                    "HEADS_FIRST", "prep_bwd_num_warps"),
+                    "HEADS_FIRST", "prep_bwd_num_warps", "DG_PREFIX"),
             "scan_bwd": ("SCAN_BWD_BLOCK_V", "scan_bwd_num_warps", "scan_bwd_num_stages", "SCAN_BWD_SPLIT_K"),
             "fused": tuple(_FUSED)}
 CONFIG_SPACE = {
@@ -216,7 +221,7 @@ CONFIG_SPACE = {
                          **_GATE_PATHS_SCAN, "PREP_CHANNEL": (0, 1), "GLA_OUT_FUSED": (0, 1), "OUT_V_LOOP": (0, 1),
                          **_FUSED, "DG_ONE_SUM": (0, 1), "GLA_BWD_RELOAD": (0, 1),
                          "DG_WEAK": (0, 1, 2), "GLA_BWD_SPLIT": (0, 1), "BWD_KDEC": (0, 1), "HEADS_FIRST": (0, 1),
-                         "prep_bwd_num_warps": (0, 2, 4, 8)},
+                         "prep_bwd_num_warps": (0, 2, 4, 8), "DG_PREFIX": (0, 1)},
     "delta_rule": {**_COMMON, **_GATE_PATHS_SCAN, "OUT_V_LOOP": (0, 1), **_FUSED,  # (the delta rule's scans hold all of K)
                    "WY_BWD_SPLIT": (0, 1), "SCAN_BWD_SPLIT_K": (0, 1), "SAVE_TM": (0, 1)},
 }
@@ -1275,7 +1280,8 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
                        BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                        FIXED: tl.constexpr = False, ONE_SUM: tl.constexpr = False,
                        RELOAD: tl.constexpr = False, DG_WEAK: tl.constexpr = 0, GLA_PART: tl.constexpr = 0,
-                       KDEC: tl.constexpr = False, HEADS_FIRST: tl.constexpr = False):
+                       KDEC: tl.constexpr = False, HEADS_FIRST: tl.constexpr = False,
+                       DG_PREFIX: tl.constexpr = False):
     """Per chunk gradients of linear attention. FIXED (RetNet's fixed decay, b_ptr holds g [H]): no gate
     gradient. GATE 2 on chunks flagged safe (see `_split_decay`)
     writes the final dq/dk to dqo/dko and the X / Y terms of the gate gradient to dq/dk (fp32); on the
@@ -1292,7 +1298,10 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
     compiled without the other kind's path (0: both kinds in one kernel, masked).
     KDEC (scalar gates): the keys' decay into the next state multiplied into k once, before the V loop, so that
     dv's state term joins its intra-chunk term in one accumulator (0: a separate product scaled per V tile).
-    HEADS_FIRST: the grid is (B * H, NT) (`_chunk_and_head`)."""
+    HEADS_FIRST: the grid is (B * H, NT) (`_chunk_and_head`).
+    DG_PREFIX (data-dependent scalar gate): the gate gradient's state term exp(b_last) <h_n, G_n> is left out of dg
+    (written in fp32) and the chunk's X_n = sum_i q_i.dq_inter_i and Y_n = sum_j k_j.dk_inter_j go to e_ptr
+    [B*H, NT, 2]; `_add_state_term` forms the state terms from them (no h^T G product in the V loop)."""
     n, bh = _chunk_and_head(HEADS_FIRST)
     bb = bh // H
     hh = bh % H
@@ -1374,7 +1383,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
         tl.store(dv_ptr + tok[:, None] * V + vv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=m_v)
         if GATE == 2:
             hg += tl.sum(h_t.to(tl.float32) * g_t.to(tl.float32), axis=1)
-        elif GATE == 1 and not FIXED:
+        elif GATE == 1 and not FIXED and not DG_PREFIX:
             hgm += tl.dot(tl.trans(h_t), g_t.to(h_t.dtype), input_precision=PREC)
     da = tl.where(causal, da * scale, 0)
     if GATE == 2:
@@ -1429,7 +1438,14 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             dq = dq * (scale * tl.exp(b))[:, None]
             dk = dk * kdec_f[:, None]
             y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
-            e_term = tl.exp(b_last) * _trace(hgm, BV)
+            if DG_PREFIX:
+                e_term = 0.0
+                x_inter = tl.sum(q_t.to(tl.float32) * dq, axis=1)
+                xy_at = e_ptr + (bh.to(tl.int64) * NT + n) * 2
+                tl.store(xy_at, tl.sum(x_inter, axis=0))
+                tl.store(xy_at + 1, tl.sum(y, axis=0))
+            else:
+                e_term = tl.exp(b_last) * _trace(hgm, BV)
             decay = tl.exp(tl.where(causal, tl.minimum(b[:, None] - b[None, :], 0), float("-inf")))
             if DG_WEAK == 1:
                 weak = _weak_steps(b_ptr, b, bh, rows, rmask, T, BT)
@@ -2292,8 +2308,12 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     BV = min(_bwd_block_v(cfg, gate), _pow2(V))
     dv = torch.empty_like(v)
     db = None
-    dg = torch.empty(g.shape, dtype=g.dtype, device=g.device) if gate and not fixed else None
+    prefix = gate == 1 and not fixed and bool(cfg.get("DG_PREFIX", 0))
+    dg = torch.empty(g.shape, dtype=torch.float32 if prefix else g.dtype, device=g.device) \
+        if gate and not fixed else None
     da = e = None
+    if prefix:
+        e = torch.empty(B * H, NT, 2, dtype=torch.float32, device=q.device)
     if gate == 2:
         dq_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         dk_i = torch.empty(q.shape, dtype=torch.float32, device=q.device)
@@ -2322,8 +2342,10 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
                                  FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
                                  RELOAD=bool(cfg.get("GLA_BWD_RELOAD", 0)), DG_WEAK=weak_part,
                                  GLA_PART=gla_part, KDEC=gate == 1 and bool(cfg.get("BWD_KDEC", 0)),
-                                 HEADS_FIRST=heads_first, **opts)
+                                 HEADS_FIRST=heads_first, DG_PREFIX=prefix, **opts)
     if gate != 2:
+        if prefix:
+            dg = _add_state_term(dg, e, h, gs, b, BT).to(g.dtype)
         return dq_i, dk_i, dv, dg, dh0
     grid = (NT, B * H)
     _gla_intra_bwd_kernel[grid](q, k, b, flag, da, dq_i, dk_i, dq, dk, T, NT, H, K=K, BT=BT, BC=SUB_BLOCK, BK=BK,
@@ -2331,6 +2353,23 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     # dq_i / dk_i now hold the X / Y terms of the gate gradient
     _gla_gate_grad_kernel[(NT, B * H)](dq_i, dk_i, e, dg, T, NT, H, K=K, BT=BT, BK=BK, PREC=_prec(q))
     return dq, dk, dv, dg, dh0
+
+
+def _add_state_term(dg, xy, h, gs, b, BT):
+    """dg [B, T, H] (fp32, without its state terms) plus, on every step of chunk n, F_n = exp(b_last(n)) <h_n, G_n>
+    (DG_PREFIX). With S_n the state entering chunk n and a_n its decay exp(b_last(n)): G_{n-1} = a_n G_n + P_n and
+    S_n = a_{n-1} S_{n-1} + U_{n-1} give <S_n, G_{n-1}> two ways, a_n <S_n, G_n> + <S_n, P_n> and
+    a_{n-1} <S_{n-1}, G_{n-1}> + <U_{n-1}, G_{n-1}>, where <S_n, P_n> = X_n = sum_i q_i.dq_inter_i and
+    <U_{n-1}, G_{n-1}> = Y_{n-1} = sum_j k_j.dk_inter_j, the per-chunk sums the kernel wrote (xy [B*H, NT, 2]). So
+    F_n = F_{n-1} + Y_{n-1} - X_n from F_0 = a_0 <h_0, G_0>, summed in float64 (a few numbers per chunk)."""
+    B, T, H = dg.shape
+    NT = xy.shape[1]
+    f0 = torch.exp(b[:, :, min(BT, T) - 1].double()) * (h[:, :, 0].double() * gs[:, :, 0].double()).sum((-2, -1))
+    xy = xy.view(B, H, NT, 2).double()
+    steps = xy[..., :-1, 1] - xy[..., 1:, 0]
+    f = torch.cat([f0[..., None], f0[..., None] + torch.cumsum(steps, dim=-1)], dim=-1)
+    rows = f.repeat_interleave(BT, dim=-1)[..., :T]
+    return dg + rows.transpose(1, 2).float()
 
 
 class _LinearAttention(torch.autograd.Function):

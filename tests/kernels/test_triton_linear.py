@@ -537,6 +537,18 @@ def test_bwd_kdec(gate, T, gmin):
              seed=40)
 
 
+@pytest.mark.parametrize("T,gmin,h0", [(37, -1.0, True), (48, -20.0, True), (53, -4.0, False), (300, -0.05, True),
+                                       (300, -20.0, False)])
+@pytest.mark.parametrize("weak", [0, 1, 2])
+def test_gate_grad_prefix_state_term(T, gmin, h0, weak):
+    """DG_PREFIX: Mamba-2's state terms exp(b_last) <h_n, G_n> from the prefix sum F_n = F_{n-1} + Y_{n-1} - X_n of
+    per-chunk sums, beside each DG_WEAK form: weak decay, strong (-20, where F_n is a cancellation of O(1) terms
+    down to ~0), with and without an initial state, and 19 chunks of weak decay (-0.05: a long memory, large
+    states) or strong decay (the error of the cancellation grows with the number of chunks summed)."""
+    _compare("linear", "BTH", T=T, chunk=16, K=16, V=32, gmin=gmin, h0=h0, config={"DG_PREFIX": 1, "DG_WEAK": weak},
+             seed=42)
+
+
 @pytest.mark.parametrize("gate", [None, "H", "BTH", "BTHK"])
 def test_heads_first_grid(gate):
     """HEADS_FIRST: the per-chunk backward and the backward's gate pass on a (B * H, NT) grid (two sequences, so
