@@ -207,7 +207,7 @@ TUNING_FAMILIES = {
         {"SCAN_BWD_BLOCK_V": (0, 32, 64), "scan_bwd_num_warps": (0, 4, 8), "scan_bwd_num_stages": (0, 2, 3)},
         {"FUSED_FWD": (0, 2, 3), "FUSED_BLOCK_V": (32, 64), "fused_num_stages": (3, 4),
          "fused_gated_num_stages": (0, 3)},
-        {"HEADS_FIRST": (0, 1), "prep_bwd_num_warps": (0, 2, 8)},
+        {"HEADS_FIRST": (0, 1)},
     ],
     "delta_rule": [
         {"chunk_size": (32, 64), "BLOCK_V": (16, 32, 64), "num_warps": (4, 8), "num_stages": (2, 3)},
@@ -222,16 +222,18 @@ TUNING_FAMILIES = {
 
 # Opt-in variants of one mechanism's gate path in the Triton linear kernels, after the op's own families:
 # fewer instructions on sm_90 but not (yet) the defaults, so they are measured where the user tunes. The fused
-# forward's (triton_linear's FUSED_FOLD 3 - 5, FUSED_SCALE16) and the backward's (Mamba-2's DG_WEAK / DG_ONE_SUM,
-# the scalar gates' BWD_KDEC, the scans' SCAN_SCALE16, GLA's GLA_BWD_SPLIT / GLA_BWD_RELOAD); the winner is checked against the PyTorch
-# backend, output and gradients, like every tuned config.
+# forward's (triton_linear's FUSED_FOLD 3 - 5, FUSED_SCALE16) and the backward's (Mamba-2's DG_WEAK / DG_ONE_SUM /
+# DG_PREFIX, the scalar gates' BWD_KDEC, the scans' SCAN_SCALE16, the backward gate pass's warps, GLA's GLA_BWD_SPLIT /
+# GLA_BWD_RELOAD); the winner is checked against the PyTorch backend, output and gradients, like every tuned config.
 _FUSED_GATE_VARIANTS = {"FUSED_FOLD": (2, 3, 4, 5), "FUSED_SCALE16": (0, 1)}
 MECHANISM_FAMILIES = {
     "retnet": [_FUSED_GATE_VARIANTS, {"SCAN_SCALE16": (0, 1), "BWD_KDEC": (0, 1)}],
-    "mamba2": [_FUSED_GATE_VARIANTS, {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "SCAN_SCALE16": (0, 1),
-                                      "BWD_KDEC": (0, 1), "DG_PREFIX": (0, 1)}],
+    # (the per-chunk backward's variants, then the backward scan's and its gate pass's: two kernels, two families)
+    "mamba2": [_FUSED_GATE_VARIANTS,
+               {"DG_WEAK": (0, 1, 2), "DG_ONE_SUM": (0, 1), "BWD_KDEC": (0, 1), "DG_PREFIX": (0, 1)},
+               {"SCAN_SCALE16": (0, 1), "prep_bwd_num_warps": (0, 2, 8)}],
     "gated_deltanet": [_FUSED_GATE_VARIANTS],
-    "gla": [{"GLA_BWD_SPLIT": (0, 1), "GLA_BWD_RELOAD": (0, 1)}],
+    "gla": [{"GLA_BWD_SPLIT": (0, 1), "GLA_BWD_RELOAD": (0, 1), "prep_bwd_num_warps": (0, 4, 8)}],
 }
 
 

@@ -231,13 +231,14 @@ def test_mechanism_families_add_gate_path_variants():
     pinned keys stay out, and ungated mechanisms get none."""
     base = tuner.op_families("linear_attention")
     mamba = tuner.op_families("linear_attention", mechanism="mamba2")
-    assert mamba[:len(base)] == base and len(mamba) == len(base) + 2
+    assert mamba[:len(base)] == base and len(mamba) == len(base) + 3
     assert mamba[len(base)] == {"FUSED_FOLD": [2, 3, 4, 5], "FUSED_SCALE16": [0, 1]}
-    assert mamba[-1] == {"DG_WEAK": [0, 1, 2], "DG_ONE_SUM": [0, 1], "SCAN_SCALE16": [0, 1], "BWD_KDEC": [0, 1],
-                         "DG_PREFIX": [0, 1]}
+    assert mamba[-2] == {"DG_WEAK": [0, 1, 2], "DG_ONE_SUM": [0, 1], "BWD_KDEC": [0, 1], "DG_PREFIX": [0, 1]}
+    assert mamba[-1] == {"SCAN_SCALE16": [0, 1], "prep_bwd_num_warps": [0, 2, 8]}
     assert tuner.op_families("linear_attention", mechanism="linear") == base
     assert tuner.op_families("linear_attention", mechanism="gla")[-1] == {"GLA_BWD_SPLIT": [0, 1],
-                                                                          "GLA_BWD_RELOAD": [0, 1]}
+                                                                          "GLA_BWD_RELOAD": [0, 1],
+                                                                          "prep_bwd_num_warps": [0, 4, 8]}
     pinned = tuner.op_families("linear_attention", fixed={"FUSED_FOLD": 2}, mechanism="retnet")[len(base)]
     assert "FUSED_FOLD" not in pinned and pinned["FUSED_SCALE16"] == [0, 1]
     gdn = tuner.op_families("delta_rule", mechanism="gated_deltanet")[-1]
