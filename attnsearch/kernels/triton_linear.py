@@ -2291,7 +2291,8 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     NT = triton.cdiv(T, BT)
     gate = _gate_kind(g)
     fixed = _fixed(g)
-    heads_first = bool(cfg.get("HEADS_FIRST", 0))
+    # (a grid's second axis holds at most 65,535 programs: past that many chunks, the default order)
+    heads_first = bool(cfg.get("HEADS_FIRST", 0)) and NT <= 65535
     if fixed:
         b, flag = g, None
         gs, dh0, _ = _state_bwd(q, k, None, b, do, None, dht, scale, BT, cfg, gate, False, want_dh0, fixed=True)
