@@ -11,7 +11,7 @@ T not a multiple of the chunk, it compares o, the final state and the gradients 
 ||ours - ref|| / ||ref||. float32 inputs must agree to 1e-4 (exact fp32 products on the GPU),
 bfloat16 inputs to 3e-2.
 
-  python benchmarks/linear_gradcheck.py [out.json] [--small] [--bf16-only]
+  python benchmarks/linear_gradcheck.py [out.json] [--small] [--bf16-only | --fp32-only]
   python benchmarks/linear_gradcheck.py out.json --bench-shape [--only linear:BTHK,delta:none]
          [--configs configs.json]
 
@@ -143,6 +143,7 @@ def _arg(argv, name):
 def main(argv):
     small = "--small" in argv
     bf16_only = "--bf16-only" in argv  # the benchmark's own kernels (bf16, K=V=128, chunk 64) only
+    fp32_only = "--fp32-only" in argv  # (its compiles take minutes: a job of its own runs them beside the bf16 one)
     configs = {}
     if _arg(argv, "--configs"):
         with open(_arg(argv, "--configs")) as f:
@@ -163,7 +164,7 @@ def main(argv):
         return summary
 
     for op, gate, B, T, H, K, V, chunk, dtype, gmin in todo:
-        if bf16_only and dtype != torch.bfloat16:
+        if (bf16_only and dtype != torch.bfloat16) or (fp32_only and dtype != torch.float32):
             continue
         if only is not None and f"{op}:{gate}" not in only:
             continue

@@ -6,8 +6,9 @@ A. (parallel processes, compile-bound) gradient check of every new gate path aga
    recurrence at the benchmark's head size (benchmarks/linear_gradcheck.py --bench-shape: fp32 and bf16,
    g down to -20, an initial state, T=333 not a multiple of the chunk, mixed safe/unsafe GLA chunks), once
    with the committed defaults (which select the new paths) for every gate kind and the delta rule with
-   and without gate, once per non-default new path; meanwhile our candidate configs and fla's ops are
-   compiled (run once at a short T) so that B and C time warm kernels.
+   and without gate, once per non-default new path (each check as two processes, its fp32 cases and its bf16
+   ones, the fp32 ones started first: their compiles take minutes); meanwhile our candidate configs and fla's
+   ops are compiled (run once at a short T) so that B and C time warm kernels.
 B. (GPU alone) each candidate at T=32768 (bf16, B=2, H=16, K=V=128, chunk 64), fwd and fwd+bwd, beside
    the committed default in the same process; CANDIDATES says which ops a candidate can change.
 C. (GPU alone) benchmarks/linear.py with the committed defaults beside fla at T=32768 and 8192, peak
@@ -319,6 +320,8 @@ def adopt_slots():
 
 
 GROUP_CASE = {"linear_attention": "linear:", "delta_rule": "delta:"}
+# phase A's jobs per gradient check: its fp32 cases and its bf16 cases apart (file suffix, linear_gradcheck flags)
+GC_PARTS = (("_fp32", ["--fp32-only"]), ("_bf16", ["--bf16-only"]))
 
 
 def gradchecks_passed(results, check, group=None):
@@ -482,38 +485,48 @@ def main():
     # LINEAR_BF16_ONLY=1: the checks in bf16 only (the benchmark's dtype: seconds to compile where fp32 took minutes)
     bf16_only = ["--bf16-only"] if os.environ.get("LINEAR_BF16_ONLY") == "1" and not smoke else []
     report["gradcheck_dtypes"] = "bf16" if bf16_only else "fp32, bf16"
+    # each check's fp32 cases (compiles of minutes on the GPU machine) in a job of their own, started before the bf16
+    # ones, so that a check's fp32 compiles do not wait for its bf16 cases
+    parts = GC_PARTS if not bf16_only else (("", []),)
+    fp32_checks = []
     for i, (name, only, cfg) in enumerate(GRADCHECKS):
         cfg_path = os.path.join(outdir, f"gc_cfg_{i}.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        checks.append((f"gradcheck {i}", [gc, os.path.join(outdir, f"gc_{i}.json"),
-                                          "--small" if smoke else "--bench-shape", "--only", only,
-                                          "--configs", cfg_path] + bf16_only))
+        for part, flags in parts:
+            job = (f"gradcheck {i}{part}", [gc, os.path.join(outdir, f"gc_{i}{part}.json"),
+                                            "--small" if smoke else "--bench-shape", "--only", only,
+                                            "--configs", cfg_path] + (flags or bf16_only))
+            (fp32_checks if part == "_fp32" else checks).append((name, job))
     warms = []
     shape = dict(B=1, H=2, K=32, T=80) if smoke else dict(B=1, H=2, K=128, T=256)
     for op in selected_ops():
         names = [n for n, (_g, _c, ops) in CANDIDATES.items() if op in ops]
         spec = dict(who="ours", ops=[op], candidates=names, **shape)
         warms.append((f"warm ours {op}", [__file__, "--task", json.dumps(spec)]))
-    # started in this order: fla, the defaults' gradient checks, our candidates, the other paths' checks
-    n_default = sum(1 for name, _o, _c in GRADCHECKS if name.startswith("default"))
-    tasks += checks[:n_default] + warms + checks[n_default:]
+    # started in this order: fla, the defaults' gradient checks (fp32 first), our candidates, the other paths' fp32
+    # checks, then their bf16 ones
+    default = lambda jobs, yes: [job for name, job in jobs if name.startswith("default") == yes]  # noqa: E731
+    tasks += default(fp32_checks, True) + default(checks, True) + warms + default(fp32_checks, False) + \
+        default(checks, False)
     # A gets what C (the table, ~90 s) and B (~15 s once compiled) leave, at most 115 s
     # LINEAR_A_MAX_S raises the cap where fla's autotuned compiles need it (GLA alone took > 170 s)
     limit_a = max(30.0, min(float(os.environ.get("LINEAR_A_MAX_S", 115)), left() - 110)) if not smoke else 1200
     report["compile_exit_codes"] = run_parallel(tasks, jobs, limit_a, log)
     results = []
     for i, (name, only, cfg) in enumerate(GRADCHECKS):
-        code = report["compile_exit_codes"].get(f"gradcheck {i}")
-        try:
-            with open(os.path.join(outdir, f"gc_{i}.json")) as f:
-                got = json.load(f)["results"]
-            results += [{**r, "path": name} for r in got]
-            if code not in (0, 1):  # the job rewrites its file after every case: these are the ones it finished
-                results.append({"path": name, "case": only, "ok": False,
-                                "error": f"cut after {len(got)} cases (exit {code})"})
-        except (OSError, ValueError, KeyError):
-            results.append({"path": name, "case": only, "ok": False, "error": f"no result (exit {code})"})
+        for part, _flags in parts:
+            code = report["compile_exit_codes"].get(f"gradcheck {i}{part}")
+            what = f" ({part[1:]})" if part else ""
+            try:
+                with open(os.path.join(outdir, f"gc_{i}{part}.json")) as f:
+                    got = json.load(f)["results"]
+                results += [{**r, "path": name} for r in got]
+                if code not in (0, 1):  # the job rewrites its file after every case: these are the ones it finished
+                    results.append({"path": name, "case": only, "ok": False,
+                                    "error": f"cut after {len(got)} cases{what} (exit {code})"})
+            except (OSError, ValueError, KeyError):
+                results.append({"path": name, "case": only, "ok": False, "error": f"no result{what} (exit {code})"})
     bad = [r for r in results if not r.get("ok")]
     report["gradcheck"] = {"all_ok": not bad, "n": len(results), "n_bad": len(bad),
                            "worst": max((r["worst"] for r in results if "worst" in r), default=None),
