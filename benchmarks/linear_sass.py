@@ -96,6 +96,10 @@ def jobs():
         for keys in (False, True):
             c = dict(K=K, BT=BT, BK=K, VEC=vec, KEYS=keys, STORE_B=1 if vec else 2, SAFE=tlin.GLA_SAFE_SPAN)
             out.append((f"gate_prep vec={vec} keys={keys}", tlin._gate_prep_kernel, c, 8 if vec else 4, 1, ()))
+        # HEADS_FIRST (the backward's pass: queries), at the warps prep_bwd_num_warps offers
+        for warps in ((4, 8) if vec else (2, 4, 8)):
+            c = dict(K=K, BT=BT, BK=K, VEC=vec, KEYS=False, STORE_B=2, SAFE=tlin.GLA_SAFE_SPAN, HEADS_FIRST=True)
+            out.append((f"gate_prep heads_first vec={vec} w{warps}", tlin._gate_prep_kernel, c, warps, 1, ()))
     c = dict(K=K, V=V, BT=BT, BK=lin["OUT_BLOCK_K"], BV=lin["OUT_BLOCK_V"], GATE=2, PREC="tf32")
     out.append(("out_fwd gate=2", tlin._out_fwd_kernel, c, lin["out_num_warps"], lin["out_num_stages"], ()))
     for gate in (0, 1, 2):
@@ -128,6 +132,15 @@ def jobs():
         c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=1, PREC="tf32", **flags)
         out.append((f"linear_bwd gate=1 {name}", tlin._linear_bwd_kernel, c, lin["bwd_num_warps"],
                      lin["bwd_num_stages"], ("dg_ptr",)))
+    # HEADS_FIRST on every gate kind (and GLA's split launches)
+    for gate, flags in ((0, {}), (1, dict(FIXED=True)), (1, dict(DG_WEAK=1, ONE_SUM=True)), (2, dict(GLA_PART=1)),
+                        (2, dict(GLA_PART=2))):
+        c = dict(K=K, V=V, BT=BT, BK=K, BV=lin["BWD_BLOCK_V"], GATE=gate, PREC="tf32", HEADS_FIRST=True,
+                 RELOAD=gate == 2, **flags)
+        label = " ".join(f"{k}={v}" for k, v in sorted(flags.items()))
+        out.append((f"linear_bwd heads_first gate={gate} {label}".rstrip(), tlin._linear_bwd_kernel,
+                    c, lin["bwd_num_warps"], min(lin["bwd_num_stages"], 2) if gate == 2 else lin["bwd_num_stages"],
+                    ("dq_ptr", "dk_ptr", "dg_ptr") if gate == 2 else ("dg_ptr",)))
     c = dict(K=K, BT=BT, BK=K, PREC="tf32")
     out.append(("gla_gate_grad", tlin._gla_gate_grad_kernel, c, 4, 1, ("x_ptr",)))
     for gate in (0, 1):
