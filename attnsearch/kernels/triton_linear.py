@@ -1440,6 +1440,7 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             y = tl.sum(k_t.to(tl.float32) * dk, axis=1)
             if DG_PREFIX:
                 e_term = 0.0
+                # q_i.dq_inter_i, summed over the chunk (and the exact form's x below starts from it)
                 x_inter = tl.sum(q_t.to(tl.float32) * dq, axis=1)
                 xy_at = e_ptr + (bh.to(tl.int64) * NT + n) * 2
                 tl.store(xy_at, tl.sum(x_inter, axis=0))
@@ -1452,7 +1453,10 @@ def _linear_bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, gs_ptr, do_ptr, a_ptr,
             else:
                 weak = DG_WEAK == 2
             if not weak:
-                x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
+                if DG_PREFIX:
+                    x = x_inter
+                else:  # (formed here, where only the exact form pays for it)
+                    x = tl.sum(q_t.to(tl.float32) * dq, axis=1)
                 strict = ii[:, None] > ii[None, :]
                 # dA_ij A_ij for j < i (diagonal terms carry no gate); A recomputed rather than kept live
                 m = tl.where(strict, da * tl.dot(q_t, tl.trans(k_t), input_precision=PREC) * decay, 0)
@@ -2091,6 +2095,11 @@ def _bwd_block_v(cfg, gate):
     return cfg["BWD_BLOCK_V"]
 
 
+def _chunk_grid(NT, BH, heads_first):
+    """The launch grid of a chunk-parallel kernel that reads its ids with `_chunk_and_head`."""
+    return (BH, NT) if heads_first else (NT, BH)
+
+
 def _gate_prep(g, x, BT, keys, store_b, heads_first=False, warps=0):
     """Chunk-parallel gate pass (`_gate_prep_kernel`): returns b (or None), the per-channel safe flags
     (or None), x decayed (keys: x exp(b_last - b), else x exp(b)) and exp(b_last) per chunk."""
@@ -2102,7 +2111,7 @@ def _gate_prep(g, x, BT, keys, store_b, heads_first=False, warps=0):
     xd = torch.empty_like(x)
     d = torch.empty((B * H, NT, K) if vec else (B * H, NT), dtype=torch.float32, device=g.device)
     # per-channel: 8 warps (at 4 the fp32 chunk tile and its cumulative sum took all 255 registers on sm_90)
-    grid = (B * H, NT) if heads_first else (NT, B * H)
+    grid = _chunk_grid(NT, B * H, heads_first)
     _gate_prep_kernel[grid](g, x, b, flag, xd, d, T, NT, H, K=K, BT=BT, BK=_pow2(K), VEC=vec, KEYS=keys,
                             STORE_B=store_b, SAFE=GLA_SAFE_SPAN, HEADS_FIRST=heads_first,
                             num_warps=warps or (8 if vec else 4))
@@ -2337,7 +2346,7 @@ def _linear_backward(q, k, v, g, h, do, dht, scale, BT, cfg, want_dh0):
     else:
         parts = [(weak_mode, 0)]
     for weak_part, gla_part in parts:
-        grid = (B * H, NT) if heads_first else (NT, B * H)
+        grid = _chunk_grid(NT, B * H, heads_first)
         _linear_bwd_kernel[grid](q, k, v, b, h, gs, do, att, flag, dq_i, dk_i, dv, dg, da, e, dq, dk, scale,
                                  T, NT, H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q),
                                  FIXED=fixed, ONE_SUM=bool(cfg.get("DG_ONE_SUM", 0)),
@@ -2367,8 +2376,8 @@ def _add_state_term(dg, xy, h, gs, b, BT):
     NT = xy.shape[1]
     f0 = torch.exp(b[:, :, min(BT, T) - 1].double()) * (h[:, :, 0].double() * gs[:, :, 0].double()).sum((-2, -1))
     xy = xy.view(B, H, NT, 2).double()
-    steps = xy[..., :-1, 1] - xy[..., 1:, 0]
-    f = torch.cat([f0[..., None], f0[..., None] + torch.cumsum(steps, dim=-1)], dim=-1)
+    steps = xy[..., :-1, 1] - xy[..., 1:, 0]  # Y_{n-1} - X_n for n >= 1
+    f = f0[..., None] + torch.nn.functional.pad(torch.cumsum(steps, dim=-1), (1, 0))
     rows = f.repeat_interleave(BT, dim=-1)[..., :T]
     return dg + rows.transpose(1, 2).float()
 
